@@ -1,0 +1,3 @@
+"""dstack: a self-hosted orchestrator for ML workloads."""
+
+__version__ = "0.1.0"

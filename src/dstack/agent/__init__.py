@@ -1,0 +1,1 @@
+"""The on-instance runner. It talks to the bucket only, never to the server."""

@@ -1,0 +1,5 @@
+import sys
+
+from dstack.agent.runner import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""Runs one job: fetch spec and code, run the commands, stream logs, save artifacts, report status.
+
+Usage: python -m dstack.agent --storage URL --job PREFIX --workdir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dstack.agent.logs import LogWriter
+from dstack.agent.process import kill_tree
+from dstack.storage import Storage, storage_from_url
+from dstack.storage.layout import artifact_key
+
+
+class JobRunner:
+    def __init__(self, storage: Storage, prefix: str, workdir: Path) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.workdir = workdir
+        self.spec: dict[str, Any] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_request: dict[str, Any] | None = None
+        self._done = threading.Event()
+        self._beat = 0
+
+    # --- bucket I/O -------------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def write_status(self, status: str, **extra: Any) -> None:
+        self.storage.put_json(self._key("status.json"), {"status": status, "t": time.time(), **extra})
+
+    def heartbeat(self) -> None:
+        self._beat += 1
+        self.storage.put_json(self._key("heartbeat.json"), {"seq": self._beat, "t": time.time()})
+
+    def write_runner_info(self) -> None:
+        me = psutil.Process()
+        info: dict[str, Any] = {
+            "agent_pid": me.pid,
+            "agent_create_time": me.create_time(),
+            "hostname": socket.gethostname(),
+        }
+        if self.proc is not None:
+            info["job_pid"] = self.proc.pid
+            info["job_create_time"] = psutil.Process(self.proc.pid).create_time()
+        self.storage.put_json(self._key("runner.json"), info)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def run(self) -> int:
+        self.write_runner_info()
+        self.heartbeat()
+        spec = self.storage.get_json(self._key("spec.json"))
+        if not isinstance(spec, dict):
+            self.write_status("failed", reason="job spec is missing from the bucket")
+            return 1
+        self.spec = spec
+        watcher = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
+        watcher.start()
+        try:
+            return self._run_job()
+        except Exception as exc:  # the job must end with a status, whatever happened
+            self.write_status("failed", reason=f"agent error: {exc}")
+            return 1
+        finally:
+            self._done.set()
+
+    def _run_job(self) -> int:
+        repo_dir = self.workdir / "repo"
+        if repo_dir.exists():
+            shutil.rmtree(repo_dir)
+        repo_dir.mkdir(parents=True)
+        code_key = self.spec.get("code_key")
+        if code_key:
+            data = self.storage.get(code_key)
+            if data is None:
+                self.write_status("failed", reason=f"code archive {code_key} is missing from the bucket")
+                return 1
+            _unpack(data, repo_dir)
+        cwd = repo_dir / (self.spec.get("working_dir") or ".")
+        cwd.mkdir(parents=True, exist_ok=True)
+        env = self._job_env()
+        if self.stop_request is not None:
+            self.write_status("stopped")
+            return 0
+        logs = LogWriter(self.storage, self.prefix)
+        script = "\n".join(self.spec["commands"])
+        self.proc = subprocess.Popen(
+            ["/bin/bash", "-e", "-c", script],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop kills the whole tree
+        )
+        self.write_runner_info()
+        self.write_status("running")
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        exit_code = self.proc.wait()
+        logs.close()
+        if self.stop_request is None or not self.stop_request.get("abort"):
+            self._upload_artifacts(cwd)
+        if self.stop_request is not None:
+            self.write_status("stopped", exit_code=exit_code)
+        elif exit_code == 0:
+            self.write_status("done", exit_code=0)
+        else:
+            self.write_status("failed", exit_code=exit_code, reason=f"exit code {exit_code}")
+        return 0
+
+    def _job_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_AGENT_")}
+        env.update({k: v for k, v in (self.spec.get("env") or {}).items() if v is not None})
+        python = self.spec.get("python")
+        if python:
+            shim = self.workdir / "python-shim"
+            shim.mkdir(exist_ok=True)
+            found = shutil.which(f"python{python}")
+            if found is None:
+                raise RuntimeError(f"python{python} is not installed on this machine")
+            for name in ("python", "python3"):
+                link = shim / name
+                link.unlink(missing_ok=True)
+                link.symlink_to(found)
+            env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONUNBUFFERED"] = "1"  # so print() lines reach the logs as they happen
+        return env
+
+    def _upload_artifacts(self, cwd: Path) -> None:
+        for rel in self.spec.get("artifacts") or []:
+            source = cwd / rel
+            paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+            for path in paths:
+                self.storage.put_file(artifact_key(self.prefix, path.relative_to(cwd).as_posix()), str(path))
+
+    def _watch(self) -> None:
+        """Heartbeats, and stop requests from the server, until the job ends."""
+        interval = float(self.spec.get("heartbeat_interval", 2.0))
+        next_beat = time.monotonic() + interval
+        while not self._done.wait(0.25):
+            if time.monotonic() >= next_beat:
+                self.heartbeat()
+                next_beat = time.monotonic() + interval
+            if self.stop_request is None:
+                request = self.storage.get_json(self._key("stop.json"))
+                if request is not None:
+                    self.stop(request)
+
+    def stop(self, request: dict[str, Any]) -> None:
+        self.stop_request = request
+        if self.proc is not None and self.proc.poll() is None:
+            grace = 0.0 if request.get("abort") else float(self.spec.get("stop_grace", 10))
+            threading.Thread(target=kill_tree, args=(self.proc.pid,), kwargs={"grace": grace}, daemon=True).start()
+
+
+def _unpack(data: bytes, target: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(target, filter="data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dstack.agent")
+    parser.add_argument("--storage", required=True, help="bucket URL, e.g. file:///path or s3://bucket")
+    parser.add_argument("--job", required=True, help="the job's prefix in the bucket")
+    parser.add_argument("--workdir", required=True, help="a fresh directory to run the job in")
+    args = parser.parse_args(argv)
+    runner = JobRunner(storage_from_url(args.storage), args.job, Path(args.workdir))
+    # A terminate (SIGTERM to the agent) is handled like a stop request, so the status is written.
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop({"reason": "agent terminated"}))
+    try:
+        return runner.run()
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

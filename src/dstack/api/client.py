@@ -1,0 +1,171 @@
+"""A typed HTTP client for the dstack server.
+
+    from dstack.api import Client
+    client = Client.from_config()
+    run = client.runs.apply(".dstack.yml")
+    for event in client.runs.follow_logs(run.name):
+        print(event.message)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dstack.api.config import load_config
+from dstack.core.errors import AuthenticationError, DstackError, error_from_dict
+from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunPlan, RunSpec
+
+
+class Client:
+    def __init__(self, *, url: str, token: str, project: str, timeout: float = 60) -> None:
+        self.url = url.rstrip("/")
+        self.project = project
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {token}"})
+        self.runs = RunsAPI(self)
+        self.projects = ProjectsAPI(self)
+        self.repos = ReposAPI(self)
+
+    @classmethod
+    def from_config(cls, project: str | None = None) -> Client:
+        entry = load_config().project(project)
+        return cls(url=entry.url, token=entry.token, project=entry.name)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise DstackError(f"cannot reach the dstack server at {self.url}",
+                              fix="Is `dstack server` running? Start it, or fix the URL in ~/.dstack/config.yml") from None
+        except httpx.TimeoutException:
+            raise DstackError(f"the dstack server at {self.url} did not answer in time") from None
+        if response.status_code >= 400 and method != "HEAD":
+            raise _error(response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def project_path(self, path: str) -> str:
+        return f"/api/projects/{self.project}{path}"
+
+    def me(self) -> dict[str, Any]:
+        return self.json("GET", "/api/users/me")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _error(response: httpx.Response) -> DstackError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = error_from_dict(body["error"])
+        if isinstance(err, AuthenticationError):
+            err.fix = "Check the token in ~/.dstack/config.yml (`dstack config`)"
+        return err
+    return DstackError(f"the server answered {response.status_code}: {response.text[:200]}")
+
+
+class ProjectsAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._c.json("GET", "/api/projects")
+
+    def get(self, name: str | None = None) -> dict[str, Any]:
+        return self._c.json("GET", f"/api/projects/{name or self._c.project}")
+
+
+class ReposAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def init(self, repo_id: str, info: dict[str, Any] | None = None) -> None:
+        self._c.json("POST", self._c.project_path("/repos"), json={"repo_id": repo_id, "info": info or {}})
+
+    def upload_code(self, data: bytes, code_hash: str) -> None:
+        path = self._c.project_path(f"/code/{code_hash}")
+        if self._c.request("HEAD", path).status_code == 200:
+            return  # content-addressed: already there
+        self._c.request("PUT", path, content=data, headers={"Content-Type": "application/gzip"})
+
+
+class RunsAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def plan(self, run_spec: RunSpec) -> RunPlan:
+        return RunPlan.model_validate(self._c.json("POST", self._c.project_path("/runs/plan"),
+                                                   json=run_spec.model_dump(mode="json")))
+
+    def submit(self, run_spec: RunSpec) -> Run:
+        body = {"run_spec": run_spec.model_dump(mode="json")}
+        return Run.model_validate(self._c.json("POST", self._c.project_path("/runs"), json=body))
+
+    def apply(self, configuration_path: str | Path, *, repo_dir: str | Path = ".") -> Run:
+        """Parse a configuration, upload the directory's code and submit the run (no prompt)."""
+        return self.submit(self.prepare(configuration_path, repo_dir=repo_dir, upload=True))
+
+    def prepare(self, configuration_path: str | Path, *, repo_dir: str | Path = ".", upload: bool) -> RunSpec:
+        from dstack.api.code import build_archive, repo_id_for
+        from dstack.core.configurations import parse_configuration
+
+        path = Path(configuration_path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise DstackError(f"configuration file {path} not found",
+                              fix="Pass the right path with -f, or create .dstack.yml") from None
+        configuration = parse_configuration(text, str(path))
+        repo = Path(repo_dir).resolve()
+        repo_id = repo_id_for(repo)
+        code_hash = None
+        if upload:
+            data, code_hash = build_archive(repo)
+            self._c.repos.upload_code(data, code_hash)
+        return RunSpec(configuration=configuration, configuration_path=str(path), repo_id=repo_id,
+                       code_hash=code_hash)
+
+    def list(self, *, all: bool = False, limit: int = 1000) -> list[Run]:
+        data = self._c.json("GET", self._c.project_path("/runs"), params={"all": all, "limit": limit})
+        return [Run.model_validate(r) for r in data]
+
+    def get(self, name: str) -> Run:
+        return Run.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}")))
+
+    def stop(self, name: str, *, abort: bool = False) -> Run:
+        return Run.model_validate(self._c.json("POST", self._c.project_path(f"/runs/{name}/stop"),
+                                               json={"abort": abort}))
+
+    def logs(self, name: str, *, next_token: str | None = None) -> LogPage:
+        params = {"next_token": next_token} if next_token else {}
+        return LogPage.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/logs"),
+                                                   params=params))
+
+    def follow_logs(self, name: str, *, follow: bool = True, poll: float = 0.25) -> Iterator[LogEvent]:
+        """Every log line of the run's latest job; with `follow`, waits until the job ends."""
+        token: str | None = None
+        while True:
+            page = self.logs(name, next_token=token)
+            yield from page.events
+            token = page.next_token
+            if page.finished or (not follow and not page.events):
+                return
+            if not page.events:
+                time.sleep(poll)
+
+    def artifacts(self, name: str) -> list[Artifact]:
+        data = self._c.json("GET", self._c.project_path(f"/runs/{name}/artifacts"))
+        return [Artifact.model_validate(a) for a in data]
+
+    def download_artifact(self, name: str, path: str) -> bytes:
+        return self._c.request("GET", self._c.project_path(f"/runs/{name}/artifacts/{path}")).content

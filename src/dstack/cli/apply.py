@@ -1,0 +1,140 @@
+"""`dstack apply`: plan, confirm, upload, submit, stream logs, exit with the job's code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from dstack.api.client import Client
+from dstack.api.config import load_config
+from dstack.cli.ui import console, duration
+from dstack.core.errors import ConfigurationError, DstackError
+from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
+
+OFFERS_SHOWN = 3
+
+
+def apply_configuration(*, file: str, yes: bool, detach: bool, project: str | None) -> int:
+    repo = load_config().repo_for(Path.cwd())
+    if repo is None:
+        raise DstackError(f"{Path.cwd()} is not a dstack repo", fix="Run `dstack init` in it first")
+    client = Client.from_config(project or repo.project)
+    run_spec = client.runs.prepare(file, repo_dir=Path.cwd(), upload=False)
+    run_spec = _resolve_env(run_spec)
+    plan = client.runs.plan(run_spec)
+    _print_plan(plan, client)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise DstackError("cannot ask for confirmation: standard input is not a terminal",
+                              fix="Pass -y to submit without asking")
+        import typer
+
+        if not typer.confirm("Submit the run?", default=True):
+            console.print("Run not submitted")
+            return 0
+    with console.status("Uploading code…"):
+        uploaded = client.runs.prepare(file, repo_dir=Path.cwd(), upload=True)
+    run = client.runs.submit(run_spec.model_copy(update={"code_hash": uploaded.code_hash}))
+    console.print(f"Run [bold]{run.name}[/] submitted")
+    if detach:
+        console.print(f"Detached. Follow it with `dstack logs -f {run.name}`, stop it with `dstack stop {run.name}`")
+        return 0
+    return attach(client, run)
+
+
+def _resolve_env(run_spec: RunSpec) -> RunSpec:
+    """`env: [HF_TOKEN]` (no value) takes the value from this shell."""
+    env = dict(run_spec.configuration.env)
+    for key, value in env.items():
+        if value is None:
+            if key not in os.environ:
+                raise ConfigurationError(f"env: {key} has no value and is not set in this shell",
+                                         field=f"env.{key}", fix=f"export {key}=... or give it a value")
+            env[key] = os.environ[key]
+    configuration = run_spec.configuration.model_copy(update={"env": env})
+    return run_spec.model_copy(update={"configuration": configuration})
+
+
+def _print_plan(plan: RunPlan, client: Client) -> None:
+    conf = plan.run_spec.configuration
+    props = Table(box=None, show_header=False, pad_edge=False)
+    props.add_column(style="bold")
+    props.add_column()
+    props.add_row("Project", plan.project)
+    props.add_row("User", plan.user)
+    props.add_row("Configuration", plan.run_spec.configuration_path)
+    props.add_row("Type", conf.type)
+    props.add_row("Resources", conf.resources.pretty())
+    props.add_row("Spot policy", conf.spot_policy)
+    props.add_row("Max price", f"${conf.max_price:g}" if conf.max_price else "off")
+    props.add_row("Max duration", duration(conf.max_duration) if conf.max_duration else "off")
+    console.print(props)
+    console.print()
+    offers = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
+        offers.add_column(column)
+    for i, offer in enumerate(plan.offers[:OFFERS_SHOWN], start=1):
+        offers.add_row(str(i), offer.backend, offer.region, offer.instance_type, offer.resources.pretty(),
+                       "yes" if offer.spot else "no", f"${offer.price:.4f}")
+    console.print(offers)
+    if plan.total_offers > OFFERS_SHOWN:
+        console.print(f"Shown {OFFERS_SHOWN} of {plan.total_offers} offers, "
+                      f"${plan.max_price:g} max")
+    console.print()
+
+
+def attach(client: Client, run: Run) -> int:
+    try:
+        with console.status(f"Waiting for {run.name} to start…") as status:
+            while True:
+                run = client.runs.get(run.name)
+                if run.status not in (JobStatus.SUBMITTED, JobStatus.PROVISIONING):
+                    break
+                status.update(f"{run.name}: {run.status.value}{f' ({run.reason})' if run.reason else ''}…")
+                time.sleep(0.2)
+        for event in client.runs.follow_logs(run.name):
+            sys.stdout.write(event.message + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return _interrupted(client, run)
+    run = _wait_finished(client, run.name)
+    console.print(f"\n{run.name}: {status_text(run.status, run.reason, run.exit_code)}. "
+                  f"See {client.url}/projects/{client.project}/runs/{run.name}", soft_wrap=True)
+    return exit_code_of(run)
+
+
+def _wait_finished(client: Client, name: str) -> Run:
+    while True:
+        run = client.runs.get(name)
+        if run.status.finished:
+            return run
+        time.sleep(0.2)
+
+
+def exit_code_of(run: Run) -> int:
+    if run.status == JobStatus.DONE:
+        return 0
+    if run.exit_code not in (None, 0):
+        return int(run.exit_code)
+    return 1
+
+
+def _interrupted(client: Client, run: Run) -> int:
+    import typer
+
+    console.print()
+    try:
+        stop = sys.stdin.isatty() and typer.confirm(f"Stop the run {run.name} before detaching?", default=False)
+    except (KeyboardInterrupt, typer.Abort):
+        stop = False
+    if stop:
+        client.runs.stop(run.name)
+        run = _wait_finished(client, run.name)
+        console.print(f"{run.name}: {status_text(run.status, run.reason, run.exit_code)}")
+        return exit_code_of(run)
+    console.print(f"Detached; {run.name} goes on. Reattach with `dstack logs -f {run.name}`")
+    return 130

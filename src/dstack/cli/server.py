@@ -1,0 +1,51 @@
+"""`dstack server`: migrate, bootstrap, serve."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+from dstack.core.errors import DstackError
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DstackError(f"port {port} on {host} is already in use",
+                                  fix="Stop whatever uses it, or pass another one with --port") from None
+            raise DstackError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                              fix="Check --host and --port") from None
+
+
+def run_server(*, host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    from dstack.cli.ui import console
+    from dstack.server.app import create_app
+    from dstack.server.migrate import upgrade
+    from dstack.server.settings import Settings
+
+    settings = Settings()
+    _check_port(host, port)
+    try:
+        upgrade(settings)
+    except Exception as exc:  # the DB is unreachable or the URL is wrong
+        where = settings.database_url or str(settings.server_dir / "data" / "sqlite.db")
+        raise DstackError(f"cannot open the database {where}: {str(exc).splitlines()[0]}",
+                          fix="Check DSTACK_DATABASE_URL and that the database is running") from None
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{url_host}:{port}"
+
+    def show_token(token: str) -> None:
+        console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in ~/.dstack/config.yml)", soft_wrap=True)
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, url=url, on_admin_token=show_token)
+    console.print(f"The dstack server is running at [bold]{url}[/] (API docs at {url}/docs). "
+                  f"Press Ctrl+C to stop.", soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

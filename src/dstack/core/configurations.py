@@ -1,0 +1,255 @@
+"""The `.dstack.yml` configuration model and its parser.
+
+`parse_configuration` turns YAML text into a typed configuration or raises a
+`ConfigurationError` whose message names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from dstack.core.errors import ConfigurationError
+from dstack.core.resources import ResourcesSpec, StrictModel
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(value: Any) -> int | None:
+    """`90`, `30s`, `15m`, `2h`, `1d`, `off` -> seconds (None for off)."""
+    if value is None or value == "off" or value is False:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30m, 2h or 1d, or `off`")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"duration must be positive, got {value}")
+        return value
+    match = _DURATION_RE.match(str(value))
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"expected a duration such as 30m, 2h or 1d, or `off`, got {value!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+class PortMapping(StrictModel):
+    local_port: int | None = Field(default=None, ge=1, le=65535)
+    container_port: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"container_port": value}
+        if isinstance(value, str):
+            local, sep, container = value.partition(":")
+            try:
+                if not sep:
+                    return {"container_port": int(local)}
+                return {"local_port": int(local), "container_port": int(container)}
+            except ValueError:
+                raise ValueError(f"expected a port such as 8080 or 8080:80, got {value!r}") from None
+        return value
+
+
+RetryEvent = Literal["no-capacity", "interruption", "error"]
+
+
+class RetrySpec(StrictModel):
+    on_events: list[RetryEvent] = Field(default_factory=lambda: ["no-capacity", "interruption", "error"])
+    duration: int | None = Field(default=3600, description="how long to keep retrying, e.g. 1h")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return {"on_events": [], "duration": None}
+        return value
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int | None:
+        return parse_duration(value)
+
+
+class BaseRunConfiguration(StrictModel):
+    name: str | None = Field(default=None, description="run name; generated when omitted")
+    python: str | None = Field(default=None, description="Python version, e.g. '3.11'")
+    image: str | None = Field(default=None, description="Docker image (cloud backends)")
+    env: dict[str, str | None] = Field(default_factory=dict, description="environment variables")
+    working_dir: str | None = Field(default=None, description="directory, relative to the repo, to run in")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    spot_policy: Literal["spot", "on-demand", "auto"] = Field(default="on-demand")
+    max_price: float | None = Field(default=None, gt=0, description="max price per hour, USD")
+    max_duration: int | None = Field(default=None, description="stop the run after this long: 2h, 1d, off")
+    retry: RetrySpec | None = Field(default=None, description="resubmit on no-capacity/interruption/error")
+    backends: list[str] | None = Field(default=None, description="only use these backends")
+    regions: list[str] | None = Field(default=None, description="only use these regions")
+    ports: list[PortMapping] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid run name: use 1-40 lowercase letters, digits and dashes, "
+                "starting with a letter"
+            )
+        return value
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            # YAML reads `python: 3.10` as the float 3.1; refuse rather than guess.
+            raise ValueError(
+                f"quote the Python version, e.g. python: \"3.11\" (YAML reads an unquoted {value} as a number)"
+            )
+        if value is not None and not re.match(r"^3\.\d{1,2}$", str(value)):
+            raise ValueError(f"expected a Python version such as \"3.11\", got {value!r}")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            parsed: dict[str, str | None] = {}
+            for item in value:
+                key, sep, val = str(item).partition("=")
+                parsed[key] = val if sep else None
+            value = parsed
+        if isinstance(value, dict):
+            for key, val in value.items():
+                if not _ENV_NAME_RE.match(str(key)):
+                    raise ValueError(f"{key!r} is not a valid environment variable name")
+                if isinstance(val, bool | int | float):
+                    value[key] = str(val).lower() if isinstance(val, bool) else str(val)
+        return value
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _max_duration(cls, value: Any) -> int | None:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _python_or_image(self) -> BaseRunConfiguration:
+        if self.python and self.image:
+            raise ValueError("give either `python` or `image`, not both")
+        return self
+
+
+class TaskConfiguration(BaseRunConfiguration):
+    type: Literal["task"]
+    commands: list[str] = Field(min_length=1, description="shell commands to run, in order")
+    artifacts: list[str] = Field(default_factory=list, description="paths saved to the bucket at the end")
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"artifact path {path!r} must be relative to the working directory")
+        return value
+
+
+class DevEnvironmentConfiguration(BaseRunConfiguration):
+    type: Literal["dev-environment"]
+    ide: Literal["vscode", "cursor"] = "vscode"
+    init: list[str] = Field(default_factory=list, description="commands to run before the IDE attaches")
+
+
+AnyRunConfiguration = Annotated[
+    TaskConfiguration | DevEnvironmentConfiguration, Field(discriminator="type")
+]
+_ADAPTER: TypeAdapter[TaskConfiguration | DevEnvironmentConfiguration] = TypeAdapter(AnyRunConfiguration)
+_TYPES = ("task", "dev-environment")
+
+
+def configuration_json_schema() -> dict[str, Any]:
+    schema = _ADAPTER.json_schema()
+    schema["title"] = "dstack configuration (.dstack.yml)"
+    return schema
+
+
+def parse_configuration(text: str, filename: str = ".dstack.yml") -> TaskConfiguration | DevEnvironmentConfiguration:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigurationError(f"{where}: invalid YAML: {problem}", fix="Fix the syntax on that line") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{filename}: expected a mapping with `type: task` or `type: dev-environment`")
+    if data.get("type") not in _TYPES:
+        line = _line_of(node, ("type",))
+        raise ConfigurationError(
+            f"{filename}:{line}: type: expected one of {', '.join(_TYPES)}, got {data.get('type')!r}",
+            field="type",
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _to_configuration_error(exc, node, filename, data) from None
+
+
+def _to_configuration_error(
+    exc: ValidationError, node: yaml.Node | None, filename: str, data: dict[str, Any]
+) -> ConfigurationError:
+    lines = []
+    first_field = None
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts (e.g. 'task') and validator names.
+        loc = [p for p in err["loc"] if p not in _TYPES and not (isinstance(p, str) and "[" in p)]
+        field = ".".join(str(p) for p in loc)
+        first_field = first_field or field
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = _unknown_field_message(loc, data)
+        elif err["type"] == "missing":
+            message = "this field is required"
+        line = _line_of(node, tuple(loc))
+        lines.append(f"{filename}:{line}: {field or '(top level)'}: {message}")
+    return ConfigurationError("; ".join(lines), field=first_field)
+
+
+def _unknown_field_message(loc: list[Any], data: dict[str, Any]) -> str:
+    from dstack.core.configurations import DevEnvironmentConfiguration, TaskConfiguration  # noqa: PLC0415
+
+    model = TaskConfiguration if data.get("type") == "task" else DevEnvironmentConfiguration
+    known: list[str] = list(model.model_fields)
+    if len(loc) == 2 and loc[0] == "resources":
+        known = list(ResourcesSpec.model_fields)
+    name = str(loc[-1])
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean `{close[0]}`?" if close else f"known fields: {', '.join(known)}"
+    return f"unknown field `{name}`: {hint}"
+
+
+def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int:
+    """Line (1-based) of the deepest YAML node along `path`."""
+    if node is None:
+        return 1
+    current = node
+    for key in path:
+        nxt = None
+        if isinstance(current, yaml.MappingNode):
+            for k, v in current.value:
+                if k.value == str(key):
+                    nxt = v if key != path[-1] else k
+                    break
+        elif isinstance(current, yaml.SequenceNode) and isinstance(key, int) and key < len(current.value):
+            nxt = current.value[key]
+        if nxt is None:
+            break
+        current = nxt
+    return current.start_mark.line + 1

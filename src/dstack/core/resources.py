@@ -1,0 +1,304 @@
+"""Resource requirements as written in `.dstack.yml` and what an instance provides.
+
+Accepted forms (see docs/configuration.md):
+  cpu: 4 | 2..8 | 4.. | ..16
+  memory: 16GB | 16GB.. | 512MB | 0.5TB | 8GB..64GB   (a bare number means GB)
+  disk: 100GB.. | {size: 100GB..}
+  gpu: 24GB | A100 | A100:2 | A100:80GB:2 | A10G,A100:1..2 | 2 | 24GB..:2
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dstack.core.gpus import KNOWN_GPUS, normalize_gpu_name
+
+_UNITS = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*$", re.IGNORECASE)
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown fields, so a typo is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_memory(value: Any) -> float:
+    """Parse `16GB`, `512MB`, `1TB` or a number of GB into GB."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 16GB, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return float(value)
+    match = _MEMORY_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 16GB, 512MB or 1TB, got {value!r}")
+    return float(match.group(1)) * _UNITS[(match.group(2) or "gb").lower()]
+
+
+def format_memory(gb: float | None) -> str:
+    if gb is None:
+        return ""
+    if gb >= 1024 and gb % 1024 == 0:
+        return f"{gb / 1024:g}TB"
+    if gb < 1:
+        return f"{gb * 1024:g}MB"
+    return f"{gb:g}GB"
+
+
+def _split_range(value: str) -> tuple[str | None, str | None] | None:
+    if ".." not in value:
+        return None
+    low, _, high = value.partition("..")
+    return (low.strip() or None, high.strip() or None)
+
+
+class IntRange(StrictModel):
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number or a range such as 2..8, got {value!r}")
+        if isinstance(value, int):
+            return {"min": value, "max": value}
+        if isinstance(value, str):
+            bounds = _split_range(value)
+            try:
+                if bounds is None:
+                    number = int(value.strip())
+                    return {"min": number, "max": number}
+                return {"min": _int_or_none(bounds[0]), "max": _int_or_none(bounds[1])}
+            except ValueError:
+                raise ValueError(f"expected a number or a range such as 2..8, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"range {self.min}..{self.max} is empty: the minimum is above the maximum")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def __str__(self) -> str:
+        return _format_range(self.min, self.max, str)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+class MemoryRange(StrictModel):
+    """A size range in GB."""
+
+    min: float | None = Field(default=None, ge=0)
+    max: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (parse_memory(v) if v is not None else None) for k, v in value.items()}
+        if isinstance(value, str) and (bounds := _split_range(value)):
+            low, high = bounds
+            return {
+                "min": parse_memory(low) if low else None,
+                "max": parse_memory(high) if high else None,
+            }
+        size = parse_memory(value)
+        return {"min": size, "max": size}
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MemoryRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"range {format_memory(self.min)}..{format_memory(self.max)} is empty: "
+                "the minimum is above the maximum"
+            )
+        return self
+
+    def contains(self, value: float) -> bool:
+        # A small tolerance: AWS reports 22888 MiB for a "24GB" A10G, 15.6 GiB for a "16GB" host.
+        return (self.min is None or value >= self.min * 0.9) and (self.max is None or value <= self.max * 1.1)
+
+    def __str__(self) -> str:
+        return _format_range(self.min, self.max, format_memory)
+
+
+def _format_range(low: Any, high: Any, fmt: Any) -> str:
+    if low is not None and low == high:
+        return fmt(low)
+    return f"{fmt(low) if low is not None else ''}..{fmt(high) if high is not None else ''}"
+
+
+_COUNT_RE = re.compile(r"^\s*\d*\s*(\.\.\s*\d*\s*)?$")
+_SIZE_TOKEN_RE = re.compile(r"^[\d.\s]*(mb|gb|tb)?[\s.]*([\d.]+\s*(mb|gb|tb)?)?\s*$", re.IGNORECASE)
+
+
+class GPUSpec(StrictModel):
+    name: list[str] | None = None
+    memory: MemoryRange | None = None
+    count: IntRange = Field(default_factory=lambda: IntRange(min=1, max=1))
+    total_memory: MemoryRange | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a GPU such as A100, A100:2, 24GB or A100:80GB:2, got {value!r}")
+        if isinstance(value, int):
+            return {"count": value}
+        if isinstance(value, str):
+            return _parse_gpu_string(value)
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            value = {**value, "name": [n for n in value["name"].split(",") if n.strip()]}
+        return value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> GPUSpec:
+        if self.name is not None:
+            self.name = [normalize_gpu_name(n) for n in self.name]
+            if self.memory is not None:
+                sizes = {m for n in self.name for m in KNOWN_GPUS[n]}
+                if not any(self.memory.contains(m) for m in sizes):
+                    raise ValueError(
+                        f"no {'/'.join(self.name)} has {self.memory} of memory "
+                        f"(they come with {', '.join(format_memory(m) for m in sorted(sizes))})"
+                    )
+        if self.count.max == 0 and (self.name or self.memory):
+            raise ValueError("a GPU count of 0 contradicts the GPU name or memory given")
+        return self
+
+    def __str__(self) -> str:
+        parts = []
+        if self.name:
+            parts.append(",".join(self.name))
+        if self.memory:
+            parts.append(str(self.memory))
+        parts.append(str(self.count))
+        return ":".join(parts)
+
+
+def _parse_gpu_string(text: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    tokens = [t.strip() for t in text.split(":")]
+    if not text.strip() or any(not t for t in tokens):
+        raise ValueError(f"expected a GPU such as A100, A100:2, 24GB or A100:80GB:2, got {text!r}")
+    for token in tokens:
+        if _COUNT_RE.match(token) and any(ch.isdigit() for ch in token):
+            _set_once(result, "count", token, text)
+        elif _looks_like_size(token):
+            _set_once(result, "memory", token, text)
+        else:
+            _set_once(result, "name", [n.strip() for n in token.split(",") if n.strip()], text)
+    return result
+
+
+def _looks_like_size(token: str) -> bool:
+    return bool(re.search(r"\d\s*(mb|gb|tb)", token, re.IGNORECASE)) and bool(_SIZE_TOKEN_RE.match(token))
+
+
+def _set_once(result: dict[str, Any], key: str, value: Any, text: str) -> None:
+    if key in result:
+        raise ValueError(f"GPU spec {text!r} gives the {key} twice")
+    result[key] = value
+
+
+class DiskSpec(StrictModel):
+    size: MemoryRange
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return value
+        return {"size": value}
+
+
+class ResourcesSpec(StrictModel):
+    cpu: IntRange = Field(default_factory=lambda: IntRange(min=2), description="vCPUs: 4, 2..8, 4..")
+    memory: MemoryRange = Field(
+        default_factory=lambda: MemoryRange(min=8), description="RAM: 16GB, 8GB.., 16GB..64GB"
+    )
+    gpu: GPUSpec | None = Field(default=None, description="GPU: 24GB, A100, A100:2, A100:80GB:2")
+    disk: DiskSpec | None = Field(default=None, description="disk size: 100GB..")
+    shm_size: float | None = Field(default=None, description="shared memory size, e.g. 16GB")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_shm(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("shm_size") is not None:
+            value = {**value, "shm_size": parse_memory(value["shm_size"])}
+        return value
+
+    def pretty(self) -> str:
+        parts = [f"{self.cpu}xCPU", f"{self.memory}"]
+        if self.gpu is not None and self.gpu.count.max != 0:
+            parts.append(f"GPU {self.gpu}")
+        if self.disk is not None:
+            parts.append(f"{self.disk.size} disk")
+        return ", ".join(parts)
+
+
+class GPU(BaseModel):
+    name: str
+    memory_gb: float
+
+
+class InstanceResources(BaseModel):
+    """What an offer or an instance actually provides."""
+
+    cpus: int
+    memory_gb: float
+    gpus: list[GPU] = Field(default_factory=list)
+    disk_gb: float | None = None
+    spot: bool = False
+
+    def pretty(self) -> str:
+        parts = [f"{self.cpus}xCPU", format_memory(round(self.memory_gb, 1))]
+        if self.gpus:
+            gpu = self.gpus[0]
+            parts.append(f"{len(self.gpus)}x{gpu.name} ({format_memory(gpu.memory_gb)})")
+        if self.disk_gb is not None:
+            parts.append(f"{format_memory(round(self.disk_gb))} disk")
+        return ", ".join(parts)
+
+
+def unmet_requirements(spec: ResourcesSpec, resources: InstanceResources) -> list[str]:
+    """What `resources` lacks to satisfy `spec`, as short phrases (empty list: it matches)."""
+    missing = []
+    if not spec.cpu.contains(resources.cpus):
+        missing.append(f"cpu {spec.cpu} (has {resources.cpus})")
+    if not spec.memory.contains(resources.memory_gb):
+        missing.append(f"memory {spec.memory} (has {format_memory(round(resources.memory_gb, 1))})")
+    if spec.disk is not None and resources.disk_gb is not None and not spec.disk.size.contains(resources.disk_gb):
+        missing.append(f"disk {spec.disk.size} (has {format_memory(round(resources.disk_gb))})")
+    missing.extend(_unmet_gpu(spec.gpu, resources.gpus))
+    return missing
+
+
+def _unmet_gpu(gpu: GPUSpec | None, gpus: list[GPU]) -> list[str]:
+    if gpu is None:
+        # No GPU asked for: GPU instances still match, but planning ranks them by price anyway.
+        return []
+    has = f"has {len(gpus)}x{gpus[0].name} {format_memory(gpus[0].memory_gb)}" if gpus else "has none"
+    if not gpu.count.contains(len(gpus)):
+        return [f"gpu {gpu} ({has})"]
+    if not gpus:
+        return []
+    first = gpus[0]
+    if gpu.name and first.name not in gpu.name:
+        return [f"gpu {gpu} ({has})"]
+    if gpu.memory and not gpu.memory.contains(first.memory_gb):
+        return [f"gpu {gpu} ({has})"]
+    if gpu.total_memory and not gpu.total_memory.contains(first.memory_gb * len(gpus)):
+        return [f"gpu {gpu} ({has})"]
+    return []

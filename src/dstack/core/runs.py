@@ -1,0 +1,154 @@
+"""Runs, jobs, offers and statuses: the models the server, the SDK and the CLI exchange."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from dstack.core.configurations import AnyRunConfiguration
+from dstack.core.resources import InstanceResources
+
+
+class JobStatus(StrEnum):
+    SUBMITTED = "submitted"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    TERMINATING = "terminating"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TERMINATED = "terminated"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.TERMINATED})
+RunStatus = JobStatus
+
+
+class RunSpec(BaseModel):
+    """What the client submits: the parsed configuration plus where the code comes from."""
+
+    configuration: AnyRunConfiguration
+    configuration_path: str = ".dstack.yml"
+    repo_id: str
+    code_hash: str | None = Field(default=None, description="sha256 of the uploaded code archive")
+    run_name: str | None = None
+
+
+class Offer(BaseModel):
+    backend: str
+    region: str
+    instance_type: str
+    resources: InstanceResources
+    price: float = Field(description="USD per hour")
+    spot: bool = False
+    availability: str = "available"
+
+
+class ProvisioningAttempt(BaseModel):
+    at: datetime
+    backend: str
+    region: str
+    instance_type: str
+    price: float
+    spot: bool = False
+    ok: bool
+    reason: str | None = None
+
+
+class StatusEvent(BaseModel):
+    at: datetime
+    status: JobStatus
+    reason: str | None = None
+
+
+class Job(BaseModel):
+    id: str
+    name: str
+    submission: int = 0
+    status: JobStatus
+    reason: str | None = None
+    exit_code: int | None = None
+    offer: Offer | None = None
+    instance_id: str | None = None
+    attempts: list[ProvisioningAttempt] = Field(default_factory=list)
+    history: list[StatusEvent] = Field(default_factory=list)
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Run(BaseModel):
+    id: str
+    name: str
+    project: str
+    user: str
+    status: JobStatus
+    reason: str | None = None
+    exit_code: int | None = None
+    submitted_at: datetime
+    finished_at: datetime | None = None
+    spec: RunSpec
+    jobs: list[Job] = Field(default_factory=list)
+    stop_requested: bool = False
+
+    @property
+    def job(self) -> Job | None:
+        return self.jobs[-1] if self.jobs else None
+
+    def duration_seconds(self, now: datetime) -> float | None:
+        job = self.job
+        if job is None or job.started_at is None:
+            return None
+        end = job.finished_at or now
+        return max(0.0, (end - job.started_at).total_seconds())
+
+    def cost(self, now: datetime) -> float:
+        """Cost so far across all submissions: price per hour x time each job ran."""
+        total = 0.0
+        for job in self.jobs:
+            if job.offer and job.started_at:
+                end = job.finished_at or now
+                total += job.offer.price * max(0.0, (end - job.started_at).total_seconds()) / 3600
+        return total
+
+
+class RunPlan(BaseModel):
+    run_spec: RunSpec
+    offers: list[Offer]
+    total_offers: int
+    max_price: float | None = None
+    project: str
+    user: str
+
+
+class LogEvent(BaseModel):
+    timestamp: float
+    message: str
+
+
+class LogPage(BaseModel):
+    events: list[LogEvent]
+    next_token: str
+    finished: bool = Field(description="the job has ended and every log line has been returned")
+
+
+class Artifact(BaseModel):
+    path: str
+    size: int
+
+
+def status_text(status: JobStatus, reason: str | None, exit_code: int | None) -> str:
+    text = status.value
+    if status == JobStatus.FAILED and exit_code is not None:
+        text += f" (exit code {exit_code})"
+    elif reason and status in FINISHED_STATUSES and status != JobStatus.DONE:
+        text += f" ({reason})"
+    return text
+
+

@@ -1,0 +1,75 @@
+"""The FastAPI application: API routers, web pages, error handling, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from dstack import __version__
+from dstack.core.errors import DstackError
+from dstack.server.bootstrap import bootstrap
+from dstack.server.context import ServerContext
+from dstack.server.db import Database
+from dstack.server.routers import projects, runs, users
+from dstack.server.settings import Settings
+from dstack.server.web import pages
+from dstack.server.workers import start_workers
+
+logger = logging.getLogger("dstack.server")
+
+
+def create_app(settings: Settings, *, url: str, on_admin_token: object = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = ServerContext(settings=settings, db=Database(settings))
+        app.state.ctx = ctx
+        token = await bootstrap(ctx, url=url)
+        if token and callable(on_admin_token):
+            on_admin_token(token)
+        tasks = start_workers(ctx)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.db.close()
+
+    app = FastAPI(title="dstack", version=__version__, lifespan=lifespan,
+                  description="The dstack server API. Authenticate with `Authorization: Bearer TOKEN`.")
+    app.include_router(users.router)
+    app.include_router(projects.router)
+    app.include_router(runs.router)
+    app.include_router(pages.router)
+    pages.mount_static(app)
+
+    @app.exception_handler(DstackError)
+    async def _dstack_error(request: Request, exc: DstackError) -> JSONResponse:
+        return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        message = err["msg"].removeprefix("Value error, ")
+        body = {"code": "invalid_request", "message": f"{field}: {message}" if field else message, "field": field}
+        return JSONResponse({"error": body}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = {"code": "internal_error", "message": "internal server error; see the server log", "field": None}
+        return JSONResponse({"error": body}, status_code=500)
+
+    @app.get("/api/health", tags=["server"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

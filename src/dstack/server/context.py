@@ -1,0 +1,21 @@
+"""What the services and workers share in one server process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+from dstack.server.db import Database
+from dstack.server.settings import Settings
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    db: Database
+    # Set on submit/stop so the workers react at once instead of at their next tick.
+    scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    reconciler_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Identifies this process when claiming jobs in a DB shared by replicas.
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])

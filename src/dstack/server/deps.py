@@ -1,0 +1,67 @@
+"""FastAPI dependencies: DB session, the calling user, and project access by role."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.core.errors import ForbiddenError
+from dstack.server.context import ServerContext
+from dstack.server.models import ProjectModel, UserModel
+from dstack.server.services.projects import get_project_for
+from dstack.server.services.users import authenticate
+
+TOKEN_COOKIE = "dstack_token"
+
+
+def get_ctx(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+async def get_session(ctx: Annotated[ServerContext, Depends(get_ctx)]) -> AsyncIterator[AsyncSession]:
+    async with ctx.db.session() as session:
+        yield session
+
+
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+def request_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(TOKEN_COOKIE)
+
+
+async def get_user(request: Request, session: Session) -> UserModel:
+    return await authenticate(session=session, token=request_token(request))
+
+
+CurrentUser = Annotated[UserModel, Depends(get_user)]
+
+
+async def get_admin(user: CurrentUser) -> UserModel:
+    if user.global_role != "admin":
+        raise ForbiddenError("only global admins can do this")
+    return user
+
+
+Admin = Annotated[UserModel, Depends(get_admin)]
+
+
+def project_access(min_role: str):  # noqa: ANN201 - returns a FastAPI dependency
+    async def _dep(project_name: str, user: CurrentUser, session: Session) -> ProjectModel:
+        project, _role = await get_project_for(session=session, name=project_name, user=user, min_role=min_role)
+        return project
+
+    return _dep
+
+
+ProjectReader = Annotated[ProjectModel, Depends(project_access("read-only"))]
+ProjectUser = Annotated[ProjectModel, Depends(project_access("user"))]
+ProjectAdmin = Annotated[ProjectModel, Depends(project_access("admin"))]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from dstack.core.runs import Artifact, LogPage, Run, RunPlan, RunSpec
+from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectUser, Session
+from dstack.server.schemas import StopRunRequest, SubmitRunRequest
+from dstack.server.services import logs as logs_svc
+from dstack.server.services import repos as repos_svc
+from dstack.server.services import runs as svc
+
+router = APIRouter(prefix="/api/projects/{project_name}", tags=["runs"])
+
+
+@router.put("/code/{code_hash}", status_code=204)
+async def upload_code(code_hash: str, request: Request, project: ProjectUser, ctx: Ctx) -> Response:
+    await repos_svc.upload_code(settings=ctx.settings, project=project, code_hash=code_hash,
+                                data=await request.body())
+    return Response(status_code=204)
+
+
+@router.head("/code/{code_hash}")
+async def code_exists(code_hash: str, project: ProjectReader, ctx: Ctx) -> Response:
+    found = await repos_svc.code_exists(settings=ctx.settings, project=project, code_hash=code_hash)
+    return Response(status_code=200 if found else 404)
+
+
+@router.post("/runs/plan")
+async def plan(body: RunSpec, project: ProjectReader, user: CurrentUser, ctx: Ctx) -> RunPlan:
+    return await svc.get_plan(ctx=ctx, project=project, user=user, run_spec=body)
+
+
+@router.post("/runs", status_code=201)
+async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser, session: Session,
+                 ctx: Ctx) -> Run:
+    return await svc.submit_run(session=session, ctx=ctx, project=project, user=user, run_spec=body.run_spec)
+
+
+@router.get("/runs")
+async def list_runs(project: ProjectReader, session: Session, all: bool = False, limit: int = 1000) -> list[Run]:
+    return await svc.list_runs(session=session, project=project, include_finished=all, limit=min(limit, 10000))
+
+
+@router.get("/runs/{run_name}")
+async def get_run(run_name: str, project: ProjectReader, session: Session) -> Run:
+    return await svc.get_run(session=session, project=project, name=run_name)
+
+
+@router.post("/runs/{run_name}/stop")
+async def stop(run_name: str, body: StopRunRequest, project: ProjectUser, session: Session, ctx: Ctx) -> Run:
+    return await svc.stop_run(session=session, ctx=ctx, project=project, name=run_name, abort=body.abort)
+
+
+@router.get("/runs/{run_name}/logs")
+async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx,
+               next_token: str | None = None, submission: int | None = None) -> LogPage:
+    run = await svc.get_run_model(session=session, project=project, name=run_name)
+    return await logs_svc.get_logs(settings=ctx.settings, run=run, next_token=next_token, submission=submission)
+
+
+@router.get("/runs/{run_name}/artifacts")
+async def artifacts(run_name: str, project: ProjectReader, session: Session, ctx: Ctx) -> list[Artifact]:
+    run = await svc.get_run_model(session=session, project=project, name=run_name)
+    return await logs_svc.list_artifacts(settings=ctx.settings, run=run)
+
+
+@router.get("/runs/{run_name}/artifacts/{path:path}")
+async def download_artifact(run_name: str, path: str, project: ProjectReader, session: Session,
+                            ctx: Ctx) -> StreamingResponse:
+    run = await svc.get_run_model(session=session, project=project, name=run_name)
+    chunks = logs_svc.open_artifact(settings=ctx.settings, run=run, path=path)
+    filename = path.rsplit("/", 1)[-1].replace('"', "")
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -1,0 +1,80 @@
+"""Offers across a project's backends: filtered by the job's requirements, cheapest first."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from dstack.backends.base import Requirements
+from dstack.core.errors import NoOffersError
+from dstack.core.resources import unmet_requirements
+from dstack.core.runs import Offer
+from dstack.server.services.backends import compute_for
+from dstack.server.settings import Settings
+
+
+@dataclass
+class OfferSearch:
+    offers: list[Offer] = field(default_factory=list)
+    # Per backend, why nothing (or not everything) matched: shown when no offer is left.
+    rejections: list[str] = field(default_factory=list)
+
+    def no_offers_error(self, requirements: Requirements) -> NoOffersError:
+        asked = requirements.resources.pretty()
+        if requirements.max_price is not None:
+            asked += f", max price ${requirements.max_price:g}/h"
+        why = "; ".join(self.rejections) or "the project has no backends"
+        return NoOffersError(
+            f"no offers match: asked for {asked}; {why}",
+            fix="Lower `resources`, raise `max_price`, or add a backend to the project",
+        )
+
+
+async def find_offers(
+    *, settings: Settings, project: str, backend_types: list[str], requirements: Requirements
+) -> OfferSearch:
+    searches = await asyncio.gather(
+        *(
+            asyncio.to_thread(_search_backend, settings, project, backend_type, requirements)
+            for backend_type in backend_types
+        )
+    )
+    result = OfferSearch()
+    for search in searches:
+        result.offers.extend(search.offers)
+        result.rejections.extend(search.rejections)
+    result.offers.sort(key=lambda o: (o.price, o.backend, o.region, o.instance_type))
+    return result
+
+
+def _search_backend(settings: Settings, project: str, backend_type: str, requirements: Requirements) -> OfferSearch:
+    compute = compute_for(settings=settings, project=project, backend_type=backend_type)
+    search = OfferSearch()
+    reason = compute.unsupported(requirements)
+    if reason:
+        search.rejections.append(f"{backend_type}: {reason}")
+        return search
+    candidates = compute.get_offers(requirements)
+    closest: tuple[Offer, list[str]] | None = None
+    for offer in candidates:
+        missing = unmet_requirements(requirements.resources, offer.resources)
+        if requirements.max_price is not None and offer.price > requirements.max_price:
+            missing.append(f"price ${offer.price:g}/h is above max_price")
+        if requirements.spot_policy == "spot" and not offer.spot:
+            continue
+        if requirements.spot_policy == "on-demand" and offer.spot:
+            continue
+        if not missing:
+            search.offers.append(offer)
+        elif closest is None or len(missing) < len(closest[1]):
+            closest = (offer, missing)
+    if not search.offers:
+        if closest is not None:
+            offer, missing = closest
+            search.rejections.append(
+                f"{backend_type} offers {offer.resources.pretty()} ({offer.instance_type}), "
+                f"which lacks {', '.join(missing)}"
+            )
+        else:
+            search.rejections.append(f"{backend_type}: no instances")
+    return search

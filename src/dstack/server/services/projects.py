@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.core.errors import ForbiddenError, ResourceExistsError, ResourceNotFoundError
+from dstack.server.models import BackendModel, MemberModel, ProjectModel, UserModel
+from dstack.server.schemas import Member, ProjectInfo
+from dstack.server.services.backends import backend_info
+
+ROLE_RANK = {"read-only": 0, "user": 1, "admin": 2}
+
+
+async def create_project(
+    *, session: AsyncSession, owner: UserModel, name: str, with_local_backend: bool = True
+) -> ProjectModel:
+    if await session.scalar(select(ProjectModel).where(ProjectModel.name == name)):
+        raise ResourceExistsError(f"project {name!r} already exists", field="name")
+    project = ProjectModel(name=name, owner_id=owner.id)
+    session.add(project)
+    await session.flush()
+    session.add(MemberModel(project_id=project.id, user_id=owner.id, role="admin"))
+    if with_local_backend:
+        session.add(BackendModel(project_id=project.id, type="local", config='{"type":"local"}'))
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise ResourceExistsError(f"project {name!r} already exists", field="name") from None
+    return await get_project(session=session, name=name)
+
+
+async def get_project(*, session: AsyncSession, name: str) -> ProjectModel:
+    project = await session.scalar(select(ProjectModel).where(ProjectModel.name == name))
+    if project is None:
+        raise ResourceNotFoundError(f"project {name!r} does not exist", field="project")
+    return project
+
+
+def role_in(project: ProjectModel, user: UserModel) -> str | None:
+    if user.global_role == "admin":
+        return "admin"
+    for member in project.members:
+        if member.user_id == user.id:
+            return member.role
+    return None
+
+
+async def get_project_for(
+    *, session: AsyncSession, name: str, user: UserModel, min_role: str = "read-only"
+) -> tuple[ProjectModel, str]:
+    """The project if `user` holds at least `min_role` in it; non-members see 'does not exist'."""
+    project = await session.scalar(select(ProjectModel).where(ProjectModel.name == name))
+    role = role_in(project, user) if project else None
+    if project is None or role is None:
+        raise ResourceNotFoundError(
+            f"project {name!r} does not exist or you are not a member", field="project"
+        )
+    if ROLE_RANK[role] < ROLE_RANK[min_role]:
+        raise ForbiddenError(f"this needs the {min_role} role in project {name!r}; you are {role}")
+    return project, role
+
+
+async def list_projects(*, session: AsyncSession, user: UserModel) -> list[ProjectModel]:
+    query = select(ProjectModel).order_by(ProjectModel.name)
+    if user.global_role != "admin":
+        query = query.join(MemberModel).where(MemberModel.user_id == user.id)
+    return list(await session.scalars(query))
+
+
+async def set_member(*, session: AsyncSession, project: ProjectModel, user: UserModel, role: str) -> None:
+    for member in project.members:
+        if member.user_id == user.id:
+            member.role = role
+            break
+    else:
+        session.add(MemberModel(project_id=project.id, user_id=user.id, role=role))
+    await session.commit()
+    await session.refresh(project, ["members"])
+
+
+async def remove_member(*, session: AsyncSession, project: ProjectModel, user: UserModel) -> None:
+    for member in project.members:
+        if member.user_id == user.id:
+            await session.delete(member)
+            await session.commit()
+            await session.refresh(project, ["members"])
+            return
+    raise ResourceNotFoundError(f"{user.name!r} is not a member of {project.name!r}", field="user")
+
+
+async def project_info(*, session: AsyncSession, project: ProjectModel) -> ProjectInfo:
+    owner = await session.get(UserModel, project.owner_id)
+    return ProjectInfo(
+        name=project.name,
+        owner=owner.name if owner else "",
+        created_at=project.created_at,
+        members=[Member(user=m.user.name, role=m.role) for m in project.members],  # type: ignore[arg-type]
+        backends=[backend_info(b) for b in project.backends],
+    )

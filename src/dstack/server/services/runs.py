@@ -1,0 +1,214 @@
+"""Plan, submit, list, get and stop runs."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.backends.base import requirements_for
+from dstack.core.errors import ConfigurationError, InvalidStateError, ResourceNotFoundError
+from dstack.core.runs import (
+    FINISHED_STATUSES,
+    Job,
+    JobStatus,
+    Offer,
+    ProvisioningAttempt,
+    Run,
+    RunPlan,
+    RunSpec,
+    StatusEvent,
+)
+from dstack.server.context import ServerContext
+from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, new_id, utcnow
+from dstack.server.services.offers import find_offers
+from dstack.server.services.repos import check_repo, code_exists
+from dstack.storage.layout import job_prefix
+
+ACTIVE_STATUSES = [s.value for s in JobStatus if s not in FINISHED_STATUSES]
+_ADJECTIVES = ["brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucky", "mighty",
+               "nice", "proud", "quick", "silly", "swift", "tidy", "witty", "zesty", "bold", "bright"]
+_NOUNS = ["otter", "falcon", "panda", "tiger", "koala", "lynx", "heron", "bison", "whale", "gecko",
+          "cobra", "moose", "raven", "shark", "yak", "zebra", "wolf", "crane", "eagle", "fox"]
+
+
+def _backend_types(project: ProjectModel, run_spec: RunSpec) -> list[str]:
+    types = [b.type for b in project.backends]
+    wanted = run_spec.configuration.backends
+    if wanted:
+        unknown = [b for b in wanted if b not in types]
+        if unknown:
+            raise ConfigurationError(
+                f"backends: project {project.name!r} has no {', '.join(unknown)} backend "
+                f"(it has {', '.join(types) or 'none'})",
+                field="backends",
+            )
+        types = [t for t in types if t in wanted]
+    return types
+
+
+async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
+    requirements = requirements_for(run_spec.configuration)
+    search = await find_offers(
+        settings=ctx.settings, project=project.name,
+        backend_types=_backend_types(project, run_spec), requirements=requirements,
+    )
+    if not search.offers:
+        raise search.no_offers_error(requirements)
+    return RunPlan(run_spec=run_spec, offers=search.offers[:50], total_offers=len(search.offers),
+                   max_price=max((o.price for o in search.offers), default=None),
+                   project=project.name, user=user.name)
+
+
+async def submit_run(
+    *, session: AsyncSession, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec
+) -> Run:
+    conf = run_spec.configuration
+    missing_env = [k for k, v in conf.env.items() if v is None]
+    if missing_env:
+        raise ConfigurationError(
+            f"env: {', '.join(missing_env)} has no value", field="env",
+            fix="Set it in your shell before `dstack apply`, or give it a value in the configuration",
+        )
+    await check_repo(session=session, project=project, repo_id=run_spec.repo_id)
+    if run_spec.code_hash and not await code_exists(settings=ctx.settings, project=project,
+                                                     code_hash=run_spec.code_hash):
+        raise ConfigurationError("the code archive was not uploaded", field="code_hash",
+                                 fix="Upload it with PUT /api/projects/{project}/code/{sha256} first")
+    # Fail fast with a clear message rather than queue a run nothing can ever serve.
+    retry = conf.retry
+    if not (retry and "no-capacity" in retry.on_events):
+        await get_plan(ctx=ctx, project=project, user=user, run_spec=run_spec)
+    name = run_spec.run_name or conf.name or await _unique_name(session, project)
+    active = await session.scalar(
+        select(RunModel.id).where(RunModel.project_id == project.id, RunModel.name == name,
+                                  RunModel.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise InvalidStateError(f"run {name!r} is still active", field="name",
+                                fix=f"Stop it with `dstack stop {name}` or choose another name")
+    run_spec = run_spec.model_copy(update={"run_name": name})
+    now = utcnow()
+    run = RunModel(id=new_id(), project_id=project.id, user_id=user.id, name=name,
+                   status=JobStatus.SUBMITTED.value, spec=run_spec.model_dump_json(), submitted_at=now)
+    session.add(run)
+    session.add(new_job(run=run, project=project.name, submission=0, now=now))
+    await session.commit()
+    ctx.scheduler_wake.set()
+    return await get_run(session=session, project=project, name=name)
+
+
+def new_job(*, run: RunModel, project: str, submission: int, now: datetime) -> JobModel:
+    job_id = new_id()
+    return JobModel(
+        id=job_id, run_id=run.id, name=f"{run.name}-0-{submission}", submission=submission,
+        status=JobStatus.SUBMITTED.value, submitted_at=now, instance_terminated=True,
+        storage_prefix=job_prefix(project, run.id, job_id),
+        history=json.dumps([StatusEvent(at=now, status=JobStatus.SUBMITTED).model_dump(mode="json")]),
+    )
+
+
+async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:
+    while True:
+        base = f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}"
+        count = await session.scalar(
+            select(func.count()).select_from(RunModel).where(
+                RunModel.project_id == project.id, RunModel.name.like(f"{base}-%"))
+        )
+        name = f"{base}-{(count or 0) + 1}"
+        if not await session.scalar(select(RunModel.id).where(RunModel.project_id == project.id,
+                                                              RunModel.name == name)):
+            return name
+
+
+async def list_runs(
+    *, session: AsyncSession, project: ProjectModel, include_finished: bool, limit: int = 1000
+) -> list[Run]:
+    query = select(RunModel).where(RunModel.project_id == project.id)
+    if not include_finished:
+        # Active runs, plus the latest run so a just-finished one is still shown.
+        latest = select(func.max(RunModel.submitted_at)).where(RunModel.project_id == project.id)
+        query = query.where(or_(RunModel.status.in_(ACTIVE_STATUSES),
+                                and_(RunModel.submitted_at == latest.scalar_subquery())))
+    query = query.order_by(RunModel.submitted_at.desc()).limit(limit)
+    return [run_to_model(r) for r in await session.scalars(query)]
+
+
+async def get_run_model(*, session: AsyncSession, project: ProjectModel, name: str) -> RunModel:
+    run = await session.scalar(
+        select(RunModel).where(RunModel.project_id == project.id, RunModel.name == name)
+        .order_by(RunModel.submitted_at.desc()).limit(1)
+    )
+    if run is None:
+        raise ResourceNotFoundError(f"run {name!r} does not exist in project {project.name!r}", field="run",
+                                    fix="See `dstack ps -a` for the project's runs")
+    return run
+
+
+async def get_run(*, session: AsyncSession, project: ProjectModel, name: str) -> Run:
+    return run_to_model(await get_run_model(session=session, project=project, name=name))
+
+
+async def stop_run(
+    *, session: AsyncSession, ctx: ServerContext, project: ProjectModel, name: str, abort: bool
+) -> Run:
+    run = await get_run_model(session=session, project=project, name=name)
+    if JobStatus(run.status) in FINISHED_STATUSES:
+        raise InvalidStateError(f"run {name!r} has already finished ({run.status})",
+                                fix="Nothing to stop; see `dstack ps -a`")
+    run.stop_requested = True
+    run.stop_abort = run.stop_abort or abort
+    run.stop_reason = run.stop_reason or ("aborted by user" if abort else "stopped by user")
+    await session.commit()
+    ctx.reconciler_wake.set()
+    ctx.scheduler_wake.set()
+    return run_to_model(run)
+
+
+def run_to_model(run: RunModel) -> Run:
+    return Run(
+        id=run.id, name=run.name, project=run.project.name, user=run.user.name,
+        status=JobStatus(run.status), reason=run.reason, exit_code=run.exit_code,
+        submitted_at=run.submitted_at, finished_at=run.finished_at,
+        spec=RunSpec.model_validate_json(run.spec), stop_requested=run.stop_requested,
+        jobs=[job_to_model(j) for j in run.jobs],
+    )
+
+
+def job_to_model(job: JobModel) -> Job:
+    return Job(
+        id=job.id, name=job.name, submission=job.submission, status=JobStatus(job.status),
+        reason=job.reason, exit_code=job.exit_code,
+        offer=Offer.model_validate_json(job.offer) if job.offer else None,
+        instance_id=job.instance_id,
+        attempts=[ProvisioningAttempt.model_validate(a) for a in json.loads(job.attempts)],
+        history=[StatusEvent.model_validate(e) for e in json.loads(job.history)],
+        submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
+    )
+
+
+def set_job_status(
+    job: JobModel, run: RunModel, status: JobStatus, *, reason: str | None = None, exit_code: int | None = None
+) -> None:
+    """Move a job (and its run, which mirrors its latest job) to `status`, recording the event."""
+    now = utcnow()
+    history = json.loads(job.history)
+    last = history[-1] if history else {}
+    job.status = status.value
+    job.reason = reason
+    if exit_code is not None:
+        job.exit_code = exit_code
+    if status == JobStatus.RUNNING and job.started_at is None:
+        job.started_at = now
+    if status in FINISHED_STATUSES:
+        job.finished_at = now
+    if (last.get("status"), last.get("reason")) != (status.value, reason):
+        history.append(StatusEvent(at=now, status=status, reason=reason).model_dump(mode="json"))
+        job.history = json.dumps(history)
+    run.status = status.value
+    run.reason = reason
+    run.exit_code = job.exit_code
+    run.finished_at = now if status in FINISHED_STATUSES else None

@@ -1,0 +1,49 @@
+"""Server settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("DSTACK_SERVER_DIR", Path.home() / ".dstack" / "server"))
+    )
+    database_url: str | None = field(default_factory=lambda: os.environ.get("DSTACK_DATABASE_URL"))
+    admin_token: str | None = field(default_factory=lambda: os.environ.get("DSTACK_SERVER_ADMIN_TOKEN"))
+    # An agent that has not heartbeated for this long is considered lost.
+    heartbeat_timeout: float = field(default_factory=lambda: _float("DSTACK_HEARTBEAT_TIMEOUT", 30))
+    heartbeat_interval: float = field(default_factory=lambda: _float("DSTACK_HEARTBEAT_INTERVAL", 2))
+    # How long a stopped job gets between SIGTERM and SIGKILL.
+    stop_grace: float = field(default_factory=lambda: _float("DSTACK_STOP_GRACE", 10))
+    # How long a launched instance may take to send its first heartbeat.
+    provisioning_timeout: float = field(default_factory=lambda: _float("DSTACK_PROVISIONING_TIMEOUT", 600))
+    worker_interval: float = field(default_factory=lambda: _float("DSTACK_WORKER_INTERVAL", 1))
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            for plain in ("postgresql://", "postgres://"):
+                if url.startswith(plain):
+                    url = "postgresql+asyncpg://" + url[len(plain):]
+            return url
+        return f"sqlite+aiosqlite:///{self.server_dir / 'data' / 'sqlite.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    def project_bucket(self, project: str) -> Path:
+        return self.server_dir / "projects" / project / "bucket"
+
+    @property
+    def workdirs(self) -> Path:
+        return self.server_dir / "workdirs"

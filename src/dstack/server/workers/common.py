@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+
+from dstack.server.context import ServerContext
+from dstack.server.models import JobModel, utcnow
+
+LEASE = timedelta(seconds=15)
+CONCURRENCY = 8
+
+
+async def try_lease(ctx: ServerContext, job_id: str, **where: object) -> bool:
+    """Take a short lease on a job; False if another replica (or step) holds it."""
+    now = utcnow()
+    conditions = [JobModel.id == job_id, or_(JobModel.lock_until.is_(None), JobModel.lock_until < now)]
+    conditions += [getattr(JobModel, k) == v for k, v in where.items()]
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(JobModel).where(*conditions).values(lock_owner=ctx.replica_id, lock_until=now + LEASE)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        return result.rowcount == 1
+
+
+async def release_lease(ctx: ServerContext, job_id: str) -> None:
+    async with ctx.db.session() as session:
+        await session.execute(
+            update(JobModel).where(JobModel.id == job_id, JobModel.lock_owner == ctx.replica_id)
+            .values(lock_owner=None, lock_until=None).execution_options(synchronize_session=False)
+        )
+        await session.commit()
+
+
+async def for_each(ids: Iterable[str], handle: Callable[[str], Awaitable[None]]) -> None:
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    async def _one(job_id: str) -> None:
+        async with semaphore:
+            await handle(job_id)
+
+    await asyncio.gather(*(_one(i) for i in ids))

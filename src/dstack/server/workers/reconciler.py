@@ -1,0 +1,185 @@
+"""Follows launched jobs: status and heartbeats from the bucket, stop requests, timeouts,
+instance teardown, and resubmission under the run's retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from dstack.backends.base import LaunchedInstance
+from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
+from dstack.server.context import ServerContext
+from dstack.server.models import JobModel, RunModel, utcnow
+from dstack.server.services.backends import compute_for, project_storage
+from dstack.server.services.runs import new_job, set_job_status
+from dstack.server.workers.common import for_each, release_lease, try_lease
+
+logger = logging.getLogger("dstack.server.reconciler")
+_FOLLOWED = [JobStatus.PROVISIONING.value, JobStatus.RUNNING.value, JobStatus.TERMINATING.value]
+# After a stop request, how long past the grace period we wait for the agent before tearing down.
+STOP_TIMEOUT_MARGIN = 15.0
+
+
+@dataclass
+class AgentState:
+    status: dict[str, Any] | None
+    heartbeat: dict[str, Any] | None
+
+
+async def reconcile_once(ctx: ServerContext) -> None:
+    async with ctx.db.session() as session:
+        ids = list(await session.scalars(
+            select(JobModel.id).where(or_(JobModel.status.in_(_FOLLOWED), JobModel.instance_terminated.is_(False)))
+        ))
+    await for_each(ids, lambda job_id: _reconcile(ctx, job_id))
+
+
+async def _reconcile(ctx: ServerContext, job_id: str) -> None:
+    if not await try_lease(ctx, job_id):
+        return
+    try:
+        await _step(ctx, job_id)
+    except Exception:
+        logger.exception("reconciling job %s failed", job_id)
+    finally:
+        await release_lease(ctx, job_id)
+
+
+async def _load(session: Any, job_id: str) -> JobModel:
+    return (await session.scalars(
+        select(JobModel).where(JobModel.id == job_id)
+        .options(selectinload(JobModel.run).selectinload(RunModel.project))
+    )).one()
+
+
+async def _step(ctx: ServerContext, job_id: str) -> None:
+    settings = ctx.settings
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        run = job.run
+        status = JobStatus(job.status)
+        storage = project_storage(settings=settings, project=run.project.name)
+        if status in FINISHED_STATUSES:
+            await session.commit()
+            await _terminate(ctx, job)
+            async with ctx.db.session() as s2:
+                (await _load(s2, job_id)).instance_terminated = True
+                await s2.commit()
+            return
+        if job.instance is None:
+            # Claimed, but the replica that claimed it died before launching anything.
+            set_job_status(job, run, JobStatus.FAILED, reason="provisioning was interrupted")
+            await session.commit()
+            return
+        await session.commit()  # no transaction stays open across bucket reads
+
+        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
+        now = utcnow()
+        if state.heartbeat and int(state.heartbeat.get("seq", 0)) != job.heartbeat_seq:
+            job.heartbeat_seq = int(state.heartbeat["seq"])
+            job.heartbeat_at = now
+        agent_status = (state.status or {}).get("status")
+
+        if agent_status in ("done", "failed", "stopped"):
+            _finish_from_agent(job, run, state.status or {})
+        else:
+            if agent_status == "running" and status == JobStatus.PROVISIONING:
+                set_job_status(job, run, JobStatus.RUNNING)
+            spec = RunSpec.model_validate_json(run.spec)
+            max_duration = spec.configuration.max_duration
+            if (max_duration and job.started_at and not run.stop_requested
+                    and (now - job.started_at).total_seconds() > max_duration):
+                run.stop_requested = True
+                run.stop_reason = "max duration exceeded"
+            if run.stop_requested and not job.stop_sent:
+                await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
+                                        {"abort": run.stop_abort, "reason": run.stop_reason, "t": now.timestamp()})
+                job.stop_sent = True
+                set_job_status(job, run, JobStatus.TERMINATING, reason=run.stop_reason)
+                if run.stop_abort:
+                    _finish_stopped(job, run)
+            elif job.stop_sent and _seconds_since_stop(job, now) > settings.stop_grace + STOP_TIMEOUT_MARGIN:
+                _finish_stopped(job, run)
+            else:
+                silent = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
+                timeout = settings.heartbeat_timeout if job.heartbeat_seq else settings.provisioning_timeout
+                if silent > timeout:
+                    reason = "instance lost" if job.heartbeat_seq else "the instance did not start in time"
+                    set_job_status(job, run, JobStatus.FAILED, reason=reason)
+
+        finished = JobStatus(job.status) in FINISHED_STATUSES
+        session.add(job)
+        session.add(run)
+        await session.commit()
+
+    if finished:
+        await _terminate(ctx, job)
+        async with ctx.db.session() as session:
+            job = await _load(session, job_id)
+            job.instance_terminated = True
+            _maybe_retry(session, job, job.run)
+            await session.commit()
+        ctx.scheduler_wake.set()
+
+
+def _read_agent_state(storage: Any, prefix: str) -> AgentState:
+    return AgentState(status=storage.get_json(f"{prefix}/status.json"),
+                      heartbeat=storage.get_json(f"{prefix}/heartbeat.json"))
+
+
+def _seconds_since_stop(job: JobModel, now: datetime) -> float:
+    for event in reversed(json.loads(job.history)):
+        if event["status"] == JobStatus.TERMINATING.value:
+            return (now - datetime.fromisoformat(event["at"])).total_seconds()
+    return 0.0
+
+
+def _finish_from_agent(job: JobModel, run: RunModel, status: dict[str, Any]) -> None:
+    agent_status = status["status"]
+    exit_code = status.get("exit_code")
+    if agent_status == "done":
+        set_job_status(job, run, JobStatus.DONE, exit_code=0)
+    elif agent_status == "failed":
+        set_job_status(job, run, JobStatus.FAILED, reason=status.get("reason"), exit_code=exit_code)
+    else:
+        _finish_stopped(job, run)
+
+
+def _finish_stopped(job: JobModel, run: RunModel) -> None:
+    reason = run.stop_reason or "stopped"
+    final = JobStatus.TERMINATED if reason == "max duration exceeded" else JobStatus.STOPPED
+    set_job_status(job, run, final, reason=reason)
+
+
+async def _terminate(ctx: ServerContext, job: JobModel) -> None:
+    if job.instance is None or job.instance_terminated or job.backend is None:
+        return
+    compute = compute_for(settings=ctx.settings, project=job.run.project.name, backend_type=job.backend)
+    instance = LaunchedInstance.model_validate_json(job.instance)
+    await asyncio.to_thread(compute.terminate, instance=instance)
+
+
+def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> None:
+    """Resubmit a failed job when the run's retry policy covers what happened."""
+    if job.status != JobStatus.FAILED.value or run.stop_requested or run.jobs[-1].id != job.id:
+        return
+    retry = RunSpec.model_validate_json(run.spec).configuration.retry
+    if retry is None:
+        return
+    event = "interruption" if job.reason in ("instance lost", "interrupted") else "error"
+    elapsed = (utcnow() - run.submitted_at).total_seconds()
+    if event not in retry.on_events or (retry.duration is not None and elapsed > retry.duration):
+        return
+    now = utcnow()
+    resubmitted = new_job(run=run, project=run.project.name, submission=job.submission + 1, now=now)
+    session.add(resubmitted)
+    run.status = JobStatus.SUBMITTED.value
+    run.reason = f"resubmitted after {event}: {job.reason}"
+    run.finished_at = None

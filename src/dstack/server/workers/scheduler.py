@@ -1,0 +1,181 @@
+"""submitted -> provisioning: find offers, write the job spec, launch the cheapest that works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from dstack.backends.base import JobLaunch, LaunchedInstance, LaunchError, requirements_for
+from dstack.core.configurations import TaskConfiguration
+from dstack.core.runs import JobStatus, ProvisioningAttempt, RunSpec
+from dstack.server.context import ServerContext
+from dstack.server.models import JobModel, RunModel, utcnow
+from dstack.server.services.backends import compute_for, project_storage
+from dstack.server.services.offers import find_offers
+from dstack.server.services.runs import _backend_types, set_job_status
+from dstack.server.workers.common import for_each, release_lease
+from dstack.storage.layout import code_key
+
+logger = logging.getLogger("dstack.server.scheduler")
+MAX_LAUNCH_ATTEMPTS = 10
+CAPACITY_RETRY_DELAY = timedelta(seconds=15)
+
+
+async def schedule_once(ctx: ServerContext) -> None:
+    now = utcnow()
+    async with ctx.db.session() as session:
+        ids = list(await session.scalars(
+            select(JobModel.id).where(JobModel.status == JobStatus.SUBMITTED.value,
+                                      (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now))
+            .order_by(JobModel.submitted_at).limit(50)
+        ))
+    await for_each(ids, lambda job_id: _schedule(ctx, job_id))
+
+
+async def _claim(ctx: ServerContext, job_id: str) -> bool:
+    """submitted -> provisioning as one compare-and-set: exactly one replica wins a job."""
+    now = utcnow()
+    async with ctx.db.session() as session:
+        result = await session.execute(
+            update(JobModel)
+            .where(JobModel.id == job_id, JobModel.status == JobStatus.SUBMITTED.value,
+                   (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now))
+            .values(status=JobStatus.PROVISIONING.value, lock_owner=ctx.replica_id,
+                    lock_until=now + timedelta(minutes=10))
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        return result.rowcount == 1
+
+
+async def _schedule(ctx: ServerContext, job_id: str) -> None:
+    if not await _claim(ctx, job_id):
+        return
+    try:
+        await _provision(ctx, job_id)
+    except Exception as exc:
+        logger.exception("provisioning job %s failed", job_id)
+        async with ctx.db.session() as session:
+            job = await _load(session, job_id)
+            set_job_status(job, job.run, JobStatus.FAILED, reason=f"provisioning error: {exc}")
+            await session.commit()
+    finally:
+        await release_lease(ctx, job_id)
+
+
+async def _load(session: object, job_id: str) -> JobModel:
+    return (await session.scalars(  # type: ignore[attr-defined]
+        select(JobModel).where(JobModel.id == job_id)
+        .options(selectinload(JobModel.run).selectinload(RunModel.project))
+    )).one()
+
+
+async def _provision(ctx: ServerContext, job_id: str) -> None:
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        run = job.run
+        project = run.project
+        if run.stop_requested:
+            set_job_status(job, run, JobStatus.STOPPED, reason=run.stop_reason)
+            await session.commit()
+            return
+        run_spec = RunSpec.model_validate_json(run.spec)
+        backend_types = _backend_types(project, run_spec)
+        await session.commit()  # no transaction stays open across cloud calls
+
+    requirements = requirements_for(run_spec.configuration)
+    search = await find_offers(settings=ctx.settings, project=project.name,
+                               backend_types=backend_types, requirements=requirements)
+    if not search.offers:
+        await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
+        return
+
+    storage = project_storage(settings=ctx.settings, project=project.name)
+    spec = _job_spec(ctx, run_spec, run.name, run.id, job_id)
+    await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/spec.json", spec)
+    launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name,
+                       job_prefix=job.storage_prefix, storage_url=storage.url)
+    attempts: list[ProvisioningAttempt] = []
+    instance: LaunchedInstance | None = None
+    for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
+        compute = compute_for(settings=ctx.settings, project=project.name, backend_type=offer.backend)
+        try:
+            instance = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
+        except LaunchError as exc:
+            attempts.append(_attempt(offer, ok=False, reason=exc.reason))
+            continue
+        attempts.append(_attempt(offer, ok=True))
+        break
+
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
+        if instance is None:
+            await session.commit()
+            reasons = "; ".join(f"{a.backend}/{a.region}/{a.instance_type}: {a.reason}" for a in attempts)
+            await _no_capacity(ctx, job_id, f"every offer failed to launch: {reasons}", run_spec)
+            return
+        offer = search.offers[len(attempts) - 1]
+        job.backend = offer.backend
+        job.offer = offer.model_dump_json()
+        job.price = offer.price
+        job.instance_id = instance.instance_id
+        job.instance = instance.model_dump_json()
+        job.instance_terminated = False
+        job.heartbeat_at = utcnow()
+        set_job_status(job, job.run, JobStatus.PROVISIONING)
+        await session.commit()
+    ctx.reconciler_wake.set()
+
+
+async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: RunSpec) -> None:
+    retry = run_spec.configuration.retry
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        run = job.run
+        job.status = JobStatus.SUBMITTED.value
+        elapsed = (utcnow() - run.submitted_at).total_seconds()
+        if retry and "no-capacity" in retry.on_events and (retry.duration is None or elapsed < retry.duration):
+            set_job_status(job, run, JobStatus.SUBMITTED, reason=f"waiting for capacity: {reason}")
+            # Keep it unclaimable until the next try.
+            job.lock_owner, job.lock_until = None, utcnow() + CAPACITY_RETRY_DELAY
+            await session.commit()
+            return
+        set_job_status(job, run, JobStatus.FAILED, reason=reason)
+        await session.commit()
+
+
+def _attempt(offer: object, *, ok: bool, reason: str | None = None) -> ProvisioningAttempt:
+    return ProvisioningAttempt(at=utcnow(), backend=offer.backend, region=offer.region,  # type: ignore[attr-defined]
+                               instance_type=offer.instance_type, price=offer.price,  # type: ignore[attr-defined]
+                               spot=offer.spot, ok=ok, reason=reason)  # type: ignore[attr-defined]
+
+
+def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str, job_id: str) -> dict[str, object]:
+    conf = run_spec.configuration
+    if isinstance(conf, TaskConfiguration):
+        commands, artifacts = conf.commands, conf.artifacts
+    else:  # a dev environment: run `init`, then stay up until stopped
+        commands = [*conf.init, "echo 'The dev environment is ready. Stop it with `dstack stop " + run_name + "`.'",
+                    "exec sleep infinity"]
+        artifacts = []
+    env = {k: v for k, v in conf.env.items() if v is not None}
+    env.update({"DSTACK_RUN_NAME": run_name, "DSTACK_RUN_ID": run_id, "DSTACK_JOB_ID": job_id,
+                "DSTACK_REPO_ID": run_spec.repo_id})
+    return {
+        "version": 1,
+        "run_name": run_name,
+        "commands": commands,
+        "env": env,
+        "working_dir": conf.working_dir,
+        "artifacts": artifacts,
+        "python": conf.python,
+        "code_key": code_key(run_spec.code_hash) if run_spec.code_hash else None,
+        "heartbeat_interval": ctx.settings.heartbeat_interval,
+        "stop_grace": ctx.settings.stop_grace,
+    }
