@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -60,7 +61,7 @@ def list_files(root: Path) -> list[Path]:
 def build_archive(root: Path) -> tuple[bytes, str]:
     """A reproducible tar.gz of the directory and its sha256 (same content, same hash)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for rel in list_files(root):
             info = tar.gettarinfo(str(root / rel), arcname=rel.as_posix())
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -69,5 +70,6 @@ def build_archive(root: Path) -> tuple[bytes, str]:
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)
-    data = buffer.getvalue()
+    # gzip separately with mtime=0: the gzip header would otherwise carry the current time.
+    data = gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
     return data, hashlib.sha256(data).hexdigest()

@@ -240,12 +240,12 @@ class ResourcesSpec(StrictModel):
         return value
 
     def pretty(self) -> str:
-        parts = [f"{self.cpu}xCPU", f"{self.memory}"]
+        parts = [f"cpu={self.cpu}", f"mem={self.memory}"]
         if self.gpu is not None and self.gpu.count.max != 0:
-            parts.append(f"GPU {self.gpu}")
+            parts.append(f"gpu={self.gpu}")
         if self.disk is not None:
-            parts.append(f"{self.disk.size} disk")
-        return ", ".join(parts)
+            parts.append(f"disk={self.disk.size}")
+        return " ".join(parts)
 
 
 class GPU(BaseModel):

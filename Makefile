@@ -1,0 +1,36 @@
+# `make demo` and `make test` work on a fresh machine with python3 (>= 3.11), git and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Start a server, run examples/hello on the local backend, stream its logs, stop the server.
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py
+
+## Lint, then run the whole test suite.
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/python -m pytest -q
+
+## Benchmarks: prints a table of the measured figures and their targets.
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .dstack-demo .pytest_cache

@@ -1,0 +1,107 @@
+"""Every bad input: one clear line naming the problem and the fix, a non-zero exit, no traceback,
+and no half-written state."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.harness import Env, Server
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def runs_count(server: Server) -> int:
+    with server.api() as api:
+        return len(api.get("/api/projects/main/runs", params={"all": True}).json())
+
+
+def test_malformed_yaml(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands:\n  - echo hi\n  bad: [\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), ".dstack.yml:", "invalid YAML")
+    assert runs_count(server) == 0
+
+
+def test_unknown_field_names_file_line_and_fix(env: Env, server: Server, repo: Path) -> None:
+    (repo / "train.yml").write_text("type: task\ncommands: [echo hi]\nresorces:\n  gpu: 1\n")
+    assert_one_line_error(env.cli("apply", "-y", "-f", "train.yml", cwd=repo),
+                          "train.yml:3: resorces: unknown field `resorces`: did you mean `resources`?")
+    assert runs_count(server) == 0
+
+
+def test_unknown_gpu_name(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources:\n  gpu: A1OO\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), ".dstack.yml:4: resources.gpu: unknown GPU name")
+
+
+def test_missing_file(env: Env, server: Server, repo: Path) -> None:
+    assert_one_line_error(env.cli("apply", "-y", "-f", "nope.yml", cwd=repo), "nope.yml not found", "-f")
+
+
+def test_no_offers_says_what_was_asked_and_what_exists(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources:\n  memory: 100TB..\n")
+    result = env.cli("apply", "-y", cwd=repo)
+    assert_one_line_error(result, "no offers match", "mem=100TB..", "local offers", "memory 100TB..")
+    assert runs_count(server) == 0
+
+
+def test_not_initialized_directory(env: Env, server: Server) -> None:
+    other = env.home / "other"
+    other.mkdir()
+    (other / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=other), "is not a dstack repo", "dstack init")
+
+
+def test_unknown_run_and_stopping_a_finished_run(env: Env, server: Server, repo: Path) -> None:
+    assert_one_line_error(env.cli("logs", "ghost", cwd=repo), "run 'ghost' does not exist", "dstack ps -a")
+    assert_one_line_error(env.cli("stop", "ghost", cwd=repo), "run 'ghost' does not exist")
+    (repo / ".dstack.yml").write_text("type: task\nname: quick\ncommands: [echo hi]\nresources: {cpu: 1.., memory: 1GB..}\n")
+    assert env.cli("apply", "-y", cwd=repo).returncode == 0
+    assert_one_line_error(env.cli("stop", "quick", cwd=repo), "run 'quick' has already finished (done)")
+
+
+def test_wrong_token(env: Env, server: Server, repo: Path) -> None:
+    path = env.home / ".dstack" / "config.yml"
+    config = yaml.safe_load(path.read_text())
+    config["projects"][0]["token"] = "not-the-token"
+    path.write_text(yaml.safe_dump(config))
+    assert_one_line_error(env.cli("ps", cwd=repo), "invalid token", "config.yml")
+
+
+def test_server_not_running(env: Env, server: Server, repo: Path) -> None:
+    server.stop()
+    assert_one_line_error(env.cli("ps", cwd=repo), "cannot reach the dstack server", "dstack server")
+
+
+def test_port_already_in_use(env: Env) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = env.cli("server", "--port", str(port), timeout=30)
+    assert_one_line_error(result, f"port {port} on 127.0.0.1 is already in use", "--port")
+    # Nothing was created: the check runs before the database is touched.
+    assert not (env.home / ".dstack" / "server").exists()
+
+
+def test_no_confirmation_without_a_terminal(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources: {cpu: 1.., memory: 1GB..}\n")
+    assert_one_line_error(env.cli("apply", cwd=repo, input=""), "standard input is not a terminal", "-y")
+    assert runs_count(server) == 0
+
+
+def test_env_without_value(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nenv: [SOME_UNSET_VAR]\n"
+                                      "resources: {cpu: 1.., memory: 1GB..}\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), "SOME_UNSET_VAR has no value", "export")

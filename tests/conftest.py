@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.harness import Env, Server, need
+
+
+def _kill_strays(marker: str) -> None:
+    """Kill every process whose environment or command line mentions this test's HOME."""
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []) or proc.environ().get("HOME") == marker:
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = Env(home=home)
+    yield environment
+    _kill_strays(str(home))
+
+
+@pytest.fixture
+def server(env: Env) -> Iterator[Server]:
+    srv = Server(env).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def repo(env: Env, server: Server) -> Path:
+    """A directory initialized as a dstack repo (not a git repo)."""
+    path = env.home / "repo"
+    path.mkdir()
+    result = env.cli("init", cwd=path)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def postgres_available() -> bool:
+    try:
+        return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    need(postgres_available(), "PostgreSQL is not running at 127.0.0.1:5432")
+    import asyncio
+
+    import asyncpg
+
+    name = f"dstack_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
