@@ -1,0 +1,136 @@
+"""Benchmarks of the foundation, on the local backend. Prints a table of figures and targets.
+
+    make bench      (or: .venv/bin/python bench/run.py)
+
+Each benchmark starts its own `dstack server` with a temporary HOME, so nothing of yours is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dstack.api.client import Client  # noqa: E402
+from dstack.api.code import build_archive, repo_id_for  # noqa: E402
+from dstack.core.configurations import TaskConfiguration  # noqa: E402
+from dstack.core.runs import RunSpec  # noqa: E402
+from tests.harness import Env, Server  # noqa: E402
+
+RESULTS: list[tuple[str, str, str, bool]] = []
+
+
+def record(name: str, value: float, unit: str, target: float) -> None:
+    RESULTS.append((name, f"{value:.3f} {unit}" if unit == "s" else f"{value:.0f} {unit}", f"≤ {target:g} {unit}",
+                    value <= target))
+
+
+def bench_first_log_line(server: Server, env: Env) -> None:
+    repo = env.home / "repo"
+    repo.mkdir()
+    client = Client(url=server.url, token=env.token(), project="main")
+    repo_id = repo_id_for(repo)
+    client.repos.init(repo_id)
+    data, code_hash = build_archive(repo)
+    client.repos.upload_code(data, code_hash)
+    conf = TaskConfiguration(type="task", commands=["echo hello", "sleep 1"], resources={"cpu": "1..", "memory": "1GB.."})
+    samples = []
+    for _ in range(20):
+        started = time.perf_counter()
+        run = client.runs.submit(RunSpec(configuration=conf, repo_id=repo_id, code_hash=code_hash))
+        while not client.runs.logs(run.name).events:
+            time.sleep(0.005)
+        samples.append(time.perf_counter() - started)
+        while not client.runs.get(run.name).status.finished:
+            time.sleep(0.05)
+    record("submit → first log line via API (median of 20)", statistics.median(samples), "s", 1.0)
+
+
+def fill_runs(env: Env, count: int) -> None:
+    """Insert finished runs straight into the DB: the benchmark is about listing them."""
+    from dstack.server.db import Database
+    from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel
+    from dstack.server.settings import Settings
+
+    async def _fill() -> None:
+        db = Database(Settings(server_dir=env.server_dir))
+        async with db.session() as session:
+            from sqlalchemy import select
+
+            project = await session.scalar(select(ProjectModel).where(ProjectModel.name == "main"))
+            user = await session.scalar(select(UserModel).where(UserModel.name == "admin"))
+            conf = TaskConfiguration(type="task", commands=["echo hi"])
+            base = datetime.now(UTC) - timedelta(days=2)
+            for i in range(count):
+                name = f"bench-{i}"
+                spec = RunSpec(configuration=conf, repo_id="bench", run_name=name).model_dump_json()
+                at = base + timedelta(seconds=i)
+                run = RunModel(id=str(uuid.uuid4()), project_id=project.id, user_id=user.id, name=name,
+                               status="done", spec=spec, submitted_at=at, finished_at=at, exit_code=0)
+                session.add(run)
+                session.add(JobModel(run_id=run.id, name=f"{name}-0-0", status="done", submitted_at=at,
+                                     started_at=at, finished_at=at, storage_prefix=f"x/{i}", exit_code=0,
+                                     history=json.dumps([])))
+            await session.commit()
+        await db.close()
+
+    asyncio.run(_fill())
+
+
+def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = env.cli(*args)
+        samples.append(time.perf_counter() - started)
+        assert result.returncode == 0, result.stderr
+    return statistics.median(samples)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        env = Env(home=home)
+        server = Server(env).start()
+        try:
+            time.sleep(3)
+            rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
+            record("server RSS, idle after start", rss, "MB", 150)
+            bench_first_log_line(server, env)
+            fill_runs(env, 1000)
+            record("`dstack ps` with 1,000 runs in the DB (median of 7)", time_cli(env, "ps"), "s", 0.3)
+            RESULTS.append(("`dstack ps -a` listing all 1,000 runs (median of 7)",
+                            f"{time_cli(env, 'ps', '-a'):.3f} s", "(no target)", True))
+            time.sleep(3)
+            rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
+            record("server RSS, idle after the runs above", rss, "MB", 150)
+        finally:
+            server.stop()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dstack benchmarks ({os.cpu_count()} CPUs, local backend)")
+    for column in ("benchmark", "measured", "target", "ok"):
+        table.add_column(column)
+    for name, value, target, ok in RESULTS:
+        table.add_row(name, value, target, "yes" if ok else "[red]NO[/]")
+    Console(width=120).print(table)
+    return 0 if all(ok for *_, ok in RESULTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
