@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,11 +23,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.harness import Env, Server  # noqa: E402
+
 from dstack.api.client import Client  # noqa: E402
 from dstack.api.code import build_archive, repo_id_for  # noqa: E402
 from dstack.core.configurations import TaskConfiguration  # noqa: E402
 from dstack.core.runs import RunSpec  # noqa: E402
-from tests.harness import Env, Server  # noqa: E402
 
 RESULTS: list[tuple[str, str, str, bool]] = []
 
@@ -46,7 +46,8 @@ def bench_first_log_line(server: Server, env: Env) -> None:
     client.repos.init(repo_id)
     data, code_hash = build_archive(repo)
     client.repos.upload_code(data, code_hash)
-    conf = TaskConfiguration(type="task", commands=["echo hello", "sleep 1"], resources={"cpu": "1..", "memory": "1GB.."})
+    conf = TaskConfiguration(type="task", commands=["echo hello", "sleep 1"],
+                             resources={"cpu": "1..", "memory": "1GB.."})
     samples = []
     for _ in range(20):
         started = time.perf_counter()

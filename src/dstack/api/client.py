@@ -40,8 +40,10 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
-            raise DstackError(f"cannot reach the dstack server at {self.url}",
-                              fix="Is `dstack server` running? Start it, or fix the URL in ~/.dstack/config.yml") from None
+            raise DstackError(
+                f"cannot reach the dstack server at {self.url}",
+                fix="Is `dstack server` running? Start it, or fix the URL in ~/.dstack/config.yml",
+            ) from None
         except httpx.TimeoutException:
             raise DstackError(f"the dstack server at {self.url} did not answer in time") from None
         if response.status_code >= 400 and method != "HEAD":

@@ -42,7 +42,8 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     url = f"http://{url_host}:{port}"
 
     def show_token(token: str) -> None:
-        console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in ~/.dstack/config.yml)", soft_wrap=True)
+        console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in ~/.dstack/config.yml)",
+                      soft_wrap=True)
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, url=url, on_admin_token=show_token)
