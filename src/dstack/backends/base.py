@@ -1,20 +1,27 @@
-"""The interface every backend implements: offers, launch, terminate.
+"""The interface every backend implements: offers, launch, terminate, logs.
 
 Each backend is a package with the same modules: `models.py` (its config form),
-`configurator.py` (checks a config, returns choices for fields) and `compute.py`.
+`configurator.py` (checks a config, returns choices for fields) and `compute.py`
+(plus `logs.py` / `secrets.py` where the backend has such services).
 """
 
 from __future__ import annotations
 
 import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.resources import ResourcesSpec
-from dstack.core.runs import Offer
+from dstack.core.runs import LogEvent, Offer
 from dstack.storage import Storage
+from dstack.storage.layout import log_chunk_key
+
+MAX_LOG_CHUNKS_PER_PAGE = 20
 
 
 class Requirements(BaseModel):
@@ -26,6 +33,16 @@ class Requirements(BaseModel):
     regions: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend may know about the server that hosts it."""
+
+    project: str
+    server_dir: Path
+    # Orphaned instances younger than this are left alone: their launch may not be recorded yet.
+    reaper_grace: float = 600.0
+
+
 class JobLaunch(BaseModel):
     """What a backend needs to start an instance that runs one job."""
 
@@ -33,7 +50,7 @@ class JobLaunch(BaseModel):
     project: str
     run_name: str
     job_prefix: str
-    storage_url: str
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)
 
 
 class LaunchedInstance(BaseModel):
@@ -52,9 +69,7 @@ class LaunchError(Exception):
 
 class Compute(abc.ABC):
     TYPE: str
-
-    def __init__(self, *, storage: Storage) -> None:
-        self.storage = storage
+    storage: Storage
 
     def unsupported(self, requirements: Requirements) -> str | None:
         """Why this backend can never serve `requirements` (None if it might)."""
@@ -64,12 +79,40 @@ class Compute(abc.ABC):
     def get_offers(self, requirements: Requirements) -> list[Offer]:
         """Every candidate instance; the offers service filters and sorts them."""
 
+    def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
+        """Backend-specific entries of the job spec (log destination, secret references, …)."""
+        return {}
+
     @abc.abstractmethod
     def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance: ...
 
     @abc.abstractmethod
     def terminate(self, *, instance: LaunchedInstance) -> None:
         """Tear the instance down; idempotent, safe to call on a gone instance."""
+
+    def reap(self, *, live_instance_ids: set[str]) -> list[str]:
+        """Terminate this backend's instances that no live job owns; returns their ids."""
+        return []
+
+    def read_logs(self, *, job_prefix: str, spec_extras: dict[str, Any], next_token: str | None
+                  ) -> tuple[list[LogEvent], str, bool]:
+        """Log events after `next_token`: (events, next token, whether more may be ready now)."""
+        return read_bucket_logs(self.storage, job_prefix, next_token)
+
+
+def read_bucket_logs(storage: Storage, prefix: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
+    """Logs kept as numbered chunks in the bucket; the token is the next chunk number."""
+    seq = int(next_token) if next_token and next_token.isdigit() else 0
+    start_after = log_chunk_key(prefix, seq - 1) if seq > 0 else None
+    keys = storage.list(f"{prefix}/logs/", start_after=start_after, limit=MAX_LOG_CHUNKS_PER_PAGE)
+    events: list[LogEvent] = []
+    for key in keys:
+        data = storage.get(key) or b""
+        for line in data.decode("utf-8", "replace").splitlines():
+            item = json.loads(line)
+            events.append(LogEvent(timestamp=item["t"], message=item["m"]))
+        seq = int(key.rsplit("/", 1)[1].split(".")[0]) + 1
+    return events, str(seq), len(keys) == MAX_LOG_CHUNKS_PER_PAGE
 
 
 def requirements_for(configuration: TaskConfiguration | Any) -> Requirements:

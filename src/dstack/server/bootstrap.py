@@ -30,7 +30,7 @@ async def bootstrap(ctx: ServerContext, *, url: str) -> str | None:
             admin, token = await create_user(session=session, name=ADMIN, global_role="admin", token=preset)
         except (IntegrityError, ResourceExistsError):
             return None  # another replica created it first
-        await create_project(session=session, owner=admin, name=DEFAULT_PROJECT)
+        await create_project(session=session, encryptor=ctx.encryptor, owner=admin, name=DEFAULT_PROJECT)
     config = load_config()
     config.set_project(ProjectConfig(name=DEFAULT_PROJECT, url=url, token=token, default=True))
     save_config(config)

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
+from dstack.server.crypto import Encryptor, load_encryptor
 from dstack.server.db import Database
 from dstack.server.settings import Settings
 
@@ -14,8 +15,14 @@ from dstack.server.settings import Settings
 class ServerContext:
     settings: Settings
     db: Database
+    encryptor: Encryptor = field(default=None)  # type: ignore[assignment]
     # Set on submit/stop so the workers react at once instead of at their next tick.
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     reconciler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    last_reap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.encryptor is None:
+            self.encryptor = load_encryptor(self.settings.server_dir)

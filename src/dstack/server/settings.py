@@ -26,6 +26,9 @@ class Settings:
     # How long a launched instance may take to send its first heartbeat.
     provisioning_timeout: float = field(default_factory=lambda: _float("DSTACK_PROVISIONING_TIMEOUT", 600))
     worker_interval: float = field(default_factory=lambda: _float("DSTACK_WORKER_INTERVAL", 1))
+    # How often orphaned cloud instances are looked for, and how old one must be to be reaped.
+    reaper_interval: float = field(default_factory=lambda: _float("DSTACK_REAPER_INTERVAL", 60))
+    reaper_grace: float = field(default_factory=lambda: _float("DSTACK_REAPER_GRACE", 600))
 
     @property
     def db_url(self) -> str:
@@ -41,9 +44,3 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
 
-    def project_bucket(self, project: str) -> Path:
-        return self.server_dir / "projects" / project / "bucket"
-
-    @property
-    def workdirs(self) -> Path:
-        return self.server_dir / "workdirs"

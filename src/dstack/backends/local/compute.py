@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import psutil
 
 from dstack.agent.process import kill_tree
-from dstack.backends.base import Compute, JobLaunch, LaunchedInstance, LaunchError, Requirements
+from dstack.backends.base import BackendContext, Compute, JobLaunch, LaunchedInstance, LaunchError, Requirements
+from dstack.backends.local.models import LocalBackendConfig
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import Offer
-from dstack.storage import Storage
+from dstack.storage.local import DirectoryStorage
 
 REGION = "local"
 
@@ -25,9 +26,11 @@ REGION = "local"
 class LocalCompute(Compute):
     TYPE = "local"
 
-    def __init__(self, *, storage: Storage, workdirs: Path) -> None:
-        super().__init__(storage=storage)
-        self.workdirs = workdirs
+    def __init__(self, config: LocalBackendConfig, ctx: BackendContext) -> None:
+        self.config = config
+        # The project's bucket is a directory on this machine; jobs run in fresh directories beside it.
+        self.storage = DirectoryStorage(ctx.server_dir / "projects" / ctx.project / "bucket")
+        self.workdirs = ctx.server_dir / "workdirs"
 
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.image:
@@ -53,12 +56,14 @@ class LocalCompute(Compute):
     def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance:
         workdir = self.workdirs / job.job_id
         workdir.mkdir(parents=True, exist_ok=True)
+        # Secrets reach the agent through its environment, never through the bucket.
+        env = {**os.environ, "DSTACK_AGENT_SECRETS": json.dumps(job.secrets)}
         try:
             log = open(workdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dstack.agent", "--storage", job.storage_url,
+                [sys.executable, "-m", "dstack.agent", "--storage", self.storage.url,
                  "--job", job.job_prefix, "--workdir", str(workdir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 # A session of its own: the agent outlives a server that is killed or restarted.
                 start_new_session=True, close_fds=True,
             )
@@ -113,3 +118,6 @@ def _short_gpu_name(name: str) -> str:
             if word.upper() == known.upper():
                 return known
     return words[0] if words else name.strip()
+
+
+COMPUTE_CLASS = LocalCompute

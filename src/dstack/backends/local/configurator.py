@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from dstack.backends.local.models import LocalBackendConfig
+from dstack.core.backends import BackendCheck
 
 
-def validate_config(config: dict[str, Any]) -> LocalBackendConfig:
-    """Nothing to check with a cloud: the model's own validation is all there is."""
-    return LocalBackendConfig.model_validate(config)
-
-
-def field_choices(config: dict[str, Any]) -> dict[str, list[str]]:
+def check(config: LocalBackendConfig) -> dict[str, Any]:
+    """Nothing to check with a cloud; no fields to offer choices for."""
     return {}
+
+
+def check_form(config: LocalBackendConfig) -> BackendCheck:
+    return BackendCheck(ok=True)

@@ -11,3 +11,6 @@ class LocalBackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", title="Local")
 
     type: Literal["local"] = "local"
+
+
+CONFIG_MODEL = LocalBackendConfig

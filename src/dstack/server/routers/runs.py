@@ -14,15 +14,14 @@ router = APIRouter(prefix="/api/projects/{project_name}", tags=["runs"])
 
 
 @router.put("/code/{code_hash}", status_code=204)
-async def upload_code(code_hash: str, request: Request, project: ProjectUser, ctx: Ctx) -> Response:
-    await repos_svc.upload_code(settings=ctx.settings, project=project, code_hash=code_hash,
-                                data=await request.body())
+async def upload_code(code_hash: str, request: Request, project: ProjectUser, session: Session) -> Response:
+    await repos_svc.upload_code(session=session, project=project, code_hash=code_hash, data=await request.body())
     return Response(status_code=204)
 
 
 @router.head("/code/{code_hash}")
-async def code_exists(code_hash: str, project: ProjectReader, ctx: Ctx) -> Response:
-    found = await repos_svc.code_exists(settings=ctx.settings, project=project, code_hash=code_hash)
+async def code_exists(code_hash: str, project: ProjectReader, session: Session) -> Response:
+    found = await repos_svc.code_exists(session=session, project=project, code_hash=code_hash)
     return Response(status_code=200 if found else 404)
 
 
@@ -56,20 +55,20 @@ async def stop(run_name: str, body: StopRunRequest, project: ProjectUser, sessio
 async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx,
                next_token: str | None = None, submission: int | None = None) -> LogPage:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
-    return await logs_svc.get_logs(settings=ctx.settings, run=run, next_token=next_token, submission=submission)
+    return await logs_svc.get_logs(ctx=ctx, run=run, next_token=next_token, submission=submission)
 
 
 @router.get("/runs/{run_name}/artifacts")
 async def artifacts(run_name: str, project: ProjectReader, session: Session, ctx: Ctx) -> list[Artifact]:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
-    return await logs_svc.list_artifacts(settings=ctx.settings, run=run)
+    return await logs_svc.list_artifacts(ctx=ctx, run=run)
 
 
 @router.get("/runs/{run_name}/artifacts/{path:path}")
 async def download_artifact(run_name: str, path: str, project: ProjectReader, session: Session,
                             ctx: Ctx) -> StreamingResponse:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
-    chunks = logs_svc.open_artifact(settings=ctx.settings, run=run, path=path)
+    chunks = logs_svc.open_artifact(ctx=ctx, run=run, path=path)
     filename = path.rsplit("/", 1)[-1].replace('"', "")
     return StreamingResponse(chunks, media_type="application/octet-stream",
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})

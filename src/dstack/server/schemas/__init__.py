@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from dstack.core.backends import BackendCheck, FieldError
 from dstack.core.runs import RunSpec
+
+__all__ = ["BackendCheck", "FieldError"]
 
 ProjectRole = Literal["admin", "user", "read-only"]
 
@@ -61,6 +64,10 @@ class InitRepoRequest(BaseModel):
 
 class SubmitRunRequest(BaseModel):
     run_spec: RunSpec
+
+
+class SetSecretRequest(BaseModel):
+    value: str = Field(min_length=1, repr=False)
 
 
 class StopRunRequest(BaseModel):

@@ -1,20 +1,17 @@
-"""Job logs and artifacts, read from the project's bucket."""
+"""Job logs and artifacts, read through the backend that ran the job."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 
+from dstack.backends.base import Compute, LaunchedInstance
 from dstack.core.errors import ResourceNotFoundError
-from dstack.core.runs import FINISHED_STATUSES, Artifact, JobStatus, LogEvent, LogPage
+from dstack.core.runs import FINISHED_STATUSES, Artifact, JobStatus, LogPage
+from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel
-from dstack.server.services.backends import project_storage
-from dstack.server.settings import Settings
-from dstack.storage import Storage
-from dstack.storage.layout import artifact_key, log_chunk_key
-
-MAX_CHUNKS_PER_PAGE = 20
+from dstack.server.services.backends import compute_for
+from dstack.storage.layout import artifact_key
 
 
 def _job(run: RunModel, submission: int | None) -> JobModel:
@@ -28,35 +25,33 @@ def _job(run: RunModel, submission: int | None) -> JobModel:
     raise ResourceNotFoundError(f"run {run.name!r} has no submission {submission}", field="submission")
 
 
-async def get_logs(
-    *, settings: Settings, run: RunModel, next_token: str | None, submission: int | None = None
-) -> LogPage:
-    """Log events after `next_token` (a chunk number). Chunks are immutable, so a token is stable."""
+def _compute(ctx: ServerContext, run: RunModel, job: JobModel) -> Compute | None:
+    if job.backend is None:
+        return None  # never launched: nothing logged, nothing saved
+    return compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=run.project, backend_type=job.backend)
+
+
+async def get_logs(*, ctx: ServerContext, run: RunModel, next_token: str | None,
+                   submission: int | None = None) -> LogPage:
     job = _job(run, submission)
-    # Read the status before listing: the agent writes its last chunk before its final status,
-    # so if the job had finished by now, this listing is complete.
+    # Read the status before the logs: the agent writes its last log line before its final status,
+    # so if the job had finished by now, what we read next is complete.
     finished = JobStatus(job.status) in FINISHED_STATUSES
-    storage = project_storage(settings=settings, project=run.project.name)
-    return await asyncio.to_thread(_read_logs, storage, job.storage_prefix, next_token, finished)
+    compute = _compute(ctx, run, job)
+    if compute is None:
+        return LogPage(events=[], next_token=next_token or "", finished=finished)
+    extras = LaunchedInstance.model_validate_json(job.instance).data.get("spec_extras", {}) if job.instance else {}
+    events, token, more = await asyncio.to_thread(
+        compute.read_logs, job_prefix=job.storage_prefix, spec_extras=extras, next_token=next_token)
+    return LogPage(events=events, next_token=token, finished=finished and not more)
 
 
-def _read_logs(storage: Storage, prefix: str, next_token: str | None, finished: bool) -> LogPage:
-    seq = int(next_token) if next_token and next_token.isdigit() else 0
-    start_after = log_chunk_key(prefix, seq - 1) if seq > 0 else None
-    keys = storage.list(f"{prefix}/logs/", start_after=start_after, limit=MAX_CHUNKS_PER_PAGE)
-    events: list[LogEvent] = []
-    for key in keys:
-        data = storage.get(key) or b""
-        for line in data.decode("utf-8", "replace").splitlines():
-            item = json.loads(line)
-            events.append(LogEvent(timestamp=item["t"], message=item["m"]))
-        seq = int(key.rsplit("/", 1)[1].split(".")[0]) + 1
-    return LogPage(events=events, next_token=str(seq), finished=finished and len(keys) < MAX_CHUNKS_PER_PAGE)
-
-
-async def list_artifacts(*, settings: Settings, run: RunModel, submission: int | None = None) -> list[Artifact]:
+async def list_artifacts(*, ctx: ServerContext, run: RunModel, submission: int | None = None) -> list[Artifact]:
     job = _job(run, submission)
-    storage = project_storage(settings=settings, project=run.project.name)
+    compute = _compute(ctx, run, job)
+    if compute is None:
+        return []
+    storage = compute.storage
     prefix = artifact_key(job.storage_prefix, "")
 
     def _list() -> list[Artifact]:
@@ -65,10 +60,10 @@ async def list_artifacts(*, settings: Settings, run: RunModel, submission: int |
     return await asyncio.to_thread(_list)
 
 
-def open_artifact(*, settings: Settings, run: RunModel, path: str) -> Iterator[bytes]:
+def open_artifact(*, ctx: ServerContext, run: RunModel, path: str) -> Iterator[bytes]:
     job = _job(run, None)
-    storage = project_storage(settings=settings, project=run.project.name)
+    compute = _compute(ctx, run, job)
     key = artifact_key(job.storage_prefix, path)
-    if ".." in path.split("/") or not storage.exists(key):
+    if compute is None or ".." in path.split("/") or not compute.storage.exists(key):
         raise ResourceNotFoundError(f"run {run.name!r} has no artifact {path!r}", field="path")
-    return storage.open_read(key)
+    return compute.storage.open_read(key)

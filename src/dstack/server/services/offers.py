@@ -6,11 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 from dstack.backends.base import Requirements
-from dstack.core.errors import NoOffersError
+from dstack.core.errors import DstackError, NoOffersError
 from dstack.core.resources import unmet_requirements
 from dstack.core.runs import Offer
+from dstack.server.context import ServerContext
+from dstack.server.models import ProjectModel
 from dstack.server.services.backends import compute_for
-from dstack.server.settings import Settings
 
 
 @dataclass
@@ -23,6 +24,8 @@ class OfferSearch:
         asked = requirements.resources.pretty()
         if requirements.max_price is not None:
             asked += f", max price ${requirements.max_price:g}/h"
+        if requirements.spot_policy != "on-demand":
+            asked += f", spot_policy {requirements.spot_policy}"
         why = "; ".join(self.rejections) or "the project has no backends"
         return NoOffersError(
             f"no offers match: asked for {asked}; {why}",
@@ -31,13 +34,11 @@ class OfferSearch:
 
 
 async def find_offers(
-    *, settings: Settings, project: str, backend_types: list[str], requirements: Requirements
+    *, ctx: ServerContext, project: ProjectModel, backend_types: list[str], requirements: Requirements
 ) -> OfferSearch:
     searches = await asyncio.gather(
-        *(
-            asyncio.to_thread(_search_backend, settings, project, backend_type, requirements)
-            for backend_type in backend_types
-        )
+        *(asyncio.to_thread(_search_backend, ctx, project, backend_type, requirements)
+          for backend_type in backend_types)
     )
     result = OfferSearch()
     for search in searches:
@@ -47,23 +48,36 @@ async def find_offers(
     return result
 
 
-def _search_backend(settings: Settings, project: str, backend_type: str, requirements: Requirements) -> OfferSearch:
-    compute = compute_for(settings=settings, project=project, backend_type=backend_type)
+def _search_backend(ctx: ServerContext, project: ProjectModel, backend_type: str,
+                    requirements: Requirements) -> OfferSearch:
     search = OfferSearch()
-    reason = compute.unsupported(requirements)
+    try:
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=backend_type)
+        reason = compute.unsupported(requirements)
+        candidates = [] if reason else compute.get_offers(requirements)
+    except DstackError as exc:
+        search.rejections.append(f"{backend_type}: {exc}")
+        return search
     if reason:
         search.rejections.append(f"{backend_type}: {reason}")
         return search
-    candidates = compute.get_offers(requirements)
+    return filter_offers(backend_type, candidates, requirements)
+
+
+def filter_offers(backend_type: str, candidates: list[Offer], requirements: Requirements) -> OfferSearch:
+    search = OfferSearch()
     closest: tuple[Offer, list[str]] | None = None
     for offer in candidates:
-        missing = unmet_requirements(requirements.resources, offer.resources)
-        if requirements.max_price is not None and offer.price > requirements.max_price:
-            missing.append(f"price ${offer.price:g}/h is above max_price")
         if requirements.spot_policy == "spot" and not offer.spot:
             continue
         if requirements.spot_policy == "on-demand" and offer.spot:
             continue
+        if requirements.regions and offer.region not in requirements.regions:
+            continue
+        missing = unmet_requirements(requirements.resources, offer.resources)
+        if requirements.max_price is not None and offer.price > requirements.max_price:
+            missing.append(f"price ${offer.price:g}/h is above max_price")
         if not missing:
             search.offers.append(offer)
         elif closest is None or len(missing) < len(closest[1]):
@@ -72,9 +86,9 @@ def _search_backend(settings: Settings, project: str, backend_type: str, require
         if closest is not None:
             offer, missing = closest
             search.rejections.append(
-                f"{backend_type} offers {offer.resources.pretty()} ({offer.instance_type}), "
-                f"which lacks {', '.join(missing)}"
+                f"{backend_type} offers {offer.resources.pretty()} ({offer.instance_type}"
+                f"{', spot' if offer.spot else ''}), which lacks {', '.join(missing)}"
             )
         else:
-            search.rejections.append(f"{backend_type}: no instances")
+            search.rejections.append(f"{backend_type}: no instances match the spot policy and regions")
     return search

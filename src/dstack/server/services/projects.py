@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.errors import ForbiddenError, ResourceExistsError, ResourceNotFoundError
+from dstack.server.crypto import Encryptor
 from dstack.server.models import BackendModel, MemberModel, ProjectModel, UserModel
 from dstack.server.schemas import Member, ProjectInfo
 from dstack.server.services.backends import backend_info
@@ -13,7 +14,7 @@ ROLE_RANK = {"read-only": 0, "user": 1, "admin": 2}
 
 
 async def create_project(
-    *, session: AsyncSession, owner: UserModel, name: str, with_local_backend: bool = True
+    *, session: AsyncSession, encryptor: Encryptor, owner: UserModel, name: str, with_local_backend: bool = True
 ) -> ProjectModel:
     if await session.scalar(select(ProjectModel).where(ProjectModel.name == name)):
         raise ResourceExistsError(f"project {name!r} already exists", field="name")
@@ -22,7 +23,7 @@ async def create_project(
     await session.flush()
     session.add(MemberModel(project_id=project.id, user_id=owner.id, role="admin"))
     if with_local_backend:
-        session.add(BackendModel(project_id=project.id, type="local", config='{"type":"local"}'))
+        session.add(BackendModel(project_id=project.id, type="local", config=encryptor.encrypt('{"type":"local"}')))
     try:
         await session.commit()
     except IntegrityError:
@@ -90,12 +91,12 @@ async def remove_member(*, session: AsyncSession, project: ProjectModel, user: U
     raise ResourceNotFoundError(f"{user.name!r} is not a member of {project.name!r}", field="user")
 
 
-async def project_info(*, session: AsyncSession, project: ProjectModel) -> ProjectInfo:
+async def project_info(*, session: AsyncSession, encryptor: Encryptor, project: ProjectModel) -> ProjectInfo:
     owner = await session.get(UserModel, project.owner_id)
     return ProjectInfo(
         name=project.name,
         owner=owner.name if owner else "",
         created_at=project.created_at,
         members=[Member(user=m.user.name, role=m.role) for m in project.members],  # type: ignore[arg-type]
-        backends=[backend_info(b) for b in project.backends],
+        backends=[backend_info(encryptor, b) for b in project.backends],
     )

@@ -1,22 +1,19 @@
-"""Repos (directories users run from) and their code archives."""
+"""Repos (directories users run from) and their code archives (kept in the DB)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.errors import ConfigurationError, ResourceNotFoundError
-from dstack.server.models import ProjectModel, RepoModel
-from dstack.server.services.backends import project_storage
-from dstack.server.settings import Settings
-from dstack.storage.layout import code_key
+from dstack.server.models import CodeModel, ProjectModel, RepoModel
 
-MAX_CODE_BYTES = 256 * 2**20
+MAX_CODE_BYTES = 128 * 2**20
 
 
 async def init_repo(*, session: AsyncSession, project: ProjectModel, repo_id: str, info: dict[str, Any]) -> None:
@@ -42,7 +39,7 @@ async def check_repo(*, session: AsyncSession, project: ProjectModel, repo_id: s
         )
 
 
-async def upload_code(*, settings: Settings, project: ProjectModel, code_hash: str, data: bytes) -> None:
+async def upload_code(*, session: AsyncSession, project: ProjectModel, code_hash: str, data: bytes) -> None:
     if len(data) > MAX_CODE_BYTES:
         raise ConfigurationError(
             f"the code archive is {len(data) / 2**20:.0f} MB; the limit is {MAX_CODE_BYTES // 2**20} MB",
@@ -50,10 +47,26 @@ async def upload_code(*, settings: Settings, project: ProjectModel, code_hash: s
         )
     if hashlib.sha256(data).hexdigest() != code_hash:
         raise ConfigurationError("the code archive does not match its sha256", field="code_hash")
-    storage = project_storage(settings=settings, project=project.name)
-    await asyncio.to_thread(storage.put, code_key(code_hash), data)
+    if await code_exists(session=session, project=project, code_hash=code_hash):
+        return
+    session.add(CodeModel(project_id=project.id, code_hash=code_hash, data=data))
+    try:
+        await session.commit()
+    except IntegrityError:  # the same archive uploaded twice at once
+        await session.rollback()
 
 
-async def code_exists(*, settings: Settings, project: ProjectModel, code_hash: str) -> bool:
-    storage = project_storage(settings=settings, project=project.name)
-    return await asyncio.to_thread(storage.exists, code_key(code_hash))
+async def code_exists(*, session: AsyncSession, project: ProjectModel, code_hash: str) -> bool:
+    found = await session.scalar(
+        select(CodeModel.id).where(CodeModel.project_id == project.id, CodeModel.code_hash == code_hash)
+    )
+    return found is not None
+
+
+async def get_code(*, session: AsyncSession, project_id: str, code_hash: str) -> bytes:
+    data = await session.scalar(
+        select(CodeModel.data).where(CodeModel.project_id == project_id, CodeModel.code_hash == code_hash)
+    )
+    if data is None:
+        raise ResourceNotFoundError(f"code archive {code_hash} is missing", field="code_hash")
+    return data

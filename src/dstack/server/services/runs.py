@@ -52,10 +52,8 @@ def _backend_types(project: ProjectModel, run_spec: RunSpec) -> list[str]:
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
     requirements = requirements_for(run_spec.configuration)
-    search = await find_offers(
-        settings=ctx.settings, project=project.name,
-        backend_types=_backend_types(project, run_spec), requirements=requirements,
-    )
+    search = await find_offers(ctx=ctx, project=project, backend_types=_backend_types(project, run_spec),
+                               requirements=requirements)
     if not search.offers:
         raise search.no_offers_error(requirements)
     return RunPlan(run_spec=run_spec, offers=search.offers[:50], total_offers=len(search.offers),
@@ -74,7 +72,7 @@ async def submit_run(
             fix="Set it in your shell before `dstack apply`, or give it a value in the configuration",
         )
     await check_repo(session=session, project=project, repo_id=run_spec.repo_id)
-    if run_spec.code_hash and not await code_exists(settings=ctx.settings, project=project,
+    if run_spec.code_hash and not await code_exists(session=session, project=project,
                                                      code_hash=run_spec.code_hash):
         raise ConfigurationError("the code archive was not uploaded", field="code_hash",
                                  fix="Upload it with PUT /api/projects/{project}/code/{sha256} first")

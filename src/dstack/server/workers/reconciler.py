@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,8 @@ from sqlalchemy.orm import selectinload
 from dstack.backends.base import LaunchedInstance
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
-from dstack.server.models import JobModel, RunModel, utcnow
-from dstack.server.services.backends import compute_for, project_storage
+from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.services.backends import compute_for
 from dstack.server.services.runs import new_job, set_job_status
 from dstack.server.workers.common import for_each, release_lease, try_lease
 
@@ -39,6 +40,33 @@ async def reconcile_once(ctx: ServerContext) -> None:
             select(JobModel.id).where(or_(JobModel.status.in_(_FOLLOWED), JobModel.instance_terminated.is_(False)))
         ))
     await for_each(ids, lambda job_id: _reconcile(ctx, job_id))
+    if time.monotonic() - ctx.last_reap >= ctx.settings.reaper_interval:
+        ctx.last_reap = time.monotonic()
+        await _reap(ctx)
+
+
+async def _reap(ctx: ServerContext) -> None:
+    """Terminate cloud instances of this server's backends that no live job owns."""
+    async with ctx.db.session() as session:
+        live = set(await session.scalars(
+            select(JobModel.instance_id).where(JobModel.instance_terminated.is_(False),
+                                               JobModel.instance_id.is_not(None))))
+        projects = list(await session.scalars(select(ProjectModel)))
+        await session.commit()
+    for project in projects:
+        for backend in project.backends:
+            if backend.type == "local":
+                continue  # local agents are followed through their jobs
+            try:
+                compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                                      backend_type=backend.type)
+                reaped = await asyncio.to_thread(compute.reap, live_instance_ids=live)
+            except Exception:
+                logger.exception("reaping %s instances of project %s failed", backend.type, project.name)
+                continue
+            for instance_id in reaped:
+                logger.warning("terminated orphaned %s instance %s of project %s", backend.type, instance_id,
+                               project.name)
 
 
 async def _reconcile(ctx: ServerContext, job_id: str) -> None:
@@ -65,7 +93,6 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         job = await _load(session, job_id)
         run = job.run
         status = JobStatus(job.status)
-        storage = project_storage(settings=settings, project=run.project.name)
         if status in FINISHED_STATUSES:
             await session.commit()
             await _terminate(ctx, job)
@@ -80,6 +107,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             return
         await session.commit()  # no transaction stays open across bucket reads
 
+        storage = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
+                              backend_type=job.backend).storage
         state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
         now = utcnow()
         if state.heartbeat and int(state.heartbeat.get("seq", 0)) != job.heartbeat_seq:
@@ -161,7 +190,8 @@ def _finish_stopped(job: JobModel, run: RunModel) -> None:
 async def _terminate(ctx: ServerContext, job: JobModel) -> None:
     if job.instance is None or job.instance_terminated or job.backend is None:
         return
-    compute = compute_for(settings=ctx.settings, project=job.run.project.name, backend_type=job.backend)
+    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=job.run.project,
+                          backend_type=job.backend)
     instance = LaunchedInstance.model_validate_json(job.instance)
     await asyncio.to_thread(compute.terminate, instance=instance)
 

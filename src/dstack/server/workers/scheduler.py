@@ -10,14 +10,16 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from dstack.backends.base import JobLaunch, LaunchedInstance, LaunchError, requirements_for
+from dstack.backends.base import Compute, JobLaunch, LaunchedInstance, LaunchError, requirements_for
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.runs import JobStatus, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel, utcnow
-from dstack.server.services.backends import compute_for, project_storage
+from dstack.server.services.backends import compute_for
 from dstack.server.services.offers import find_offers
+from dstack.server.services.repos import get_code
 from dstack.server.services.runs import _backend_types, set_job_status
+from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.storage.layout import code_key
 
@@ -86,29 +88,32 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             return
         run_spec = RunSpec.model_validate_json(run.spec)
         backend_types = _backend_types(project, run_spec)
+        code = await get_code(session=session, project_id=project.id, code_hash=run_spec.code_hash) \
+            if run_spec.code_hash else None
+        secrets = await secret_values(session=session, encryptor=ctx.encryptor, project_id=project.id)
         await session.commit()  # no transaction stays open across cloud calls
 
     requirements = requirements_for(run_spec.configuration)
-    search = await find_offers(settings=ctx.settings, project=project.name,
-                               backend_types=backend_types, requirements=requirements)
+    search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
     if not search.offers:
         await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
         return
 
-    storage = project_storage(settings=ctx.settings, project=project.name)
     spec = _job_spec(ctx, run_spec, run.name, run.id, job_id)
-    await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/spec.json", spec)
-    launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name,
-                       job_prefix=job.storage_prefix, storage_url=storage.url)
+    launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
+                       secrets=secrets)
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
-        compute = compute_for(settings=ctx.settings, project=project.name, backend_type=offer.backend)
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=offer.backend)
         try:
+            extras = await asyncio.to_thread(_stage_job, compute, launch, spec, run_spec.code_hash, code)
             instance = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
         except LaunchError as exc:
             attempts.append(_attempt(offer, ok=False, reason=exc.reason))
             continue
+        instance.data["spec_extras"] = extras
         attempts.append(_attempt(offer, ok=True))
         break
 
@@ -148,6 +153,17 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
             return
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
         await session.commit()
+
+
+def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object], code_hash: str | None,
+               code: bytes | None) -> dict[str, object]:
+    """Put what the agent needs into the bucket of the backend about to run the job."""
+    storage = compute.storage
+    if code_hash and code is not None and not storage.exists(code_key(code_hash)):
+        storage.put(code_key(code_hash), code)
+    extras = compute.prepare_job(launch)
+    storage.put_json(f"{launch.job_prefix}/spec.json", {**spec, **extras, "secret_names": sorted(launch.secrets)})
+    return extras
 
 
 def _attempt(offer: object, *, ok: bool, reason: str | None = None) -> ProvisioningAttempt:
