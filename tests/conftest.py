@@ -74,3 +74,20 @@ def postgres_url() -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator:
+    from tests.aws_harness import MotoAWS
+
+    aws = MotoAWS()
+    yield aws
+    aws.stop()
+
+
+@pytest.fixture
+def aws(moto_server):  # noqa: ANN001, ANN201
+    """A clean moto for each test, enforcement off."""
+    moto_server.reset()
+    yield moto_server
+    moto_server.reset()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,8 @@ from typing import Any
 
 import psutil
 
-from dstack.agent.logs import LogWriter
+from dstack.agent.cloud import fetch_secrets, terminate_own_instance
+from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.process import kill_tree
 from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
@@ -79,6 +81,7 @@ class JobRunner:
             return 1
         finally:
             self._done.set()
+            self.finish()
 
     def _run_job(self) -> int:
         repo_dir = self.workdir / "repo"
@@ -94,11 +97,12 @@ class JobRunner:
             _unpack(data, repo_dir)
         cwd = repo_dir / (self.spec.get("working_dir") or ".")
         cwd.mkdir(parents=True, exist_ok=True)
-        env = self._job_env()
+        secrets = self._secrets()
+        env = {**self._job_env(), **secrets}
         if self.stop_request is not None:
             self.write_status("stopped")
             return 0
-        logs = LogWriter(self.storage, self.prefix)
+        logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
         script = "\n".join(self.spec["commands"])
         self.proc = subprocess.Popen(
             ["/bin/bash", "-e", "-c", script],
@@ -125,6 +129,28 @@ class JobRunner:
         else:
             self.write_status("failed", exit_code=exit_code, reason=f"exit code {exit_code}")
         return 0
+
+    def _secrets(self) -> dict[str, str]:
+        """Project secrets: from the agent's environment (local) or the cloud's secret store."""
+        secrets = json.loads(os.environ.get("DSTACK_AGENT_SECRETS") or "{}")
+        source = self.spec.get("secrets_source")
+        if source:
+            secrets.update(fetch_secrets(source))
+        return secrets
+
+    def _log_sink(self):  # noqa: ANN202
+        logs = self.spec.get("logs") or {"type": "bucket"}
+        if logs["type"] == "cloudwatch":
+            return cloudwatch_sink(logs["group"], logs["stream"], logs["region"])
+        return bucket_sink(self.storage, self.prefix)
+
+    def finish(self) -> None:
+        """Tear down our own instance where the backend asks for it, so a dead server leaks no cost."""
+        terminate = self.spec.get("terminate")
+        if terminate:
+            info = self.storage.get_json(self._key("instance.json")) or {}
+            if info.get("instance_id"):
+                terminate_own_instance(terminate, info["instance_id"])
 
     def _job_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_AGENT_")}

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from dstack.api.config import load_config
+from dstack.core.backends import BackendCheck
 from dstack.core.errors import AuthenticationError, DstackError, error_from_dict
 from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunPlan, RunSpec
 
@@ -30,6 +31,8 @@ class Client:
         self.runs = RunsAPI(self)
         self.projects = ProjectsAPI(self)
         self.repos = ReposAPI(self)
+        self.backends = BackendsAPI(self)
+        self.secrets = SecretsAPI(self)
 
     @classmethod
     def from_config(cls, project: str | None = None) -> Client:
@@ -85,6 +88,40 @@ class ProjectsAPI:
 
     def get(self, name: str | None = None) -> dict[str, Any]:
         return self._c.json("GET", f"/api/projects/{name or self._c.project}")
+
+
+class BackendsAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._c.projects.get()["backends"]
+
+    def check(self, config: dict[str, Any]) -> BackendCheck:
+        return BackendCheck.model_validate(self._c.json("POST", self._c.project_path("/backends/check"), json=config))
+
+    def add(self, config: dict[str, Any]) -> dict[str, Any]:
+        return self._c.json("POST", self._c.project_path("/backends"), json=config)
+
+    def update(self, config: dict[str, Any]) -> dict[str, Any]:
+        return self._c.json("PUT", self._c.project_path("/backends"), json=config)
+
+    def delete(self, backend_type: str) -> None:
+        self._c.request("DELETE", self._c.project_path(f"/backends/{backend_type}"))
+
+
+class SecretsAPI:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[str]:
+        return self._c.json("GET", self._c.project_path("/secrets"))
+
+    def set(self, name: str, value: str) -> None:
+        self._c.request("PUT", self._c.project_path(f"/secrets/{name}"), json={"value": value})
+
+    def delete(self, name: str) -> None:
+        self._c.request("DELETE", self._c.project_path(f"/secrets/{name}"))
 
 
 class ReposAPI:

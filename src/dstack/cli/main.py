@@ -104,6 +104,17 @@ def schema() -> None:
     print(json.dumps(configuration_json_schema(), indent=2))
 
 
+def _add_groups() -> None:
+    from dstack.cli.backends import aws_app, backend_app, secrets_app
+
+    app.add_typer(backend_app, name="backend")
+    app.add_typer(secrets_app, name="secrets")
+    app.add_typer(aws_app, name="aws")
+
+
+_add_groups()
+
+
 def main() -> None:
     from dstack.core.errors import DstackError
 

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from dstack.storage.base import Storage
 
 
 def storage_from_url(url: str) -> Storage:
-    """`file:///path` -> DirectoryStorage. Cloud backends add their schemes here."""
+    """`file:///path` -> a directory; `s3://bucket?region=R` -> S3 with the default credentials."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         from dstack.storage.local import DirectoryStorage
 
         return DirectoryStorage(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        from dstack.storage.s3 import S3Storage
+
+        region = parse_qs(parsed.query).get("region", ["us-east-1"])[0]
+        return S3Storage(parsed.netloc, region)
     raise ValueError(f"unsupported storage URL {url!r}")

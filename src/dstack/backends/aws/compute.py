@@ -1,0 +1,281 @@
+"""EC2 offers (types from DescribeInstanceTypes, prices from the bundled catalog and
+DescribeSpotPriceHistory), launch with failover to the next offer, termination and reaping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dstack.backends.aws import catalog
+from dstack.backends.aws import logs as cw
+from dstack.backends.aws import secrets as sm
+from dstack.backends.aws.models import AWSBackendConfig
+from dstack.backends.aws.resources import AWSResources
+from dstack.backends.aws.session import client, describe, error_code, make_session
+from dstack.backends.base import BackendContext, Compute, JobLaunch, LaunchedInstance, LaunchError, Requirements
+from dstack.backends.bootstrap import agent_package, agent_package_key, user_data
+from dstack.core.gpus import normalize_gpu_name
+from dstack.core.resources import GPU, InstanceResources
+from dstack.core.runs import LogEvent, Offer
+from dstack.storage.s3 import S3Storage
+
+# Errors after which the next offer may well work.
+CAPACITY_ERRORS = {
+    "InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "Unsupported", "InstanceLimitExceeded",
+    "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded", "InsufficientFreeAddressesInSubnet",
+    "InsufficientCapacityOnHost", "UnfulfillableCapacity",
+}
+TYPES_TTL = 3600.0
+SPOT_TTL = 600.0
+DEFAULT_DISK_GB = 100
+_LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+class _Clients:
+    """Lazily created clients of one session (boto3 clients are thread-safe)."""
+
+    def __init__(self, config: AWSBackendConfig) -> None:
+        self._config = config
+        self._session: Any = None
+        self._made: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        with self._lock:
+            if service not in self._made:
+                if self._session is None:
+                    self._session = make_session(self._config)
+                self._made[service] = client(self._session, service, self._config.region)
+            return self._made[service]
+
+
+@dataclass
+class _TypeInfo:
+    name: str
+    resources: InstanceResources
+
+
+class AWSCompute(Compute):
+    TYPE = "aws"
+
+    def __init__(self, config: AWSBackendConfig, ctx: BackendContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.clients = _Clients(config)
+        self.resources = AWSResources(config, self.clients)
+        self.logs = cw.CloudWatchLogs(self.clients.logs)
+        self.storage = S3Storage(config.bucket, config.region, client=self.clients.s3)
+        self._types: tuple[float, list[_TypeInfo]] | None = None
+        self._spot: tuple[float, dict[str, float]] | None = None
+        self._published: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- offers ------------------------------------------------------------------------------
+    def unsupported(self, requirements: Requirements) -> str | None:
+        if requirements.regions and self.config.region not in requirements.regions:
+            return f"the backend's region is {self.config.region}"
+        return None
+
+    def get_offers(self, requirements: Requirements) -> list[Offer]:
+        prices = catalog.load().get(self.config.region, {})
+        spot = self._spot_prices() if requirements.spot_policy != "on-demand" else {}
+        offers = []
+        # EBS volumes are sized to the request (at least DEFAULT_DISK_GB), so any size is on offer.
+        disk = requirements.resources.disk
+        disk_gb = max(DEFAULT_DISK_GB, disk.size.min or 0) if disk else DEFAULT_DISK_GB
+        for info in self._instance_types():
+            info = _TypeInfo(info.name, info.resources.model_copy(update={"disk_gb": disk_gb}))
+            item = prices.get(info.name)
+            if item is not None and item.price is not None and requirements.spot_policy != "spot":
+                offers.append(Offer(backend=self.TYPE, region=self.config.region, instance_type=info.name,
+                                    resources=info.resources, price=item.price))
+            spot_price = spot.get(info.name)
+            if spot_price is not None and requirements.spot_policy != "on-demand":
+                offers.append(Offer(backend=self.TYPE, region=self.config.region, instance_type=info.name,
+                                    resources=info.resources.model_copy(update={"spot": True}), price=spot_price,
+                                    spot=True))
+        return offers
+
+    def _instance_types(self) -> list[_TypeInfo]:
+        with self._lock:
+            if self._types and time.monotonic() - self._types[0] < TYPES_TTL:
+                return self._types[1]
+        names = sorted(catalog.load().get(self.config.region, {}))
+        infos: list[_TypeInfo] = []
+        try:
+            paginator = self.clients.ec2.get_paginator("describe_instance_types")
+            for i in range(0, len(names), 100):
+                filters = [{"Name": "instance-type", "Values": names[i:i + 100]},
+                           {"Name": "processor-info.supported-architecture", "Values": ["x86_64"]}]
+                for page in paginator.paginate(Filters=filters):
+                    infos.extend(_type_info(t) for t in page["InstanceTypes"])
+        except (ClientError, BotoCoreError) as exc:
+            from dstack.core.errors import BackendError
+
+            raise BackendError(f"cannot list EC2 instance types in {self.config.region}: {describe(exc)}") from exc
+        with self._lock:
+            self._types = (time.monotonic(), infos)
+        return infos
+
+    def _spot_prices(self) -> dict[str, float]:
+        with self._lock:
+            if self._spot and time.monotonic() - self._spot[0] < SPOT_TTL:
+                return self._spot[1]
+        names = sorted(catalog.load().get(self.config.region, {}))
+        prices: dict[str, float] = {}
+        try:
+            paginator = self.clients.ec2.get_paginator("describe_spot_price_history")
+            for page in paginator.paginate(ProductDescriptions=["Linux/UNIX"], StartTime=datetime.now(UTC),
+                                           Filters=[{"Name": "instance-type", "Values": names}]):
+                for row in page["SpotPriceHistory"]:
+                    price = float(row["SpotPrice"])
+                    prices[row["InstanceType"]] = min(price, prices.get(row["InstanceType"], price))
+        except (ClientError, BotoCoreError):
+            return {}  # no spot offers rather than no offers at all
+        with self._lock:
+            self._spot = (time.monotonic(), prices)
+        return prices
+
+    # --- launch ------------------------------------------------------------------------------
+    def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
+        group = cw.job_group(self.config.bucket, job.project)
+        stream = job.job_prefix.split("/runs/", 1)[-1].split("/", 1)[-1].replace("/jobs/", "/")
+        try:
+            self.logs.ensure_stream(group, stream)
+            self._publish_agent()
+            ids = sm.sync(self.clients.secretsmanager, bucket=self.config.bucket, project=job.project,
+                          secrets=job.secrets) if job.secrets else {}
+        except (ClientError, BotoCoreError) as exc:
+            raise LaunchError(f"could not prepare the job: {describe(exc)}") from exc
+        extras: dict[str, Any] = {
+            "logs": {"type": "cloudwatch", "group": group, "stream": stream, "region": self.config.region},
+            "terminate": {"type": "aws", "region": self.config.region},
+        }
+        if ids:
+            extras["secrets_source"] = {"type": "aws", "region": self.config.region, "ids": ids}
+        return extras
+
+    def _publish_agent(self) -> str:
+        data, digest = agent_package()
+        if digest not in self._published:
+            key = agent_package_key(digest)
+            if not self.storage.exists(key):
+                self.storage.put(key, data)
+            self._published.add(digest)
+        return digest
+
+    def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance:
+        try:
+            return self._launch(job, offer)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in CAPACITY_ERRORS:
+                raise LaunchError(describe(exc)) from exc
+            raise LaunchError(f"launch failed: {describe(exc)}") from exc
+        except BotoCoreError as exc:
+            raise LaunchError(f"launch failed: {exc}") from exc
+
+    def _launch(self, job: JobLaunch, offer: Offer) -> LaunchedInstance:
+        gpu = bool(offer.resources.gpus)
+        profile = self.resources.instance_profile()
+        vpc_id, subnet = self.resources.network()
+        group = self.resources.security_group(vpc_id)
+        script = user_data(storage_url=self.storage.url, bucket=self.config.bucket, region=self.config.region,
+                           job_prefix=job.job_prefix, job_id=job.job_id, package_digest=self._publish_agent())
+        tags = [*self.resources.tags(), {"Key": "dstack_project", "Value": job.project},
+                {"Key": "dstack_run", "Value": job.run_name}, {"Key": "dstack_job_id", "Value": job.job_id},
+                {"Key": "Name", "Value": f"dstack-{job.run_name}"}]
+        request: dict[str, Any] = {
+            "ImageId": self.resources.image(gpu), "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
+            "IamInstanceProfile": {"Name": profile}, "UserData": script,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {
+                "VolumeSize": int(max(DEFAULT_DISK_GB, offer.resources.disk_gb or 0)), "VolumeType": "gp3",
+                "DeleteOnTermination": True}}],
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+        }
+        if subnet:
+            request["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group],
+                                             "AssociatePublicIpAddress": True}]
+        else:
+            request["SecurityGroupIds"] = [group]
+        if offer.spot:
+            request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        instance = self._run_instances(request)
+        instance_id = instance["InstanceId"]
+        # The agent reads this at the end to terminate its own instance.
+        self.storage.put_json(f"{job.job_prefix}/instance.json", {"instance_id": instance_id,
+                                                                  "region": self.config.region})
+        return LaunchedInstance(instance_id=instance_id, region=self.config.region, data={
+            "instance_id": instance_id, "private_ip": instance.get("PrivateIpAddress"),
+            "subnet": instance.get("SubnetId"), "spot": offer.spot})
+
+    def _run_instances(self, request: dict[str, Any]) -> dict[str, Any]:
+        # A new instance profile takes a few seconds to be usable by EC2.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return self.clients.ec2.run_instances(**request)["Instances"][0]
+            except ClientError as exc:
+                propagating = error_code(exc) == "InvalidParameterValue" and "iamInstanceProfile" in str(exc)
+                if not propagating or time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+
+    # --- teardown ----------------------------------------------------------------------------
+    def terminate(self, *, instance: LaunchedInstance) -> None:
+        try:
+            self.clients.ec2.terminate_instances(InstanceIds=[instance.instance_id])
+        except ClientError as exc:
+            if error_code(exc) != "InvalidInstanceID.NotFound":
+                raise
+
+    def reap(self, *, live_instance_ids: set[str]) -> list[str]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.reaper_grace)
+        orphans = []
+        paginator = self.clients.ec2.get_paginator("describe_instances")
+        for page in paginator.paginate(Filters=[
+                {"Name": "tag:dstack_bucket", "Values": [self.config.bucket]},
+                {"Name": "tag:dstack_project", "Values": [self.ctx.project]},
+                {"Name": "instance-state-name", "Values": _LIVE_STATES}]):
+            for reservation in page["Reservations"]:
+                for inst in reservation["Instances"]:
+                    if inst["InstanceId"] not in live_instance_ids and inst["LaunchTime"] < cutoff:
+                        orphans.append(inst["InstanceId"])
+        if orphans:
+            self.clients.ec2.terminate_instances(InstanceIds=orphans)
+        return orphans
+
+    # --- logs --------------------------------------------------------------------------------
+    def read_logs(self, *, job_prefix: str, spec_extras: dict[str, Any], next_token: str | None
+                  ) -> tuple[list[LogEvent], str, bool]:
+        logs = spec_extras.get("logs")
+        if not logs:
+            return [], next_token or "", False
+        return self.logs.read(logs["group"], logs["stream"], next_token)
+
+
+def _type_info(raw: dict[str, Any]) -> _TypeInfo:
+    gpus: list[GPU] = []
+    for gpu in (raw.get("GpuInfo") or {}).get("Gpus", []):
+        memory_gb = round(gpu["MemoryInfo"]["SizeInMiB"] / 1024)
+        try:
+            name = normalize_gpu_name(gpu["Name"])
+        except ValueError:
+            name = gpu["Name"]
+        gpus += [GPU(name=name, memory_gb=memory_gb)] * int(gpu["Count"])
+    resources = InstanceResources(cpus=raw["VCpuInfo"]["DefaultVCpus"], memory_gb=raw["MemoryInfo"]["SizeInMiB"] / 1024,
+                                  gpus=gpus, disk_gb=DEFAULT_DISK_GB)
+    return _TypeInfo(name=raw["InstanceType"], resources=resources)
+
+
+COMPUTE_CLASS = AWSCompute

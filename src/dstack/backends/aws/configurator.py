@@ -1,0 +1,158 @@
+"""Checks an AWS backend config against the account, field by field, and offers choices for
+Region, Bucket and Subnet once the credentials work."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dstack.backends.aws import catalog
+from dstack.backends.aws.models import AccessKeyCredentials, AWSBackendConfig
+from dstack.backends.aws.session import AUTH_ERRORS, DENIED_ERRORS, client, describe, error_code, make_session
+from dstack.core.backends import BackendCheck, FieldError
+from dstack.core.errors import ConfigurationError
+
+
+@functools.cache
+def known_regions() -> list[str]:
+    """Regions from botocore's bundled endpoint data (no call needed) and the price catalog."""
+    names = set(boto3.Session().get_available_regions("ec2")) | set(catalog.regions())
+    return sorted(names)
+
+
+def check(config: AWSBackendConfig) -> dict[str, Any]:
+    """On save: raise the first problem as a ConfigurationError naming its field."""
+    result = check_form(config)
+    if result.errors:
+        first = result.errors[0]
+        raise ConfigurationError(first.message, field=first.field)
+    return result.choices
+
+
+def check_form(config: AWSBackendConfig) -> BackendCheck:
+    """As the form is filled: every problem found, by field, and the choices available."""
+    result = BackendCheck(ok=False, choices={"region": known_regions()})
+    if config.region not in known_regions():
+        close = difflib.get_close_matches(config.region, known_regions(), n=3)
+        hint = f": did you mean {' or '.join(close)}?" if close else ""
+        result.errors.append(FieldError(field="region", message=f"unknown region {config.region!r}{hint}"))
+        return result
+    try:
+        session = make_session(config)
+    except ConfigurationError as exc:
+        result.errors.append(FieldError(field=exc.field, message=str(exc)))
+        return result
+    s3 = client(session, "s3", config.region)
+    if not _check_credentials(config, s3, result):
+        return result
+    _check_bucket(config, s3, result)
+    _check_subnet(config, client(session, "ec2", config.region), result)
+    result.ok = not result.errors
+    return result
+
+
+def partial_choices(config: dict[str, Any]) -> dict[str, Any]:
+    """Choices that can be had before the form is complete: regions, and buckets once keys work."""
+    choices: dict[str, Any] = {"region": known_regions()}
+    creds = config.get("credentials") or {}
+    try:
+        if creds.get("type") == "access_key" and creds.get("access_key_id") and creds.get("secret_access_key"):
+            session = boto3.Session(aws_access_key_id=creds["access_key_id"],
+                                    aws_secret_access_key=creds["secret_access_key"])
+        elif creds.get("type", "default") == "default":
+            session = boto3.Session()
+        else:
+            return choices
+        s3 = client(session, "s3", config.get("region") or "us-east-1")
+        choices["bucket"] = sorted(b["Name"] for b in s3.list_buckets().get("Buckets", []))
+    except (ClientError, BotoCoreError):
+        pass
+    return choices
+
+
+def _credential_field(config: AWSBackendConfig, code: str) -> str:
+    if not isinstance(config.credentials, AccessKeyCredentials):
+        return "credentials.type"
+    return "credentials.secret_access_key" if code == "SignatureDoesNotMatch" else "credentials.access_key_id"
+
+
+def _check_credentials(config: AWSBackendConfig, s3: Any, result: BackendCheck) -> bool:
+    try:
+        buckets = s3.list_buckets().get("Buckets", [])
+        result.choices["bucket"] = sorted(b["Name"] for b in buckets)
+        return True
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in AUTH_ERRORS:
+            field = _credential_field(config, code)
+            message = {
+                "credentials.secret_access_key": "the secret access key does not match the access key ID",
+                "credentials.access_key_id": "AWS does not know this access key ID",
+            }.get(field, f"the default AWS credentials were refused ({code})")
+            result.errors.append(FieldError(field=field, message=message))
+            return False
+        if code in DENIED_ERRORS:
+            # No s3:ListAllMyBuckets: the bucket can still be typed in by hand.
+            result.choices["bucket"] = None
+            return True
+        result.errors.append(FieldError(field="credentials.type", message=f"AWS answered {describe(exc)}"))
+        return False
+    except BotoCoreError as exc:
+        result.errors.append(FieldError(field="credentials.type", message=f"cannot reach AWS: {exc}"))
+        return False
+
+
+def _bucket_region(location: str | None) -> str:
+    if not location:
+        return "us-east-1"
+    return "eu-west-1" if location == "EU" else location
+
+
+def _check_bucket(config: AWSBackendConfig, s3: Any, result: BackendCheck) -> None:
+    bucket = config.bucket
+    try:
+        region = _bucket_region(s3.get_bucket_location(Bucket=bucket).get("LocationConstraint"))
+    except ClientError as exc:
+        code = error_code(exc)
+        if code == "NoSuchBucket":
+            message = f"bucket {bucket} does not exist"
+        elif code in DENIED_ERRORS:
+            message = f"bucket {bucket} is not readable with these credentials (s3:GetBucketLocation denied)"
+        else:
+            message = f"cannot check bucket {bucket}: {describe(exc)}"
+        result.errors.append(FieldError(field="bucket", message=message))
+        return
+    if region != config.region:
+        result.errors.append(FieldError(
+            field="bucket", message=f"bucket {bucket} is in {region}, not {config.region}: "
+            f"choose a bucket in {config.region}, or set Region to {region}"))
+        return
+    try:
+        s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as exc:
+        result.errors.append(FieldError(
+            field="bucket", message=f"bucket {bucket} is not readable with these credentials ({error_code(exc)})"))
+
+
+def _check_subnet(config: AWSBackendConfig, ec2: Any, result: BackendCheck) -> None:
+    try:
+        subnets = ec2.describe_subnets().get("Subnets", [])
+    except ClientError as exc:
+        result.choices["subnet"] = None
+        if config.subnet:
+            result.errors.append(FieldError(field="subnet", message=f"cannot list subnets: {describe(exc)}"))
+        return
+    result.choices["subnet"] = [
+        {"value": s["SubnetId"],
+         "label": f"{s['SubnetId']} ({s['VpcId']}, {s['AvailabilityZone']}, {s['CidrBlock']}"
+                  f"{', default' if s.get('DefaultForAz') else ''})"}
+        for s in subnets
+    ]
+    if config.subnet and config.subnet not in {s["SubnetId"] for s in subnets}:
+        result.errors.append(FieldError(
+            field="subnet", message=f"subnet {config.subnet} does not exist in {config.region}: "
+            "give a subnet of that region, or leave Subnet empty for the default VPC"))

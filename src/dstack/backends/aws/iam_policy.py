@@ -1,0 +1,51 @@
+"""The least-privilege IAM policy for the user whose keys the AWS backend uses.
+
+`data/iam-policy-template.json` is the template from the user's AWS document, verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+
+def template() -> str:
+    return resources.files("dstack.backends.aws").joinpath("data/iam-policy-template.json").read_text()
+
+
+def bucket_under_score(bucket: str) -> str:
+    return bucket.replace("-", "_")
+
+
+def render(bucket: str) -> str:
+    """The template with `{bucket_name}` and `{bucket_name_under_score}` filled in."""
+    return template().replace("{bucket_name_under_score}", bucket_under_score(bucket)).replace(
+        "{bucket_name}", bucket)
+
+
+def policy(bucket: str) -> dict[str, Any]:
+    return json.loads(render(bucket))
+
+
+def instance_role_policy(bucket: str) -> dict[str, Any]:
+    """What an instance may do through its profile `dstack_role_…`: its bucket, its log groups,
+    the bucket's secrets (read), and terminating instances tagged with the bucket (itself)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"],
+             "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+            {"Effect": "Allow",
+             "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+             "Resource": [f"arn:aws:logs:*:*:log-group:/dstack/jobs/{bucket}*",
+                          f"arn:aws:logs:*:*:log-group:/dstack/jobs/{bucket}*:*",
+                          f"arn:aws:logs:*:*:log-group:/dstack/runners/{bucket}*",
+                          f"arn:aws:logs:*:*:log-group:/dstack/runners/{bucket}*:*"]},
+            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+             "Resource": [f"arn:aws:secretsmanager:*:*:secret:/dstack/{bucket}/secrets/*"]},
+            {"Effect": "Allow", "Action": ["ec2:TerminateInstances"], "Resource": "*",
+             "Condition": {"StringEquals": {"aws:ResourceTag/dstack_bucket": bucket}}},
+        ],
+    }

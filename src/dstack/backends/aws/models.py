@@ -1,0 +1,76 @@
+"""The AWS backend's configuration form (the fields of the user's AWS document)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class DefaultCredentials(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="Default credentials")
+    type: Literal["default"] = "default"
+
+
+class AccessKeyCredentials(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="Access key")
+    type: Literal["access_key"] = "access_key"
+    access_key_id: str = Field(min_length=1, title="Access key ID",
+                               description="The Access key ID to authenticate dstack")
+    secret_access_key: str = Field(min_length=1, title="Secret access key",
+                                   description="The Secret access key to authenticate dstack")
+
+
+AWSCredentials = Annotated[DefaultCredentials | AccessKeyCredentials, Field(discriminator="type")]
+
+
+class AWSBackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="AWS")
+    SECRET_FIELDS: ClassVar[set[str]] = {"credentials.secret_access_key"}
+
+    type: Literal["aws"] = "aws"
+    region: str = Field(title="Region", description="The region where dstack will provision infrastructure and "
+                        "store state and artifacts")
+    bucket: str = Field(title="Bucket", description="The S3 bucket to store state and artifacts "
+                        "(must be in the same region)")
+    credentials: AWSCredentials = Field(
+        default_factory=DefaultCredentials, title="Credentials",
+        description="Default credentials (env vars, profiles of the server's machine) or an Access key")
+    subnet: str | None = Field(default=None, title="Subnet",
+                               description="The EC2 subnet is required to provision infrastructure using a "
+                               "non-default VPC and subnet. If not specified, dstack will use the default VPC "
+                               "and subnet.")
+    cpu_ami_name: str = Field(default="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
+                              title="AMI name (CPU)", description="Name pattern of the image for CPU instances")
+    gpu_ami_name: str = Field(default="Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+                              title="AMI name (GPU)", description="Name pattern of the image for GPU instances")
+    ami_owners: list[str] = Field(default_factory=lambda: ["amazon", "099720109477"], title="AMI owners")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("s3://"):
+            value = value[5:].rstrip("/")
+        if not _BUCKET_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid S3 bucket name")
+        return value
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        if value is not None and not value.startswith("subnet-"):
+            raise ValueError(f"{value!r} is not a subnet ID (they look like subnet-0abc123…)")
+        return value
+
+    @property
+    def bucket_under_score(self) -> str:
+        # As the IAM policy template defines it: dashes replaced with underscores.
+        return self.bucket.replace("-", "_")
+
+
+CONFIG_MODEL = AWSBackendConfig

@@ -1,0 +1,125 @@
+"""The AWS resources a launch needs, created on first use under the names the IAM policy allows:
+the instance profile `dstack_role_{bucket_under_score}` with its policy
+`dstack_policy_{bucket_under_score}`, a security group, the image, the subnet."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from dstack.backends.aws.iam_policy import instance_role_policy
+from dstack.backends.aws.models import AWSBackendConfig
+from dstack.backends.aws.session import error_code
+from dstack.backends.base import LaunchError
+
+_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                   "Action": "sts:AssumeRole"}]}
+
+
+class AWSResources:
+    """Finds or creates, once per process, what every instance of this backend shares."""
+
+    def __init__(self, config: AWSBackendConfig, clients: Any) -> None:
+        self.config = config
+        self.clients = clients
+        self._lock = threading.Lock()
+        self._profile: str | None = None
+        self._network: tuple[str, str | None] | None = None
+        self._security_groups: dict[str, str] = {}
+        self._images: dict[bool, str] = {}
+
+    def tags(self) -> list[dict[str, str]]:
+        return [{"Key": "dstack_bucket", "Value": self.config.bucket}]
+
+    def instance_profile(self) -> str:
+        with self._lock:
+            if self._profile is None:
+                self._profile = self._ensure_instance_profile()
+            return self._profile
+
+    def _ensure_instance_profile(self) -> str:
+        iam = self.clients.iam
+        name = f"dstack_role_{self.config.bucket_under_score}"
+        policy_name = f"dstack_policy_{self.config.bucket_under_score}"
+        try:
+            iam.get_role(RoleName=name)
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_TRUST), Tags=self.tags(),
+                            Description="dstack instances: their bucket, log groups and own termination")
+        account = self.clients.sts.get_caller_identity()["Account"]
+        policy_arn = f"arn:aws:iam::{account}:policy/{policy_name}"
+        try:
+            iam.create_policy(PolicyName=policy_name, PolicyDocument=json.dumps(instance_role_policy(
+                self.config.bucket)), Tags=self.tags())
+        except ClientError as exc:
+            if error_code(exc) != "EntityAlreadyExists":
+                raise
+        iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)  # idempotent
+        try:
+            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            profile = iam.create_instance_profile(InstanceProfileName=name, Tags=self.tags())["InstanceProfile"]
+        if not any(r["RoleName"] == name for r in profile.get("Roles", [])):
+            try:
+                iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+            except ClientError as exc:
+                if error_code(exc) != "LimitExceeded":  # already has it (a race with another replica)
+                    raise
+        return name
+
+    def network(self) -> tuple[str, str | None]:
+        """(VPC id, subnet id or None for the default VPC's subnets)."""
+        with self._lock:
+            if self._network is None:
+                ec2 = self.clients.ec2
+                if self.config.subnet:
+                    subnets = ec2.describe_subnets(SubnetIds=[self.config.subnet])["Subnets"]
+                    self._network = (subnets[0]["VpcId"], self.config.subnet)
+                else:
+                    subnets = ec2.describe_subnets(
+                        Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+                    if not subnets:
+                        raise LaunchError(f"{self.config.region} has no default VPC: set Subnet in the backend")
+                    self._network = (subnets[0]["VpcId"], None)
+            return self._network
+
+    def security_group(self, vpc_id: str) -> str:
+        with self._lock:
+            if vpc_id not in self._security_groups:
+                self._security_groups[vpc_id] = self._ensure_security_group(vpc_id)
+            return self._security_groups[vpc_id]
+
+    def _ensure_security_group(self, vpc_id: str) -> str:
+        ec2 = self.clients.ec2
+        name = f"dstack-{self.config.bucket}"
+        found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]},
+                                                      {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+        if found:
+            return found[0]["GroupId"]
+        group_id = ec2.create_security_group(
+            GroupName=name, VpcId=vpc_id, Description="dstack instances: SSH in, anything out",
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": self.tags()}])["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        return group_id
+
+    def image(self, gpu: bool) -> str:
+        with self._lock:
+            if gpu not in self._images:
+                pattern = self.config.gpu_ami_name if gpu else self.config.cpu_ami_name
+                images = self.clients.ec2.describe_images(
+                    Owners=self.config.ami_owners,
+                    Filters=[{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]},
+                             {"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+                if not images:
+                    raise LaunchError(f"no image named {pattern!r} (owners {', '.join(self.config.ami_owners)}) "
+                                      f"in {self.config.region}")
+                self._images[gpu] = max(images, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+            return self._images[gpu]
