@@ -76,6 +76,7 @@ def test_dev_environment() -> None:
         ("type: task\ncommands: [x]\nenv:\n  1BAD: x\n", r":3: env: '1BAD' is not a valid environment variable name"),
         ("type: task\ncommands: [x]\nports: [abc]\n", r":3: ports\.0: expected a port"),
         ("type: task\ncommands: [x]\nmax_price: -1\n", r":3: max_price: Input should be greater than 0"),
+        ("type: task\ncommands:\n  - echo a: b\n", r":2: commands: a command was read as a mapping because it contains `: `; quote"),
     ],
 )
 def test_errors_name_file_line_and_field(text: str, message: str) -> None:

@@ -37,10 +37,11 @@ class CLIConfig(BaseModel):
         for project in self.projects:
             if (name is None and project.default) or project.name == name:
                 return project
+        default = next((p for p in self.projects if p.default), self.projects[0])
         if name is None:
-            return self.projects[0]
-        raise ConfigurationError(f"project {name!r} is not in {config_path()}",
-                                 fix=f"Add it with `dstack config --project {name} --url URL --token TOKEN`")
+            return default
+        # Another project on the default server: the same token, the server checks membership.
+        return ProjectConfig(name=name, url=default.url, token=default.token)
 
     def set_project(self, project: ProjectConfig) -> None:
         if project.default:

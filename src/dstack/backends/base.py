@@ -62,9 +62,11 @@ class LaunchedInstance(BaseModel):
 class LaunchError(Exception):
     """The offer could not be launched; the scheduler tries the next one and records `reason`."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, backend_wide: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        # True when no other offer of the same backend can work either (e.g. no image).
+        self.backend_wide = backend_wide
 
 
 class Compute(abc.ABC):

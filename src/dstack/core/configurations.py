@@ -146,10 +146,21 @@ class BaseRunConfiguration(StrictModel):
         return self
 
 
+def _commands_are_strings(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                raise ValueError("a command was read as a mapping because it contains `: `; "
+                                 "quote the whole command, e.g. - 'echo \"a: b\"'")
+    return value
+
+
 class TaskConfiguration(BaseRunConfiguration):
     type: Literal["task"]
     commands: list[str] = Field(min_length=1, description="shell commands to run, in order")
     artifacts: list[str] = Field(default_factory=list, description="paths saved to the bucket at the end")
+
+    _check_commands = field_validator("commands", mode="before")(classmethod(lambda cls, v: _commands_are_strings(v)))
 
     @field_validator("artifacts")
     @classmethod

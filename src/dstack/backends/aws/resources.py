@@ -86,7 +86,8 @@ class AWSResources:
                     subnets = ec2.describe_subnets(
                         Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
                     if not subnets:
-                        raise LaunchError(f"{self.config.region} has no default VPC: set Subnet in the backend")
+                        raise LaunchError(f"{self.config.region} has no default VPC: set Subnet in the backend",
+                                          backend_wide=True)
                     self._network = (subnets[0]["VpcId"], None)
             return self._network
 
@@ -116,10 +117,11 @@ class AWSResources:
                 pattern = self.config.gpu_ami_name if gpu else self.config.cpu_ami_name
                 images = self.clients.ec2.describe_images(
                     Owners=self.config.ami_owners,
-                    Filters=[{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]},
-                             {"Name": "architecture", "Values": ["x86_64"]}])["Images"]
+                    Filters=[{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]}],
+                )["Images"]
+                images = [i for i in images if i.get("Architecture", "x86_64") == "x86_64"]
                 if not images:
                     raise LaunchError(f"no image named {pattern!r} (owners {', '.join(self.config.ami_owners)}) "
-                                      f"in {self.config.region}")
+                                      f"in {self.config.region}", backend_wide=True)
                 self._images[gpu] = max(images, key=lambda i: i.get("CreationDate", ""))["ImageId"]
             return self._images[gpu]

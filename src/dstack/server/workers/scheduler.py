@@ -104,7 +104,10 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        secrets=secrets)
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
+    broken_backends: set[str] = set()
     for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
+        if offer.backend in broken_backends:
+            continue
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=offer.backend)
         try:
@@ -112,6 +115,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             instance = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
         except LaunchError as exc:
             attempts.append(_attempt(offer, ok=False, reason=exc.reason))
+            if exc.backend_wide:
+                broken_backends.add(offer.backend)
             continue
         instance.data["spec_extras"] = extras
         attempts.append(_attempt(offer, ok=True))
@@ -125,7 +130,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             reasons = "; ".join(f"{a.backend}/{a.region}/{a.instance_type}: {a.reason}" for a in attempts)
             await _no_capacity(ctx, job_id, f"every offer failed to launch: {reasons}", run_spec)
             return
-        offer = search.offers[len(attempts) - 1]
+        offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
+            attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
         job.backend = offer.backend
         job.offer = offer.model_dump_json()
         job.price = offer.price

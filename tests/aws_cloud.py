@@ -1,0 +1,101 @@
+"""Plays EC2 for tests: every instance moto launches becomes a VM host that runs its user data
+with the credentials of its instance profile (as IMDS would hand them out), and is powered off
+when moto says it is terminated. The product never connects to the instance's (moto) IPs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.aws_harness import MotoAWS
+from tests.vmhost import VMHost
+
+MOTO_ROLE_WORKAROUND = {
+    # moto wrongly denies Logs and Secrets Manager resource ARNs; the role's own policy is checked
+    # against every call the agent makes in tests/backends/aws/test_iam_policy.py.
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["logs:PutLogEvents", "logs:CreateLogStream",
+                                                 "secretsmanager:GetSecretValue"], "Resource": "*"}],
+}
+
+
+@dataclass
+class Booted:
+    instance_id: str
+    host: VMHost
+    started_at: float
+    tags: dict[str, str] = field(default_factory=dict)
+    profile: str = ""
+
+
+class FakeEC2Cloud:
+    def __init__(self, aws: MotoAWS, region: str, workdir: Path) -> None:
+        self.aws = aws
+        self.region = region
+        self.workdir = workdir
+        self.booted: dict[str, Booted] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> FakeEC2Cloud:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for booted in self.booted.values():
+            booted.host.destroy()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._step()
+            except Exception as exc:  # reported by the test, which asserts no errors
+                self.errors.append(repr(exc))
+
+    def _step(self) -> None:
+        ec2 = self.aws.client("ec2", self.region)
+        for reservation in ec2.describe_instances()["Reservations"]:
+            for inst in reservation["Instances"]:
+                iid, state = inst["InstanceId"], inst["State"]["Name"]
+                if iid not in self.booted and state in ("pending", "running"):
+                    self._boot(inst)
+                elif iid in self.booted and state in ("shutting-down", "terminated"):
+                    self.booted[iid].host.power_off()
+
+    def _boot(self, inst: dict) -> None:
+        iid = inst["InstanceId"]
+        ec2 = self.aws.client("ec2", self.region)
+        raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"].get("Value")
+        if not raw:
+            return
+        script = base64.b64decode(raw).decode()
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "AWS_EC2_METADATA_DISABLED": "true", "LANG": "C.UTF-8"}
+        profile = (inst.get("IamInstanceProfile") or {}).get("Arn", "")
+        if profile:
+            env.update(self._role_credentials(profile.rsplit("/", 1)[-1]))
+        host = VMHost(self.workdir / iid).start()
+        env["AWS_ENDPOINT_URL"] = f"http://{host.host_ip}:{host.forward(self.aws.port)}"
+        self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
+                                  profile)
+        host.run_user_data(script, env)
+
+    def _role_credentials(self, profile_name: str) -> dict[str, str]:
+        """What IMDS would give the instance: temporary keys of its profile's role."""
+        with self.aws.unenforced():
+            iam = self.aws.client("iam")
+            role = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"][0]
+            iam.put_role_policy(RoleName=role["RoleName"], PolicyName="moto-false-deny-workaround",
+                                PolicyDocument=json.dumps(MOTO_ROLE_WORKAROUND))
+            creds = self.aws.client("sts", self.region).assume_role(
+                RoleArn=role["Arn"], RoleSessionName="instance")["Credentials"]
+        return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": creds["SessionToken"]}

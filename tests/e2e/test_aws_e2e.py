@@ -1,0 +1,190 @@
+"""A whole task on the AWS backend: moto in server mode plays the AWS APIs (IAM enforcement on),
+network-namespace VM hosts play the instances, and the server's user holds only the seed's
+least-privilege policy. Every AWS call the server makes is recorded and evaluated against it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dstack.backends.aws.iam_policy import policy
+from tests.aws_cloud import FakeEC2Cloud
+from tests.aws_harness import ACCOUNT, MotoAWS, seed_policy_user
+from tests.harness import Env, Server, need, wait_for
+from tests.iam_eval import violations
+from tests.vmhost import can_run_vm_hosts
+
+BUCKET = "dstack-e2e-bucket"
+REGION = "us-east-1"
+SECRET = "hf_s3cr3t-value-that-must-never-leak"
+
+
+@dataclass
+class Stack:
+    env: Env
+    server: Server
+    aws: MotoAWS
+    cloud: FakeEC2Cloud
+    audit_log: Path
+    repo: Path
+
+    def instances(self) -> list[dict]:
+        ec2 = self.aws.client("ec2", REGION)
+        return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+    def calls(self) -> list[dict]:
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+
+    def instance_tags(self, instance_id: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for i in self.instances() if i["InstanceId"] == instance_id
+                for t in i.get("Tags", [])}
+
+
+@pytest.fixture
+def stack(env: Env, aws: MotoAWS) -> Iterator[Stack]:
+    ok, why = can_run_vm_hosts()
+    need(ok, why)
+    aws.become_admin()
+    aws.create_bucket(BUCKET, REGION)
+    aws.register_images(REGION)
+    key_id, secret_key = seed_policy_user(aws, BUCKET)
+    audit_log = env.home / "aws-calls.jsonl"
+    env.extra.update(aws.server_env(str(audit_log)))
+    env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3"})
+    server = Server(env).start()
+    cloud = FakeEC2Cloud(aws, REGION, env.home / "vms").start()
+    try:
+        with server.api() as api:
+            api.post("/api/projects", json={"name": "cloud"}).raise_for_status()
+            api.delete("/api/projects/cloud/backends/local").raise_for_status()
+            config = {"type": "aws", "region": REGION, "bucket": BUCKET, "ami_owners": ["self"],
+                      "credentials": {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}}
+            aws.enforce(True)
+            response = api.post("/api/projects/cloud/backends", json=config)
+            assert response.status_code == 201, response.text
+            api.put("/api/projects/cloud/secrets/HF_TOKEN", json={"value": SECRET}).raise_for_status()
+        repo = env.home / "repo"
+        repo.mkdir()
+        assert env.cli("init", "--project", "cloud", cwd=repo).returncode == 0
+        yield Stack(env, server, aws, cloud, audit_log, repo)
+        assert cloud.errors == []
+    finally:
+        cloud.stop()
+        server.stop()
+
+
+TASK = """\
+type: task
+name: {name}
+commands:
+  - echo "hello from the instance"
+  - python3 -c "import os, hashlib; print('token sha', hashlib.sha256(os.environ['HF_TOKEN'].encode()).hexdigest()[:16])"
+  - 'echo "leak attempt: $HF_TOKEN"'
+  - mkdir -p out && echo artifact-body > out/a.txt
+artifacts: [out]
+resources:
+  cpu: 2..
+  memory: 4GB..
+"""
+
+
+def test_aws_task_end_to_end_with_least_privilege(stack: Stack) -> None:
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="aws-task"))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    # The plan: AWS offers with the catalog's price; the cheapest first.
+    plan_row = next(line for line in out.splitlines() if line.startswith("1 "))
+    assert "aws" in plan_row and REGION in plan_row and "t3.medium" in plan_row and "$0.0416" in plan_row
+    # Logs streamed live through CloudWatch, the secret reached the job and was masked.
+    assert "hello from the instance" in out
+    assert f"token sha {hashlib.sha256(SECRET.encode()).hexdigest()[:16]}" in out
+    assert "leak attempt: ********" in out and SECRET not in out
+
+    [instance] = stack.instances()
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["dstack_bucket"] == BUCKET and tags["dstack_project"] == "cloud" and tags["dstack_run"] == "aws-task"
+    booted = stack.cloud.booted[instance["InstanceId"]]  # as the instance saw itself while it ran
+    assert booted.profile.endswith(":instance-profile/dstack_role_dstack_e2e_bucket")
+    assert instance["Placement"]["AvailabilityZone"].startswith(REGION)
+    default_subnets = {s["SubnetId"] for s in stack.aws.client("ec2", REGION).describe_subnets(
+        Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]}
+    assert instance["SubnetId"] in default_subnets
+    # Torn down at the end, and nothing else is left running.
+    wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 20,
+             message="the instance to be terminated")
+    wait_for(lambda: not booted.host.pids(), 10, message="the VM host's processes to end")
+
+    # Artifacts are in the bucket; the secret is in no bucket object.
+    s3 = stack.aws.client("s3", REGION)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
+    assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"artifact-body\n"
+    for key in keys:
+        assert SECRET.encode() not in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(), key
+    # ...nor in any API response or the server's log.
+    with stack.server.api() as api:
+        for path in ("/api/projects/cloud", "/api/projects/cloud/runs/aws-task", "/api/projects/cloud/runs/aws-task/logs",
+                     "/api/projects/cloud/secrets", "/api/projects/cloud/runs?all=true"):
+            assert SECRET not in api.get(path).text, path
+    assert SECRET not in stack.server.output()
+    # It lives in Secrets Manager under the name the policy allows.
+    value = stack.aws.client("secretsmanager", REGION).get_secret_value(
+        SecretId=f"/dstack/{BUCKET}/secrets/cloud/HF_TOKEN")["SecretString"]
+    assert value == SECRET
+
+    # Least privilege: every call the server made is allowed by the seed's policy alone.
+    calls = stack.calls()
+    operations = {c["operation"] for c in calls}
+    assert {"RunInstances", "TerminateInstances", "CreateRole", "CreateLogGroup", "FilterLogEvents",
+            "CreateSecret", "PutObject"} <= operations
+    assert violations(policy(BUCKET), calls, ACCOUNT, stack.instance_tags) == []
+
+
+def test_capacity_error_fails_over_to_the_next_offer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.instances import InstanceBackend
+
+    original = InstanceBackend.run_instances
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):  # noqa: ANN001, ANN202
+        if kwargs.get("instance_type") == "t3.medium":
+            raise EC2ClientError("InsufficientInstanceCapacity",
+                                 "We currently do not have sufficient t3.medium capacity in the AZ you requested")
+        return original(self, image_id, count, user_data, security_group_names, **kwargs)
+
+    monkeypatch.setattr(InstanceBackend, "run_instances", run_instances)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="failover"))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [instance] = stack.instances()
+    assert instance["InstanceType"] != "t3.medium"
+    with stack.server.api() as api:
+        attempts = api.get("/api/projects/cloud/runs/failover").json()["jobs"][0]["attempts"]
+    assert [(a["instance_type"], a["ok"]) for a in attempts] == [("t3.medium", False), (instance["InstanceType"], True)]
+    assert attempts[0]["reason"].startswith("InsufficientInstanceCapacity")
+    ps = stack.env.cli("ps", "-a", "-v", cwd=stack.repo).stdout
+    assert "failed: InsufficientInstanceCapacity" in ps and "launched" in ps
+
+
+def test_reaper_terminates_instances_no_job_owns(stack: Stack) -> None:
+    ec2 = stack.aws.client("ec2", REGION)
+    image = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    orphan = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "dstack_bucket", "Value": BUCKET},
+                                              {"Key": "dstack_project", "Value": "cloud"}]}])["Instances"][0]
+    unrelated = ec2.run_instances(ImageId=image, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"][0]
+
+    def state(instance_id: str) -> str:
+        return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    wait_for(lambda: state(orphan["InstanceId"]) == "terminated", 15, message="the orphan to be reaped")
+    time.sleep(1)
+    assert state(unrelated["InstanceId"]) == "running"
+    assert "terminated orphaned aws instance " + orphan["InstanceId"] in stack.server.output()
