@@ -101,6 +101,28 @@ def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
     return statistics.median(samples)
 
 
+def run_aws_benchmarks(tmp: Path) -> None:
+    from tests.aws_harness import MotoAWS
+    from tests.vmhost import can_run_vm_hosts
+
+    from bench.aws import bench_plan_all_regions, bench_vm_bootstrap
+
+    aws = MotoAWS()
+    try:
+        record("AWS: plan `gpu: 24GB..` over all 22 regions, warm (median of 20)",
+               bench_plan_all_regions(aws, tmp), "s", 0.2)
+        ok, why = can_run_vm_hosts()
+        if ok:
+            home = tmp / "boot-home"
+            home.mkdir()
+            record("AWS: VM bootstrap, user-data start → job running (median of 5)",
+                   bench_vm_bootstrap(aws, Env(home=home)), "s", 10)
+        else:
+            RESULTS.append(("AWS: VM bootstrap", f"skipped: {why}", "≤ 10 s", True))
+    finally:
+        aws.stop()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -121,6 +143,7 @@ def main() -> int:
             record("server RSS, idle after the runs above", rss, "MB", 150)
         finally:
             server.stop()
+        run_aws_benchmarks(Path(tmp))
     from rich.console import Console
     from rich.table import Table
 
