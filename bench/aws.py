@@ -76,12 +76,12 @@ def bench_vm_bootstrap(aws, env, runs: int = 5) -> float:  # noqa: ANN001
                 before = set(cloud.booted)
                 result = env.cli("apply", "-y", "-d", cwd=repo)
                 assert result.returncode == 0, result.stderr
-                iid = wait_for(lambda: (set(cloud.booted) - before) and next(iter(set(cloud.booted) - before)), 30)
+                iid = wait_for(lambda before=before: next(iter(set(cloud.booted) - before), None), 30)
                 booted = cloud.booted[iid]
                 prefix = next(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="dstack/runs/boot/")
                               ["Contents"] if o["Key"].endswith("instance.json") and _instance(s3, bucket, o) == iid)
 
-                def running() -> bool:
+                def running(prefix: str = prefix) -> bool:
                     obj = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.replace("instance.json", "status.json"))
                     if not obj.get("Contents"):
                         return False
