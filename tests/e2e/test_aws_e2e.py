@@ -171,6 +171,11 @@ def test_capacity_error_fails_over_to_the_next_offer(stack: Stack, monkeypatch: 
     assert attempts[0]["reason"].startswith("InsufficientInstanceCapacity")
     ps = stack.env.cli("ps", "-a", "-v", cwd=stack.repo).stdout
     assert "failed: InsufficientInstanceCapacity" in ps and "launched" in ps
+    import httpx
+
+    with httpx.Client(base_url=stack.server.url, cookies={"dstack_token": stack.env.token()}) as web:
+        page = web.get("/projects/cloud/runs/failover").text
+    assert "failed: InsufficientInstanceCapacity" in page and "t3.medium" in page
 
 
 def test_reaper_terminates_instances_no_job_owns(stack: Stack) -> None:
