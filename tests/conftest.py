@@ -91,3 +91,13 @@ def aws(moto_server):  # noqa: ANN001, ANN201
     moto_server.reset()
     yield moto_server
     moto_server.reset()
+
+
+@pytest.fixture
+def lambda_fake(monkeypatch) -> Iterator:  # noqa: ANN001
+    from tests.lambda_fake import FakeLambda
+
+    monkeypatch.setenv("DSTACK_LAMBDA_RATE_SCALE", "0.02")
+    fake = FakeLambda(api_keys={"good-key"}, time_scale=0.02)
+    yield fake
+    fake.stop()

@@ -122,6 +122,62 @@ class VMHost:
         log.close()
         return self.proc
 
+    def boot(self, script: str, env: dict[str, str], *, sshd: bool = False,
+             loopback_forwards: list[tuple[int, int]] = ()) -> subprocess.Popen[bytes]:
+        """Boot like a cloud VM: optional sshd (user `ubuntu`, keys from its ~/.ssh), forwarders from
+        the VM's 127.0.0.1:PORT to services here, then the user data — all in the VM's own mount
+        namespace, where /opt/dstack is a tmpfs and `ubuntu` exists only inside."""
+        w = self.workdir
+        w.mkdir(parents=True, exist_ok=True)
+        (w / "user-data.sh").write_text(script)
+        lines = ["set -e", "mount -t tmpfs tmpfs /opt/dstack"]
+        if sshd:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(w / "host_key")], check=True)
+            (w / "sshd_config").write_text(
+                f"Port 22\nListenAddress {self.vm_ip}\nHostKey {w}/host_key\nPidFile {w}/sshd.pid\n"
+                "AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+                "StrictModes no\n")
+            lines += [
+                f"cp /etc/passwd {w}/passwd && echo 'ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash' >> {w}/passwd",
+                f"cp /etc/shadow {w}/shadow && echo 'ubuntu:*:19000:0:99999:7:::' >> {w}/shadow",
+                f"mount --bind {w}/passwd /etc/passwd && mount --bind {w}/shadow /etc/shadow",
+                "mkdir -p /opt/dstack/home/ubuntu /run/sshd",
+                f"/usr/sbin/sshd -f {w}/sshd_config -E {w}/sshd.log",
+            ]
+        forwarder = Path(__file__).with_name("netns_forward.py")
+        for vm_port, host_port in loopback_forwards:
+            lines.append(f"setsid python3 {forwarder} 127.0.0.1 {vm_port} {self.host_ip} {self.forward(host_port)} "
+                         f">>{w}/forward.log 2>&1 < /dev/null &")
+            lines.append(f"python3 -c 'import socket,time\nfor _ in range(100):\n    try:\n        "
+                         f"socket.create_connection((\"127.0.0.1\", {vm_port}), 0.2).close(); break\n    "
+                         f"except OSError: time.sleep(0.05)'")
+        lines.append(f"exec bash {w}/user-data.sh")
+        (w / "init.sh").write_text("\n".join(lines) + "\n")
+        Path("/opt/dstack").mkdir(parents=True, exist_ok=True)
+        log = open(w / "cloud-init.log", "ab")  # noqa: SIM115 - the child writes to it
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private", "--",
+             "bash", str(w / "init.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self.proc
+
+    def snapshot(self) -> Path:
+        """Copy what the VM has in /opt/dstack, and its processes' environments, for inspection."""
+        target = self.workdir / "snapshot"
+        target.mkdir(exist_ok=True)
+        envs = []
+        for pid in self.pids():
+            try:
+                envs.append(Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace"))
+                root = Path(f"/proc/{pid}/root/opt/dstack")
+                if root.is_dir():
+                    shutil.copytree(root, target / "opt-dstack", dirs_exist_ok=True, symlinks=True)
+            except OSError:
+                pass
+        (target / "environ.txt").write_text("\n".join(envs))
+        return target
+
     def pids(self) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]

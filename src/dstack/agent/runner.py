@@ -133,6 +133,11 @@ class JobRunner:
     def _secrets(self) -> dict[str, str]:
         """Project secrets: from the agent's environment (local) or the cloud's secret store."""
         secrets = json.loads(os.environ.get("DSTACK_AGENT_SECRETS") or "{}")
+        secrets_file = os.environ.get("DSTACK_AGENT_SECRETS_FILE")
+        if secrets_file and os.path.exists(secrets_file):
+            with open(secrets_file) as f:
+                secrets.update(json.load(f))
+            os.unlink(secrets_file)  # read once; nothing left on disk
         source = self.spec.get("secrets_source")
         if source:
             secrets.update(fetch_secrets(source))

@@ -168,6 +168,8 @@ class RunsAPI:
             raise DstackError(f"configuration file {path} not found",
                               fix="Pass the right path with -f, or create .dstack.yml") from None
         configuration = parse_configuration(text, str(path))
+        from dstack.core.sshkeys import user_key
+
         repo = Path(repo_dir).resolve()
         repo_id = repo_id_for(repo)
         code_hash = None
@@ -175,7 +177,7 @@ class RunsAPI:
             data, code_hash = build_archive(repo)
             self._c.repos.upload_code(data, code_hash)
         return RunSpec(configuration=configuration, configuration_path=str(path), repo_id=repo_id,
-                       code_hash=code_hash)
+                       code_hash=code_hash, ssh_key_pub=user_key()[1])
 
     def list(self, *, all: bool = False, limit: int = 1000) -> list[Run]:
         data = self._c.json("GET", self._c.project_path("/runs"), params={"all": all, "limit": limit})
@@ -204,6 +206,9 @@ class RunsAPI:
                 return
             if not page.events:
                 time.sleep(poll)
+
+    def attach_info(self, name: str) -> dict[str, Any]:
+        return self._c.json("GET", self._c.project_path(f"/runs/{name}/attach"))
 
     def artifacts(self, name: str) -> list[Artifact]:
         data = self._c.json("GET", self._c.project_path(f"/runs/{name}/artifacts"))

@@ -51,6 +51,19 @@ class JobLaunch(BaseModel):
     run_name: str
     job_prefix: str
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)
+    # Keys allowed to SSH into the instance (`dstack attach`), besides the server's own.
+    ssh_public_keys: list[str] = Field(default_factory=list)
+    # What the agent reads from the bucket (backends with no bucket credentials on the instance
+    # hand out access to exactly these).
+    read_keys: list[str] = Field(default_factory=list)
+    max_duration: int | None = None
+
+
+class InstanceCheck(BaseModel):
+    """What the cloud says about a launched instance."""
+
+    failure: str | None = Field(default=None, description="why the job must fail now (e.g. interrupted)")
+    data: dict[str, Any] | None = Field(default=None, description="updated instance data (e.g. its IP)")
 
 
 class LaunchedInstance(BaseModel):
@@ -62,11 +75,13 @@ class LaunchedInstance(BaseModel):
 class LaunchError(Exception):
     """The offer could not be launched; the scheduler tries the next one and records `reason`."""
 
-    def __init__(self, reason: str, *, backend_wide: bool = False) -> None:
+    def __init__(self, reason: str, *, backend_wide: bool = False, skip_instance_type: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         # True when no other offer of the same backend can work either (e.g. no image).
         self.backend_wide = backend_wide
+        # True when no other region of the same instance type can work either (e.g. a quota).
+        self.skip_instance_type = skip_instance_type
 
 
 class Compute(abc.ABC):
@@ -91,6 +106,10 @@ class Compute(abc.ABC):
     @abc.abstractmethod
     def terminate(self, *, instance: LaunchedInstance) -> None:
         """Tear the instance down; idempotent, safe to call on a gone instance."""
+
+    def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
+        """Asked every few seconds while the job runs: detect preemption before heartbeats stop."""
+        return InstanceCheck()
 
     def reap(self, *, live_instance_ids: set[str]) -> list[str]:
         """Terminate this backend's instances that no live job owns; returns their ids."""

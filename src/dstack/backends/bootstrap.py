@@ -49,8 +49,10 @@ def user_data(*, storage_url: str, bucket: str, region: str, job_prefix: str, jo
     """A cloud-init shell script: fetch the agent through the instance's role, start it, detach."""
     q = shlex.quote
     agent = f"/opt/dstack/agent-{package_digest[:16]}.pyz"
-    fetch = ("import boto3,sys; boto3.client('s3', region_name=sys.argv[1])"
-             ".download_file(sys.argv[2], sys.argv[3], sys.argv[4])")
+    # The network may not be up the moment cloud-init runs: retry for a minute.
+    fetch = ("import boto3, sys, time\nfor i in range(30):\n    try:\n        boto3.client('s3', region_name="
+             "sys.argv[1]).download_file(sys.argv[2], sys.argv[3], sys.argv[4]); break\n    except Exception:\n"
+             "        if i == 29: raise\n        time.sleep(2)")
     return f"""#!/bin/bash
 # dstack: start the agent of job {job_id}
 set -eu

@@ -82,6 +82,18 @@ def stop(
 
 
 @app.command()
+def attach(
+    run: Annotated[str, typer.Argument(help="run name")],
+    command: Annotated[str | None, typer.Option("--command", "-c", help="run this instead of a shell")] = None,
+    project: Annotated[str | None, typer.Option(help="project")] = None,
+) -> None:
+    """Open a shell on the run's instance over SSH (with your key, ~/.dstack/ssh/id_ed25519)."""
+    from dstack.cli.runs import attach_run
+
+    raise typer.Exit(attach_run(run, command=command, project=project))
+
+
+@app.command()
 def config(
     url: Annotated[str, typer.Option(help="server URL, e.g. http://127.0.0.1:3000")],
     token: Annotated[str, typer.Option(help="your user token")],

@@ -104,6 +104,21 @@ def print_logs(run_name: str, *, follow: bool, project: str | None) -> None:
         pass
 
 
+def attach_run(run_name: str, *, command: str | None, project: str | None) -> int:
+    import subprocess
+
+    from dstack.core.sshkeys import user_key
+
+    info = client_for(project).runs.attach_info(run_name)
+    key, _ = user_key()
+    args = ["ssh", "-i", str(key), "-p", str(info["port"]), "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={Path.home() / '.dstack' / 'ssh' / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
+            f"{info['user']}@{info['host']}"]
+    if command:
+        args += ["-o", "BatchMode=yes", command]
+    return subprocess.call(args)
+
+
 def stop_run(run_name: str, *, abort: bool, project: str | None) -> None:
     client = client_for(project)
     client.runs.stop(run_name, abort=abort)

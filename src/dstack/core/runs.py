@@ -38,6 +38,7 @@ class RunSpec(BaseModel):
     repo_id: str
     code_hash: str | None = Field(default=None, description="sha256 of the uploaded code archive")
     run_name: str | None = None
+    ssh_key_pub: str | None = Field(default=None, description="the user's public key, for `dstack attach`")
 
 
 class Offer(BaseModel):

@@ -17,4 +17,8 @@ def storage_from_url(url: str) -> Storage:
 
         region = parse_qs(parsed.query).get("region", ["us-east-1"])[0]
         return S3Storage(parsed.netloc, region)
+    if parsed.scheme == "presigned":
+        from dstack.storage.presigned import PresignedStorage
+
+        return PresignedStorage(unquote(parsed.netloc + parsed.path))
     raise ValueError(f"unsupported storage URL {url!r}")

@@ -51,6 +51,12 @@ async def stop(run_name: str, body: StopRunRequest, project: ProjectUser, sessio
     return await svc.stop_run(session=session, ctx=ctx, project=project, name=run_name, abort=body.abort)
 
 
+@router.get("/runs/{run_name}/attach")
+async def attach(run_name: str, project: ProjectUser, session: Session) -> dict[str, object]:
+    """The SSH address of the run's instance (`dstack attach`)."""
+    return await svc.attach_info(session=session, project=project, name=run_name)
+
+
 @router.get("/runs/{run_name}/logs")
 async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx,
                next_token: str | None = None, submission: int | None = None) -> LogPage:

@@ -46,6 +46,7 @@ class BackendType:
 BACKEND_TYPES: dict[str, BackendType] = {
     "local": BackendType("dstack.backends.local", "Local"),
     "aws": BackendType("dstack.backends.aws", "AWS"),
+    "lambda": BackendType("dstack.backends.lambdacloud", "Lambda"),
 }
 
 

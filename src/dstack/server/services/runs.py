@@ -166,6 +166,23 @@ async def stop_run(
     return run_to_model(run)
 
 
+async def attach_info(*, session: AsyncSession, project: ProjectModel, name: str) -> dict[str, object]:
+    """Where to SSH to reach the run's instance."""
+    from dstack.backends.base import LaunchedInstance
+
+    run = await get_run_model(session=session, project=project, name=name)
+    job = run.jobs[-1] if run.jobs else None
+    if job is None or JobStatus(job.status) in FINISHED_STATUSES:
+        raise InvalidStateError(f"run {name!r} is not running ({run.status})", fix="Attach to a running run")
+    if job.backend == "local":
+        raise InvalidStateError(f"run {name!r} runs on the server's own machine; there is nothing to SSH to")
+    data = LaunchedInstance.model_validate_json(job.instance).data if job.instance else {}
+    if not data.get("ip") or not data.get("ssh_user"):
+        raise InvalidStateError(f"run {name!r} has no reachable instance yet ({job.status})",
+                                fix="Wait until it is running; `dstack ps` shows its status")
+    return {"host": data["ip"], "port": int(data.get("ssh_port", 22)), "user": data["ssh_user"]}
+
+
 def run_to_model(run: RunModel) -> Run:
     return Run(
         id=run.id, name=run.name, project=run.project.name, user=run.user.name,

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from dstack.backends.base import LaunchedInstance
+from dstack.backends.base import InstanceCheck, LaunchedInstance
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
@@ -81,9 +81,11 @@ async def _reconcile(ctx: ServerContext, job_id: str) -> None:
 
 
 async def _load(session: Any, job_id: str) -> JobModel:
+    # The run's jobs are loaded explicitly: eager loading stops at the job -> run -> jobs cycle.
     return (await session.scalars(
         select(JobModel).where(JobModel.id == job_id)
-        .options(selectinload(JobModel.run).selectinload(RunModel.project))
+        .options(selectinload(JobModel.run).selectinload(RunModel.project),
+                 selectinload(JobModel.run).selectinload(RunModel.jobs))
     )).one()
 
 
@@ -107,9 +109,18 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             return
         await session.commit()  # no transaction stays open across bucket reads
 
-        storage = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
-                              backend_type=job.backend).storage
+        compute = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
+                              backend_type=job.backend)
+        storage = compute.storage
         state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
+        instance = LaunchedInstance.model_validate_json(job.instance)
+        try:
+            check = await asyncio.to_thread(compute.check_instance, instance=instance)
+        except Exception:
+            logger.exception("checking instance %s failed", instance.instance_id)
+            check = InstanceCheck()
+        if check.data is not None:
+            job.instance = instance.model_copy(update={"data": check.data}).model_dump_json()
         now = utcnow()
         if state.heartbeat and int(state.heartbeat.get("seq", 0)) != job.heartbeat_seq:
             job.heartbeat_seq = int(state.heartbeat["seq"])
@@ -118,6 +129,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
 
         if agent_status in ("done", "failed", "stopped"):
             _finish_from_agent(job, run, state.status or {})
+        elif check.failure:
+            set_job_status(job, run, JobStatus.FAILED, reason=check.failure)
         else:
             if agent_status == "running" and status == JobStatus.PROVISIONING:
                 set_job_status(job, run, JobStatus.RUNNING)
@@ -203,7 +216,8 @@ def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> None:
     retry = RunSpec.model_validate_json(run.spec).configuration.retry
     if retry is None:
         return
-    event = "interruption" if job.reason in ("instance lost", "interrupted") else "error"
+    reason = job.reason or ""
+    event = "interruption" if reason == "instance lost" or reason.startswith("interrupted") else "error"
     elapsed = (utcnow() - run.submitted_at).total_seconds()
     if event not in retry.on_events or (retry.duration is not None and elapsed > retry.duration):
         return

@@ -101,12 +101,15 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
 
     spec = _job_spec(ctx, run_spec, run.name, run.id, job_id)
     launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
-                       secrets=secrets)
+                       secrets=secrets, ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
+                       read_keys=[k for k in [spec.get("code_key")] if k],
+                       max_duration=run_spec.configuration.max_duration)
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
+    broken_types: set[tuple[str, str]] = set()
     for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
-        if offer.backend in broken_backends:
+        if offer.backend in broken_backends or (offer.backend, offer.instance_type) in broken_types:
             continue
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=offer.backend)
@@ -117,6 +120,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             attempts.append(_attempt(offer, ok=False, reason=exc.reason))
             if exc.backend_wide:
                 broken_backends.add(offer.backend)
+            if exc.skip_instance_type:
+                broken_types.add((offer.backend, offer.instance_type))
             continue
         instance.data["spec_extras"] = extras
         attempts.append(_attempt(offer, ok=True))

@@ -1,0 +1,1 @@
+"""The `Lambda` backend: Lambda Cloud instances, state and artifacts in an S3 bucket."""

@@ -1,0 +1,159 @@
+"""Whole runs on the Lambda backend: the spec-validating Lambda fake plays the API, VM hosts
+play the instances, moto plays S3. The instance holds no AWS keys, only presigned access."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.aws_harness import MotoAWS
+from tests.harness import Env, Server, need, wait_for
+from tests.lambda_cloud import LambdaVMs
+from tests.lambda_fake import FakeLambda
+from tests.vmhost import can_run_vm_hosts
+
+BUCKET = "dstack-lambda-bucket"
+S3_ONLY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": [
+    f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}, {"Effect": "Allow", "Action": "s3:ListAllMyBuckets",
+                                                            "Resource": "*"}]}
+
+
+@dataclass
+class Stack:
+    env: Env
+    server: Server
+    aws: MotoAWS
+    fake: FakeLambda
+    vms: LambdaVMs
+    repo: Path
+    keys: tuple[str, str]
+
+    def run(self, name: str) -> dict:
+        with self.server.api() as api:
+            return api.get(f"/api/projects/gpu/runs/{name}").json()
+
+
+def lambda_config(fake: FakeLambda, keys: tuple[str, str], **fields: object) -> dict:
+    return {"type": "lambda", "api_key": "good-key", "regions": ["us-east-1", "us-west-1"], "storage": "aws",
+            "access_key_id": keys[0], "secret_access_key": keys[1], "bucket": BUCKET, "base_url": fake.url, **fields}
+
+
+@pytest.fixture
+def stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stack]:
+    ok, why = can_run_vm_hosts()
+    need(ok, why)
+    aws.create_bucket(BUCKET, "us-east-1")
+    keys = aws.create_user("lambda-storage", S3_ONLY)
+    # moto cannot authenticate presigned requests under IAM enforcement, so it stays off here.
+    env.extra.update(aws.server_env())
+    env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20"})
+    vms = LambdaVMs(lambda_fake, aws, env.home / "vms")
+    server = Server(env).start()
+    try:
+        with server.api() as api:
+            api.post("/api/projects", json={"name": "gpu"}).raise_for_status()
+            api.delete("/api/projects/gpu/backends/local").raise_for_status()
+            response = api.post("/api/projects/gpu/backends", json=lambda_config(lambda_fake, keys))
+            assert response.status_code == 201, response.text
+            api.put("/api/projects/gpu/secrets/WANDB_KEY", json={"value": "wandb-secret-123"}).raise_for_status()
+        repo = env.home / "repo"
+        repo.mkdir()
+        assert env.cli("init", "--project", "gpu", cwd=repo).returncode == 0
+        yield Stack(env, server, aws, lambda_fake, vms, repo, keys)
+        assert lambda_fake.violations == []
+    finally:
+        server.stop()
+        vms.stop()
+
+
+TASK = """\
+type: task
+name: {name}
+commands:
+  - echo "hello from lambda"
+  - 'echo "secret: $WANDB_KEY"'
+  - mkdir -p out && echo artifact-body > out/a.txt
+  - sleep {sleep}
+artifacts: [out]
+resources:
+  gpu: A10
+{extra}"""
+
+
+def test_lambda_task_end_to_end(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="lam", sleep=6, extra=""))
+    result = stack.env.cli("apply", "-y", "-d", cwd=stack.repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan_row = next(line for line in result.stdout.splitlines() if line.startswith("1 "))
+    assert "lambda" in plan_row and "us-west-1" in plan_row and "gpu_1x_a10" in plan_row and "$0.7500" in plan_row
+    wait_for(lambda: stack.run("lam")["status"] == "running", 60, interval=0.3, message="the run to start")
+    logs = wait_for(lambda: (out := stack.env.cli("logs", "lam", cwd=stack.repo).stdout) and "hello" in out and out,
+                    20, interval=0.3, message="logs")
+    assert "secret: ********" in logs and "wandb-secret-123" not in logs
+
+    # `dstack attach` reaches the instance over SSH with the user's key.
+    attached = stack.env.cli("attach", "lam", "--command", "echo attached-$(whoami)", cwd=stack.repo, timeout=60)
+    assert attached.returncode == 0, attached.stderr
+    assert "attached-root" in attached.stdout  # `ubuntu` is uid 0 inside the VM host
+
+    # No AWS keys on the instance: neither on its disk nor in its processes' environments.
+    [(iid, host)] = stack.vms.hosts.items()
+    snapshot = host.snapshot()
+    files = [p for p in snapshot.rglob("*") if p.is_file() and p.name != "environ.txt"]
+    for path in [*files, *host.workdir.glob("*.sh")]:
+        text = path.read_bytes().decode(errors="replace")
+        assert stack.keys[1] not in text, path
+        assert "AWS_SECRET_ACCESS_KEY" not in text and "aws_secret_access_key" not in text, path
+    # The secrets file the user data wrote was read by the agent and removed.
+    assert not [p for p in files if p.name == "secrets.json"]
+    environ = (snapshot / "environ.txt").read_text()
+    assert "AWS_ACCESS_KEY_ID" not in environ and "AWS_SECRET" not in environ and stack.keys[1] not in environ
+    # Its access is scoped to its own job's prefix, and expires.
+    access = json.loads(next(snapshot.rglob("access.json")).read_text())
+    policy = json.loads(base64.b64decode(access["post"]["fields"]["policy"]))
+    prefix = access["post"]["prefix"]
+    assert ["starts-with", "$key", prefix] in policy["conditions"] and prefix.count("/jobs/") == 1
+    assert policy["expiration"] and all(k.startswith(prefix) or k.startswith("dstack/code/") for k in access["get"])
+
+    run = wait_for(lambda: (r := stack.run("lam"))["status"] in ("done", "failed") and r, 60, interval=0.5,
+                   message="the run to finish")
+    assert run["status"] == "done", run
+    s3 = stack.aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
+    assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"artifact-body\n"
+    wait_for(lambda: stack.fake.instances[iid]["status"] == "terminated", 20, message="the instance to terminate")
+
+
+def test_capacity_failover_and_a_429_storm(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-east-1", 1)
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    stack.fake.inject("launch", "insufficient-capacity")
+    stack.fake.inject("any", "429", times=6)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="failover", sleep=0, extra=""))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    attempts = stack.run("failover")["jobs"][0]["attempts"]
+    assert [(a["region"], a["ok"]) for a in attempts] == [("us-east-1", False), ("us-west-1", True)]
+    assert "insufficient-capacity" in attempts[0]["reason"]
+    assert sum(1 for _, _, status in stack.fake.requests if status == 429) == 6
+
+
+def test_preempted_instance_fails_interrupted_and_is_resubmitted(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 2)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(
+        name="preempt", sleep=8, extra="retry:\n  on_events: [interruption]\n  duration: 10m\n"))
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+    wait_for(lambda: stack.run("preempt")["status"] == "running", 60, interval=0.3, message="the run to start")
+    [first] = [i for i in stack.fake.instances]
+    stack.fake.preempt(first)
+    run = wait_for(lambda: (r := stack.run("preempt"))["status"] == "done" and r, 90, interval=0.5,
+                   message="the resubmitted run to finish")
+    assert [j["status"] for j in run["jobs"]] == ["failed", "done"]
+    assert run["jobs"][0]["reason"] == "interrupted"

@@ -1,0 +1,42 @@
+"""Plays Lambda Cloud's machines: when the fake moves an instance to `active`, a VM host (with
+sshd) boots it by running the user data the backend sent; its address becomes the instance's `ip`.
+The VM gets no AWS keys and no endpoint settings: only the loopback forward that lets the
+presigned S3 URLs (which name the test's S3 endpoint) work inside it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.aws_harness import MotoAWS
+from tests.lambda_fake import FakeLambda
+from tests.vmhost import VMHost
+
+
+class LambdaVMs:
+    def __init__(self, fake: FakeLambda, aws: MotoAWS, workdir: Path) -> None:
+        self.fake, self.aws, self.workdir = fake, aws, workdir
+        self.hosts: dict[str, VMHost] = {}
+        self.snapshots: dict[str, Path] = {}
+        fake.on_active = self.on_active
+        fake.on_gone = self.on_gone
+
+    def on_active(self, inst: dict[str, Any]) -> str:
+        host = VMHost(self.workdir / inst["id"]).start()
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "LANG": "C.UTF-8"}
+        host.boot(self.fake.user_data[inst["id"]], env, sshd=True, loopback_forwards=[(self.aws.port, self.aws.port)])
+        self.hosts[inst["id"]] = host
+        return host.vm_ip
+
+    def on_gone(self, inst: dict[str, Any]) -> None:
+        host = self.hosts.get(inst["id"])
+        if host is not None:
+            self.snapshots[inst["id"]] = host.snapshot()
+            host.power_off()
+
+    def stop(self) -> None:
+        for host in self.hosts.values():
+            host.snapshot()  # left in the test's tmp dir, for a failure's post-mortem
+            host.destroy()
