@@ -18,3 +18,4 @@ class BackendCheck(BaseModel):
     ok: bool
     errors: list[FieldError] = Field(default_factory=list)
     choices: dict[str, list[Any] | None] = Field(default_factory=dict)
+    notes: list[dict[str, Any]] = Field(default_factory=list, description="help shown beside the form")

@@ -19,6 +19,7 @@ from dstack.server.db import Database
 from dstack.server.routers import projects, runs, users
 from dstack.server.settings import Settings
 from dstack.server.web import pages
+from dstack.server.web import settings as settings_pages
 from dstack.server.workers import start_workers
 
 logger = logging.getLogger("dstack.server")
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, url: str, on_admin_token: object = None) -
     app.include_router(projects.router)
     app.include_router(runs.router)
     app.include_router(pages.router)
+    app.include_router(settings_pages.router)
     pages.mount_static(app)
 
     @app.exception_handler(DstackError)

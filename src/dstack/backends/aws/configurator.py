@@ -24,6 +24,16 @@ def known_regions() -> list[str]:
     return sorted(names)
 
 
+def form_notes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    from dstack.backends.aws.iam_policy import render, template
+
+    bucket = str(config.get("bucket") or "").strip()
+    return [{"title": "IAM policy", "copy": True,
+             "text": "Grant the IAM user this least-privilege policy"
+                     + (f" (filled in for bucket {bucket})." if bucket else "; fill in Bucket to complete it."),
+             "body": render(bucket) if bucket else template()}]
+
+
 def check(config: AWSBackendConfig) -> dict[str, Any]:
     """On save: raise the first problem as a ConfigurationError naming its field."""
     result = check_form(config)
@@ -55,23 +65,28 @@ def check_form(config: AWSBackendConfig) -> BackendCheck:
     return result
 
 
-def partial_choices(config: dict[str, Any]) -> dict[str, Any]:
-    """Choices that can be had before the form is complete: regions, and buckets once keys work."""
-    choices: dict[str, Any] = {"region": known_regions()}
-    creds = config.get("credentials") or {}
+def partial_check(config: dict[str, Any]) -> BackendCheck:
+    """What can be checked before the form is complete: the region, the credentials (which
+    fill the Bucket choices), the subnets of the region."""
+    result = BackendCheck(ok=False, choices={"region": known_regions()})
+    region = str(config.get("region") or "")
+    if region and region not in known_regions():
+        close = difflib.get_close_matches(region, known_regions(), n=3)
+        hint = f": did you mean {' or '.join(close)}?" if close else ""
+        result.errors.append(FieldError(field="region", message=f"unknown region {region!r}{hint}"))
+        return result
+    creds = config.get("credentials") or {"type": "default"}
+    if creds.get("type") == "access_key" and not (creds.get("access_key_id") and creds.get("secret_access_key")):
+        return result
     try:
-        if creds.get("type") == "access_key" and creds.get("access_key_id") and creds.get("secret_access_key"):
-            session = boto3.Session(aws_access_key_id=creds["access_key_id"],
-                                    aws_secret_access_key=creds["secret_access_key"])
-        elif creds.get("type", "default") == "default":
-            session = boto3.Session()
-        else:
-            return choices
-        s3 = client(session, "s3", config.get("region") or "us-east-1")
-        choices["bucket"] = sorted(b["Name"] for b in s3.list_buckets().get("Buckets", []))
-    except (ClientError, BotoCoreError):
-        pass
-    return choices
+        probe = AWSBackendConfig(region=region or "us-east-1", bucket="placeholder-bucket", credentials=creds)
+        session = make_session(probe)
+    except (ConfigurationError, ValueError) as exc:
+        result.errors.append(FieldError(field=getattr(exc, "field", None) or "credentials.type", message=str(exc)))
+        return result
+    if _check_credentials(probe, client(session, "s3", probe.region), result) and region:
+        _check_subnet(probe, client(session, "ec2", region), result)
+    return result
 
 
 def _credential_field(config: AWSBackendConfig, code: str) -> str:

@@ -44,10 +44,14 @@ class AWSBackendConfig(BaseModel):
                                "non-default VPC and subnet. If not specified, dstack will use the default VPC "
                                "and subnet.")
     cpu_ami_name: str = Field(default="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
-                              title="AMI name (CPU)", description="Name pattern of the image for CPU instances")
+                              title="AMI name (CPU)", description="Name pattern of the image for CPU instances",
+                              json_schema_extra={"advanced": True})
     gpu_ami_name: str = Field(default="Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
-                              title="AMI name (GPU)", description="Name pattern of the image for GPU instances")
-    ami_owners: list[str] = Field(default_factory=lambda: ["amazon", "099720109477"], title="AMI owners")
+                              title="AMI name (GPU)", description="Name pattern of the image for GPU instances",
+                              json_schema_extra={"advanced": True})
+    ami_owners: list[str] = Field(default_factory=lambda: ["amazon", "099720109477"], title="AMI owners",
+                                  description="Accounts whose images may be used",
+                                  json_schema_extra={"advanced": True})
 
     @field_validator("bucket")
     @classmethod

@@ -3,7 +3,6 @@ and the bucket that store state and artifacts."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import boto3
@@ -11,12 +10,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dstack.backends.aws.configurator import _bucket_region
 from dstack.backends.aws.session import AUTH_ERRORS, DENIED_ERRORS, describe, error_code
-from dstack.backends.lambdacloud.api import LambdaAPI, LambdaAPIError
+from dstack.backends.lambdacloud.api import DEFAULT_BASE_URL, LambdaAPI, LambdaAPIError
 from dstack.backends.lambdacloud.models import LambdaBackendConfig
 from dstack.core.backends import BackendCheck, FieldError
 from dstack.core.errors import ConfigurationError
 
 API_KEY_HELP = "create one in the Lambda Cloud dashboard: API keys → Generate API key"
+
+
+def form_notes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"title": "API key", "link": "https://cloud.lambda.ai/api-keys",
+             "text": "Log into your Lambda Cloud account, click API keys in the sidebar, then Generate API key."},
+            {"title": "Storage", "text": "Lambda Cloud has no object storage: give an S3 bucket and the access key "
+                                        "of an IAM user allowed to use it (the s3 service)."}]
 
 
 def check(config: LambdaBackendConfig) -> dict[str, Any]:
@@ -59,13 +65,25 @@ def check_form(config: LambdaBackendConfig) -> BackendCheck:
     return result
 
 
-def partial_choices(config: dict[str, Any]) -> dict[str, Any]:
-    choices: dict[str, Any] = {"storage": ["aws"]}
+def partial_check(config: dict[str, Any]) -> BackendCheck:
+    """Before the form is complete: the API key (which fills Regions) and the AWS keys (Bucket)."""
+    result = BackendCheck(ok=False, choices={"storage": ["aws"]})
     if config.get("api_key"):
-        with contextlib.suppress(LambdaAPIError):
-            choices["regions"] = region_choices(LambdaAPI(config["api_key"], config.get("base_url")
-                                                          or "https://cloud.lambda.ai", max_retries=1))
-    return choices
+        try:
+            result.choices["regions"] = region_choices(
+                LambdaAPI(config["api_key"], config.get("base_url") or DEFAULT_BASE_URL, max_retries=1))
+        except LambdaAPIError as exc:
+            if exc.code == "global/invalid-api-key":
+                message = f"Lambda Cloud does not accept this API key; {API_KEY_HELP}"
+            else:
+                message = f"cannot check the API key: {exc}"
+            result.errors.append(FieldError(field="api_key", message=message))
+    if config.get("access_key_id") and config.get("secret_access_key"):
+        probe = LambdaBackendConfig(api_key="x", regions=["x"], access_key_id=config["access_key_id"],
+                                    secret_access_key=config["secret_access_key"],
+                                    bucket=config.get("bucket") or "placeholder-bucket")
+        _check_storage(probe, result, check_bucket=bool(config.get("bucket")))
+    return result
 
 
 def s3_client(config: LambdaBackendConfig, region: str | None = None) -> Any:
@@ -73,7 +91,7 @@ def s3_client(config: LambdaBackendConfig, region: str | None = None) -> Any:
                         aws_secret_access_key=config.secret_access_key)
 
 
-def _check_storage(config: LambdaBackendConfig, result: BackendCheck) -> None:
+def _check_storage(config: LambdaBackendConfig, result: BackendCheck, *, check_bucket: bool = True) -> None:
     s3 = s3_client(config)
     try:
         result.choices["bucket"] = sorted(b["Name"] for b in s3.list_buckets().get("Buckets", []))
@@ -88,6 +106,8 @@ def _check_storage(config: LambdaBackendConfig, result: BackendCheck) -> None:
         result.choices["bucket"] = None if code in DENIED_ERRORS else []
     except BotoCoreError as exc:
         result.errors.append(FieldError(field="access_key_id", message=f"cannot reach AWS: {exc}"))
+        return
+    if not check_bucket:
         return
     try:
         region = _bucket_region(s3.get_bucket_location(Bucket=config.bucket).get("LocationConstraint"))

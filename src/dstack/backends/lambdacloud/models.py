@@ -29,7 +29,8 @@ class LambdaBackendConfig(BaseModel):
                                    description="The Secret access key to authenticate dstack with AWS")
     bucket: str = Field(min_length=3, title="Bucket", description="The S3 bucket to store state and artifacts")
     base_url: str = Field(default=DEFAULT_BASE_URL, title="API URL",
-                          description="The Lambda Cloud API's address (change it only for a test double)")
+                          description="The Lambda Cloud API's address (change it only for a test double)",
+                          json_schema_extra={"advanced": True})
 
     @field_validator("bucket")
     @classmethod

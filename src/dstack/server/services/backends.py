@@ -110,22 +110,26 @@ async def check_backend_form(*, config: dict[str, Any]) -> BackendCheck:
     """For a form being filled: never raises, reports what is wrong and what can be chosen."""
     import asyncio
 
+    kind = BACKEND_TYPES.get(str(config.get("type")))
+    notes = kind.configurator.form_notes(config) if kind and hasattr(kind.configurator, "form_notes") else []
     try:
         model = parse_backend_config(config)
     except ConfigurationError as exc:
-        # Even with fields missing, offer what choices can be had (e.g. regions, buckets).
-        partial = await asyncio.to_thread(_partial_choices, config)
-        return BackendCheck(ok=False, errors=[FieldError(field=exc.field, message=str(exc))], choices=partial)
+        # With fields missing, check what is filled in: that also yields choices (regions, buckets).
+        partial = await asyncio.to_thread(_partial_check, config)
+        errors = [FieldError(field=exc.field, message=str(exc)), *partial.errors]
+        return BackendCheck(ok=False, errors=errors, choices=partial.choices, notes=notes)
     configurator = backend_type(model.type).configurator  # type: ignore[attr-defined]
     result = await asyncio.to_thread(configurator.check_form, model)
+    result.notes = notes
     return result
 
 
-def _partial_choices(config: dict[str, Any]) -> dict[str, Any]:
+def _partial_check(config: dict[str, Any]) -> BackendCheck:
     kind = BACKEND_TYPES.get(str(config.get("type")))
-    if kind is None or not hasattr(kind.configurator, "partial_choices"):
-        return {}
-    return kind.configurator.partial_choices(config)
+    if kind is None or not hasattr(kind.configurator, "partial_check"):
+        return BackendCheck(ok=False)
+    return kind.configurator.partial_check(config)
 
 
 async def validate_backend(*, config: dict[str, Any]) -> tuple[BaseModel, dict[str, Any]]:

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
-from dstack import __version__
 from dstack.core.errors import AuthenticationError, DstackError
-from dstack.server.deps import TOKEN_COOKIE, Session, request_token
-from dstack.server.models import UserModel
+from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
 from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
 from dstack.server.services.users import authenticate
+from dstack.server.web.common import HERE, page_user, render, to_login
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.globals["version"] = __version__
 router = APIRouter(include_in_schema=False)
+_page_user, _to_login, _render = page_user, to_login, render
 
 
 def mount_static(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
-
-async def _page_user(request: Request, session: Session) -> UserModel | None:
-    try:
-        return await authenticate(session=session, token=request_token(request))
-    except AuthenticationError:
-        return None
-
-
-def _to_login(request: Request) -> RedirectResponse:
-    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-
-
-def _render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 @router.get("/")
@@ -80,7 +60,25 @@ async def projects_page(request: Request, session: Session) -> Response:
     if user is None:
         return _to_login(request)
     projects = await projects_svc.list_projects(session=session, user=user)
-    return _render(request, "projects.html", user=user, projects=projects)
+    return _render(request, "projects.html", user=user, projects=projects, error=None)
+
+
+@router.post("/projects")
+async def create_project(request: Request, session: Session, ctx: Ctx, name: Annotated[str, Form()] = "") -> Response:
+    user = await _page_user(request, session)
+    if user is None:
+        return _to_login(request)
+    from dstack.server.schemas import CreateProjectRequest
+
+    try:
+        CreateProjectRequest(name=name)
+        await projects_svc.create_project(session=session, encryptor=ctx.encryptor, owner=user, name=name)
+    except (DstackError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, DstackError) else (
+            "Use lowercase letters, digits, - and _ (up to 50), starting with a letter or digit.")
+        projects = await projects_svc.list_projects(session=session, user=user)
+        return _render(request, "projects.html", status_code=422, user=user, projects=projects, error=message)
+    return RedirectResponse(f"/projects/{name}/settings", status_code=303)
 
 
 @router.get("/projects/{project_name}")
@@ -106,4 +104,5 @@ async def run_page(project_name: str, run_name: str, request: Request, session: 
     except DstackError as exc:
         return _render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
     return _render(request, "run.html", user=user, project=project, role=role, run=run,
+                   started_at=run.job.started_at.isoformat() if run.job and run.job.started_at else "",
                    configuration=run.spec.configuration.model_dump(exclude_defaults=True))

@@ -7,8 +7,13 @@ const dstack = (() => {
       headers: { "Content-Type": "application/json" },
       ...options,
     });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
+    const body = response.status === 204 ? {} : await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const err = new Error((body.error && body.error.message) || response.statusText);
+      err.field = body.error && body.error.field;
+      err.status = response.status;
+      throw err;
+    }
     return body;
   }
 
@@ -23,6 +28,37 @@ const dstack = (() => {
     if (run.status === "failed" && run.exit_code !== null) text += ` (exit code ${run.exit_code})`;
     else if (run.reason && ["failed", "stopped", "terminated"].includes(run.status)) text += ` (${run.reason})`;
     return text;
+  }
+
+  // Price per hour times the time each submission ran.
+  function cost(run) {
+    let total = 0;
+    for (const job of run.jobs) {
+      if (!job.offer || !job.started_at) continue;
+      const end = job.finished_at ? new Date(job.finished_at) : new Date();
+      total += (job.offer.price * Math.max(0, end - new Date(job.started_at))) / 3600000;
+    }
+    return total;
+  }
+
+  async function refreshArtifacts(base, project, runName) {
+    const list = document.getElementById("artifacts");
+    if (!list) return;
+    try {
+      const artifacts = await api(`${base}/artifacts`);
+      const items = artifacts.map((a) => {
+        const li = document.createElement("li");
+        const link = document.createElement("a");
+        link.href = `${base}/artifacts/${a.path.split("/").map(encodeURIComponent).join("/")}`;
+        link.textContent = a.path;
+        li.append(link, ` (${a.size} bytes)`);
+        return li;
+      });
+      if (!items.length) items.push(Object.assign(document.createElement("li"), { textContent: "None (yet)." }));
+      list.replaceChildren(...items);
+    } catch (err) {
+      list.replaceChildren(Object.assign(document.createElement("li"), { textContent: err.message }));
+    }
   }
 
   function runsPage(table) {
@@ -46,6 +82,7 @@ const dstack = (() => {
             cell(offer ? offer.instance_type : ""),
             cell(offer ? `${offer.resources.cpus}xCPU, ${Math.round(offer.resources.memory_gb)}GB` : ""),
             cell(offer ? `$${offer.price.toFixed(4)}/h` : ""),
+            cell(offer ? `$${cost(run).toFixed(4)}` : ""),
             cell(statusText(run)),
             cell(new Date(run.submitted_at).toLocaleString()),
           );
@@ -54,7 +91,7 @@ const dstack = (() => {
         if (!rows.length) {
           const tr = document.createElement("tr");
           const td = cell("No runs yet. Submit one with `dstack apply`.");
-          td.colSpan = 7;
+          td.colSpan = 8;
           tr.appendChild(td);
           rows.push(tr);
         }
@@ -66,6 +103,78 @@ const dstack = (() => {
     refresh();
     setInterval(refresh, 3000);
   }
+
+  function notice(text, isError = false) {
+    const node = document.getElementById("notice") || document.getElementById("users-error");
+    if (node) { node.textContent = text; node.className = isError ? "error" : "help"; }
+  }
+
+  function settingsPage(project) {
+    const base = `/api/projects/${encodeURIComponent(project)}`;
+    const reload = () => window.location.reload();
+    const fail = (err) => notice(err.message, true);
+    document.addEventListener("click", async (e) => {
+      const t = e.target;
+      if (t.dataset.deleteBackend && confirm(`Delete the ${t.dataset.deleteBackend} backend?`)) {
+        await api(`${base}/backends/${t.dataset.deleteBackend}`, { method: "DELETE" }).then(reload, fail);
+      } else if (t.dataset.removeMember && confirm(`Remove ${t.dataset.removeMember}?`)) {
+        await api(`${base}/members/${encodeURIComponent(t.dataset.removeMember)}`, { method: "DELETE" }).then(reload, fail);
+      } else if (t.dataset.deleteSecret && confirm(`Delete the secret ${t.dataset.deleteSecret}?`)) {
+        await api(`${base}/secrets/${encodeURIComponent(t.dataset.deleteSecret)}`, { method: "DELETE" }).then(reload, fail);
+      }
+    });
+    document.addEventListener("change", async (e) => {
+      if (e.target.dataset.member) {
+        await api(`${base}/members`, { method: "PUT", body: JSON.stringify({ user: e.target.dataset.member, role: e.target.value }) })
+          .then(() => notice(`${e.target.dataset.member} is now ${e.target.value}`), fail);
+      }
+    });
+    const addMember = document.getElementById("add-member");
+    if (addMember) addMember.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const data = Object.fromEntries(new FormData(addMember));
+      await api(`${base}/members`, { method: "PUT", body: JSON.stringify(data) }).then(reload, fail);
+    });
+    const addSecret = document.getElementById("add-secret");
+    if (addSecret) addSecret.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const data = Object.fromEntries(new FormData(addSecret));
+      await api(`${base}/secrets/${encodeURIComponent(data.name)}`, { method: "PUT", body: JSON.stringify({ value: data.value }) })
+        .then(reload, fail);
+    });
+  }
+
+  function showToken(user) {
+    document.getElementById("token-user").textContent = user.name;
+    document.getElementById("token-value").textContent = user.token;
+    document.getElementById("token-box").hidden = false;
+  }
+
+  function usersPage() {
+    const form = document.getElementById("create-user");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const data = Object.fromEntries(new FormData(form));
+      try { showToken(await api("/api/users", { method: "POST", body: JSON.stringify(data) })); notice(""); }
+      catch (err) { notice(err.message, true); }
+    });
+    document.addEventListener("click", async (e) => {
+      const name = e.target.dataset.rotate;
+      if (name && confirm(`Replace the token of ${name}? The old one stops working.`)) {
+        try { showToken(await api(`/api/users/${encodeURIComponent(name)}/token`, { method: "POST" })); }
+        catch (err) { notice(err.message, true); }
+      }
+    });
+  }
+
+  // Copy buttons: data-copy names the element whose text is copied.
+  document.addEventListener("click", async (e) => {
+    const id = e.target.dataset && e.target.dataset.copy;
+    if (!id) return;
+    const text = document.getElementById(id).textContent;
+    try { await navigator.clipboard.writeText(text); e.target.textContent = "Copied"; }
+    catch (err) { e.target.textContent = "Select and copy"; }
+  });
 
   function runPage(project, runName) {
     const base = `/api/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(runName)}`;
@@ -99,8 +208,10 @@ const dstack = (() => {
         status.textContent = statusText(run);
         status.className = `status status-${run.status}`;
         reason.textContent = run.reason || "";
+        const wasFinished = finished;
         finished = ["done", "failed", "stopped", "terminated"].includes(run.status);
         if (stop) stop.hidden = finished;
+        if (finished && !wasFinished) refreshArtifacts(base, project, runName);
       } catch (err) {
         reason.textContent = `Could not refresh: ${err.message}`;
       }
@@ -121,7 +232,8 @@ const dstack = (() => {
     }
     pollLogs();
     pollRun();
+    refreshArtifacts(base, project, runName);
   }
 
-  return { api, runsPage, runPage };
+  return { api, runsPage, runPage, settingsPage, usersPage };
 })();

@@ -1,0 +1,78 @@
+"""Project settings (backends, members, secrets) and the admin's users page. Changes go through
+the JSON API from the page's script, so the API's authorisation is the only one."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from dstack.core.errors import DstackError, ForbiddenError
+from dstack.server.deps import Ctx, Session
+from dstack.server.services import projects as projects_svc
+from dstack.server.services import secrets as secrets_svc
+from dstack.server.services.backends import BACKEND_TYPES, backend_info
+from dstack.server.services.users import list_users
+from dstack.server.web.common import page_user, render, to_login
+from dstack.server.web.forms import backend_forms
+
+router = APIRouter(include_in_schema=False)
+
+
+def _summary(config: dict) -> dict[str, str]:
+    regions = config.get("regions") or ([config["region"]] if config.get("region") else [])
+    return {"regions": ", ".join(regions) or "this machine", "bucket": config.get("bucket") or "(local directory)"}
+
+
+@router.get("/projects/{project_name}/settings")
+async def settings_page(project_name: str, request: Request, session: Session, ctx: Ctx,
+                        edit: bool = False) -> Response:
+    user = await page_user(request, session)
+    if user is None:
+        return to_login(request)
+    try:
+        project, role = await projects_svc.get_project_for(session=session, name=project_name, user=user)
+    except DstackError as exc:
+        return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    backends = []
+    for backend in project.backends:
+        info = backend_info(ctx.encryptor, backend)
+        backends.append({"type": backend.type, "title": BACKEND_TYPES[backend.type].title, **_summary(info.config)})
+    info = await projects_svc.project_info(session=session, encryptor=ctx.encryptor, project=project)
+    secrets = await secrets_svc.list_secret_names(session=session, project=project)
+    return render(request, "settings.html", user=user, project=project, role=role, backends=backends,
+                  members=info.members, secrets=secrets, edit=edit and role == "admin")
+
+
+@router.get("/projects/{project_name}/settings/backends/new")
+@router.get("/projects/{project_name}/settings/backends/{backend_type}/edit")
+async def backend_form_page(project_name: str, request: Request, session: Session, ctx: Ctx,
+                            backend_type: str | None = None) -> Response:
+    user = await page_user(request, session)
+    if user is None:
+        return to_login(request)
+    try:
+        project, _ = await projects_svc.get_project_for(session=session, name=project_name, user=user,
+                                                        min_role="admin")
+        existing = None
+        if backend_type is not None:
+            backend = next((b for b in project.backends if b.type == backend_type), None)
+            if backend is None:
+                raise ForbiddenError(f"project {project_name!r} has no {backend_type} backend")
+            existing = backend_info(ctx.encryptor, backend).config
+    except DstackError as exc:
+        return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    taken = [b.type for b in project.backends if b.type != backend_type]
+    return render(request, "backend_form.html", user=user, project=project,
+                  forms_json=json.dumps(backend_forms()), existing_json=json.dumps(existing), taken=taken)
+
+
+@router.get("/admin/users")
+async def users_page(request: Request, session: Session) -> Response:
+    user = await page_user(request, session)
+    if user is None:
+        return to_login(request)
+    if user.global_role != "admin":
+        return render(request, "error.html", status_code=403, user=user, message="Only admins manage users.")
+    return render(request, "users.html", user=user, users=await list_users(session=session))

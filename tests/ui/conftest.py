@@ -1,0 +1,53 @@
+"""Real Chromium (Debian's /usr/bin/chromium) driven by Playwright; `playwright install` is not
+needed. Screenshots go to $DSTACK_SCREENSHOTS_DIR when set (docs/screenshots is made that way)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import need
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    need(Path(CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "playwright is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):  # noqa: ANN001, ANN201
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:  # noqa: ANN001
+    target = Path(os.environ.get("DSTACK_SCREENSHOTS_DIR") or tmp_path)
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+
+
+def login(page, url: str, token: str) -> None:  # noqa: ANN001
+    page.goto(f"{url}/login")
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{url}/projects")
