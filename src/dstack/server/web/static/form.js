@@ -77,7 +77,9 @@ const dstackForm = (() => {
     } else if (opts) {
       input = el("select", { id, "data-path": f.path, "aria-describedby": describedBy });
       const values = opts.map((o) => String(o.value));
-      if (!values.includes(String(value))) input.append(el("option", { value: value, text: value || "— choose —" }));
+      if (!values.includes(String(value))) {
+        input.append(el("option", { value: value, text: value || (f.required ? "— choose —" : "— none (the default) —") }));
+      }
       for (const o of opts) input.append(el("option", { value: o.value, text: o.label, selected: String(o.value) === String(value) }));
     } else {
       input = el("input", { id, "data-path": f.path, value, type: f.kind === "password" ? "password" : "text",
