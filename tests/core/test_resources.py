@@ -106,7 +106,7 @@ def test_defaults_and_disk_forms() -> None:
     assert ResourcesSpec.model_validate({"shm_size": "16GB"}).shm_size == 16
 
 
-def test_unmet_requirements() -> None:
+def test_what_an_instance_lacks() -> None:
     machine = InstanceResources(cpus=8, memory_gb=32, gpus=[GPU(name="A100", memory_gb=80)] * 2, disk_gb=200)
     assert unmet_requirements(ResourcesSpec.model_validate({"gpu": "A100:80GB:2"}), machine) == []
     assert unmet_requirements(ResourcesSpec.model_validate({"gpu": "24GB..:2"}), machine) == []

@@ -94,7 +94,7 @@ resources:
 """
 
 
-def test_aws_task_end_to_end_with_least_privilege(stack: Stack) -> None:
+def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     (stack.repo / ".dstack.yml").write_text(TASK.format(name="aws-task"))
     result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
     out = result.stdout

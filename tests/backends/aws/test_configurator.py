@@ -104,10 +104,17 @@ def test_subnets_and_regions(aws: MotoAWS, aws_server: Server, account: dict[str
     assert message.startswith("unknown region 'us-est-1': did you mean") and "us-east-1" in message
 
 
-def test_missing_required_fields_name_them(aws_server: Server) -> None:
-    result = check(aws_server, {"type": "aws", "region": "us-east-1"})
+def test_missing_fields_are_named_and_the_rest_still_checked(aws_server: Server, account: dict[str, str]) -> None:
+    # No bucket yet: it is named, and the keys are checked anyway (that is what fills Bucket's choices).
+    result = check(aws_server, {"type": "aws", "region": "us-east-1",
+                                "credentials": {"type": "access_key", **account}})
     assert errors(result) == {"bucket": "bucket: this field is required"}
-    assert "us-east-1" in result["choices"]["region"]
+    assert "us-east-1" in result["choices"]["region"] and BUCKET in result["choices"]["bucket"]
+    result = check(aws_server, {"type": "aws", "region": "us-east-1",
+                                "credentials": {"type": "access_key", "access_key_id": "AKIANOPE12345678",
+                                                "secret_access_key": "y" * 40}})
+    assert errors(result) == {"bucket": "bucket: this field is required",
+                              "credentials.access_key_id": "AWS does not know this access key ID"}
 
 
 def test_saving_validates_and_stores_credentials_encrypted_and_masked(
