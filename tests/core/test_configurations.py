@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 
@@ -78,6 +79,7 @@ def test_dev_environment() -> None:
         ("type: task\ncommands: [x]\nmax_price: -1\n", r":3: max_price: Input should be greater than 0"),
         ("type: task\ncommands:\n  - echo a: b\n", r":2: commands: a command was read as a mapping because it contains `: `; quote"),
     ],
+    ids=lambda value: f"case-{zlib.crc32(value.encode()):08x}" if isinstance(value, str) else None,
 )
 def test_errors_name_file_line_and_field(text: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):

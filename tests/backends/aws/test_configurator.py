@@ -192,5 +192,5 @@ def test_iam_policy_command_prints_the_seed_policy_filled_in(env: Env) -> None:
     assert json.loads(result.stdout) == expected
 
 
-def test_api_check_requires_project_admin(aws_server: Server) -> None:
+def test_api_check_needs_a_token(aws_server: Server) -> None:
     assert httpx.post(f"{aws_server.url}/api/projects/main/backends/check", json={}).status_code == 401
