@@ -26,7 +26,10 @@ class LambdaVMs:
         host = VMHost(self.workdir / inst["id"]).start()
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C.UTF-8"}
-        host.boot(self.fake.user_data[inst["id"]], env, sshd=True, loopback_forwards=[(self.aws.port, self.aws.port)])
+        # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
+        keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]
+        host.boot(self.fake.user_data[inst["id"]], env, sshd=True, loopback_forwards=[(self.aws.port, self.aws.port)],
+                  authorized_keys=keys)
         self.hosts[inst["id"]] = host
         return host.vm_ip
 

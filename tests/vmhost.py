@@ -123,7 +123,8 @@ class VMHost:
         return self.proc
 
     def boot(self, script: str, env: dict[str, str], *, sshd: bool = False,
-             loopback_forwards: list[tuple[int, int]] = ()) -> subprocess.Popen[bytes]:
+             loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = ()
+             ) -> subprocess.Popen[bytes]:
         """Boot like a cloud VM: optional sshd (user `ubuntu`, keys from its ~/.ssh), forwarders from
         the VM's 127.0.0.1:PORT to services here, then the user data — all in the VM's own mount
         namespace, where /opt/dstack is a tmpfs and `ubuntu` exists only inside."""
@@ -142,7 +143,8 @@ class VMHost:
                 f"cp /etc/passwd {w}/passwd && echo 'ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash' >> {w}/passwd",
                 f"cp /etc/shadow {w}/shadow && echo 'ubuntu:*:19000:0:99999:7:::' >> {w}/shadow",
                 f"mount --bind {w}/passwd /etc/passwd && mount --bind {w}/shadow /etc/shadow",
-                "mkdir -p /opt/dstack/home/ubuntu /run/sshd",
+                "mkdir -p /opt/dstack/home/ubuntu/.ssh /run/sshd",
+                *[f"echo '{key}' >> /opt/dstack/home/ubuntu/.ssh/authorized_keys" for key in authorized_keys],
                 f"/usr/sbin/sshd -f {w}/sshd_config -E {w}/sshd.log",
             ]
         forwarder = Path(__file__).with_name("netns_forward.py")

@@ -139,6 +139,12 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
         SecretId=f"/dstack/{BUCKET}/secrets/cloud/HF_TOKEN")["SecretString"]
     assert value == SECRET
 
+    # The agent's own log is in the runners group.
+    logs = stack.aws.client("logs", REGION)
+    runner_events = logs.filter_log_events(logGroupName=f"/dstack/runners/{BUCKET}/cloud")["events"]
+    assert any("job running" in e["message"] for e in runner_events)
+    assert any(e["message"] == "finished" for e in runner_events)
+
     # Least privilege: every call the server made is allowed by the seed's policy alone.
     calls = stack.calls()
     operations = {c["operation"] for c in calls}

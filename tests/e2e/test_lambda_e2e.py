@@ -157,3 +157,43 @@ def test_preempted_instance_fails_interrupted_and_is_resubmitted(stack: Stack) -
                    message="the resubmitted run to finish")
     assert [j["status"] for j in run["jobs"]] == ["failed", "done"]
     assert run["jobs"][0]["reason"] == "interrupted"
+
+
+def test_presigned_access_is_renewed_over_ssh(stack: Stack) -> None:
+    # With max_duration 1h the first access expires within 2 days, so it is renewed (to 7 days) at once.
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="long", sleep=6, extra="max_duration: 1h\n"))
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+    wait_for(lambda: stack.run("long")["status"] == "running", 60, interval=0.3, message="the run to start")
+    [host] = stack.vms.hosts.values()
+
+    def expires_at() -> str:
+        snapshot = host.snapshot()
+        return json.loads(next(snapshot.rglob("access.json")).read_text())["expires_at"]
+
+    from datetime import UTC, datetime, timedelta
+
+    renewed = wait_for(lambda: (e := expires_at()) > (datetime.now(UTC) + timedelta(days=5)).isoformat() and e,
+                       30, interval=0.5, message="the access to be renewed")
+    assert renewed
+    run = wait_for(lambda: (r := stack.run("long"))["status"] in ("done", "failed") and r, 60, interval=0.5)
+    assert run["status"] == "done", run  # the agent went on with the renewed access
+
+
+def test_quota_exceeded_stops_trying_that_type_and_says_so(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-east-1", 1)
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    stack.fake.set_capacity("gpu_1x_a100", "us-east-1", 1)
+    stack.fake.inject("launch", "quota-exceeded")
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="quota", sleep=0, extra="").replace("gpu: A10", "gpu: 24GB.."))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    attempts = stack.run("quota")["jobs"][0]["attempts"]
+    assert [(a["instance_type"], a["region"], a["ok"]) for a in attempts] == [
+        ("gpu_1x_a10", "us-east-1", False), ("gpu_1x_a100", "us-east-1", True)]
+    assert attempts[0]["reason"].startswith("quota exceeded for gpu_1x_a10")
+    with stack.server.api() as api:  # the next plan leaves the type out for a while
+        spec = {"configuration": {"type": "task", "commands": ["x"], "resources": {"gpu": "24GB.."}},
+                "repo_id": stack.run("quota")["spec"]["repo_id"]}
+        offers = api.post("/api/projects/gpu/runs/plan", json=spec).json()["offers"]
+    assert offers and all(o["instance_type"] != "gpu_1x_a10" for o in offers)

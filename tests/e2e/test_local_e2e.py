@@ -181,3 +181,20 @@ def test_server_killed_and_restarted_job_completes(env: Env) -> None:
         assert logs.stdout.splitlines() == [f"line {i}" for i in range(1, 31)]
     finally:
         restarted.stop()
+
+
+def test_max_duration_terminates_the_run(env: Env) -> None:
+    server = Server(env).start()
+    try:
+        repo = env.home / "repo"
+        repo.mkdir()
+        assert env.cli("init", cwd=repo).returncode == 0
+        write(repo, LONG_TASK.format(name="bounded", marker="987653") + "max_duration: 3s\n")
+        assert env.cli("apply", "-y", "-d", cwd=repo).returncode == 0
+        with server.api() as api:
+            run = wait_for(lambda: (r := api.get("/api/projects/main/runs/bounded").json())["status"]
+                           in ("terminated", "stopped", "failed", "done") and r, 30, message="the run to end")
+        assert (run["status"], run["reason"]) == ("terminated", "max duration exceeded")
+        wait_for(lambda: not _processes_with("987653"), 5, message="the job's processes to be gone")
+    finally:
+        server.stop()

@@ -64,6 +64,17 @@ class JobRunner:
         self.storage.put_json(self._key("runner.json"), info)
 
     # --- lifecycle --------------------------------------------------------------------------
+    def event(self, message: str) -> None:
+        """The agent's own log (where the backend has a place for it: CloudWatch on AWS)."""
+        print(f"dstack agent: {message}", file=sys.stderr, flush=True)
+        target = self.spec.get("runner_logs")
+        if target and target.get("type") == "cloudwatch":
+            try:
+                cloudwatch_sink(target["group"], target["stream"], target["region"])(
+                    0, [{"t": time.time(), "m": message}])
+            except Exception as exc:  # diagnostics must never fail the job
+                print(f"dstack agent: cannot write the runner log: {exc}", file=sys.stderr)
+
     def run(self) -> int:
         self.write_runner_info()
         self.heartbeat()
@@ -72,15 +83,18 @@ class JobRunner:
             self.write_status("failed", reason="job spec is missing from the bucket")
             return 1
         self.spec = spec
+        self.event(f"started on {socket.gethostname()} (pid {os.getpid()})")
         watcher = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
         watcher.start()
         try:
             return self._run_job()
         except Exception as exc:  # the job must end with a status, whatever happened
+            self.event(f"error: {exc!r}")
             self.write_status("failed", reason=f"agent error: {exc}")
             return 1
         finally:
             self._done.set()
+            self.event("finished")
             self.finish()
 
     def _run_job(self) -> int:
@@ -115,6 +129,7 @@ class JobRunner:
         )
         self.write_runner_info()
         self.write_status("running")
+        self.event(f"job running (pid {self.proc.pid})")
         assert self.proc.stdout is not None
         for raw in iter(self.proc.stdout.readline, b""):
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))

@@ -147,8 +147,10 @@ class AWSCompute(Compute):
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         group = cw.job_group(self.config.bucket, job.project)
         stream = job.job_prefix.split("/runs/", 1)[-1].split("/", 1)[-1].replace("/jobs/", "/")
+        runners = cw.runner_group(self.config.bucket, job.project)
         try:
             self.logs.ensure_stream(group, stream)
+            self.logs.ensure_stream(runners, stream)
             self._publish_agent()
             ids = sm.sync(self.clients.secretsmanager, bucket=self.config.bucket, project=job.project,
                           secrets=job.secrets) if job.secrets else {}
@@ -156,6 +158,7 @@ class AWSCompute(Compute):
             raise LaunchError(f"could not prepare the job: {describe(exc)}") from exc
         extras: dict[str, Any] = {
             "logs": {"type": "cloudwatch", "group": group, "stream": stream, "region": self.config.region},
+            "runner_logs": {"type": "cloudwatch", "group": runners, "stream": stream, "region": self.config.region},
             "terminate": {"type": "aws", "region": self.config.region},
         }
         if ids:
