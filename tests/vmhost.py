@@ -8,7 +8,6 @@ with a tmpfs on /opt/dstack, so VMs don't share what they download. Needs root a
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
@@ -19,6 +18,8 @@ import threading
 from pathlib import Path
 
 import psutil
+
+from tests.netns_forward import pipe
 
 _COUNTER = itertools.count(1)
 
@@ -60,19 +61,7 @@ class TcpForwarder:
                 conn.close()
                 continue
             for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         self._closed = True

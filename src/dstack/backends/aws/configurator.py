@@ -127,19 +127,24 @@ def _bucket_region(location: str | None) -> str:
     return "eu-west-1" if location == "EU" else location
 
 
+def bucket_error(bucket: str, exc: ClientError, keys: str = "credentials") -> FieldError:
+    """What a failed bucket call means for the Bucket field."""
+    code = error_code(exc)
+    if code == "NoSuchBucket":
+        message = f"bucket {bucket} does not exist"
+    elif code in DENIED_ERRORS:
+        message = f"bucket {bucket} is not readable with these {keys} ({code})"
+    else:
+        message = f"cannot check bucket {bucket}: {describe(exc)}"
+    return FieldError(field="bucket", message=message)
+
+
 def _check_bucket(config: AWSBackendConfig, s3: Any, result: BackendCheck) -> None:
     bucket = config.bucket
     try:
         region = _bucket_region(s3.get_bucket_location(Bucket=bucket).get("LocationConstraint"))
     except ClientError as exc:
-        code = error_code(exc)
-        if code == "NoSuchBucket":
-            message = f"bucket {bucket} does not exist"
-        elif code in DENIED_ERRORS:
-            message = f"bucket {bucket} is not readable with these credentials (s3:GetBucketLocation denied)"
-        else:
-            message = f"cannot check bucket {bucket}: {describe(exc)}"
-        result.errors.append(FieldError(field="bucket", message=message))
+        result.errors.append(bucket_error(bucket, exc))
         return
     if region != config.region:
         result.errors.append(FieldError(
@@ -149,8 +154,7 @@ def _check_bucket(config: AWSBackendConfig, s3: Any, result: BackendCheck) -> No
     try:
         s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
     except ClientError as exc:
-        result.errors.append(FieldError(
-            field="bucket", message=f"bucket {bucket} is not readable with these credentials ({error_code(exc)})"))
+        result.errors.append(bucket_error(bucket, exc))
 
 
 def _check_subnet(config: AWSBackendConfig, ec2: Any, result: BackendCheck) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dstack.backends.aws.configurator import _bucket_region
-from dstack.backends.aws.session import AUTH_ERRORS, DENIED_ERRORS, describe, error_code
+from dstack.backends.aws.configurator import _bucket_region, bucket_error
+from dstack.backends.aws.session import AUTH_ERRORS, DENIED_ERRORS, error_code
 from dstack.backends.lambdacloud.api import DEFAULT_BASE_URL, LambdaAPI, LambdaAPIError
 from dstack.backends.lambdacloud.models import LambdaBackendConfig
 from dstack.core.backends import BackendCheck, FieldError
@@ -113,11 +113,4 @@ def _check_storage(config: LambdaBackendConfig, result: BackendCheck, *, check_b
         region = _bucket_region(s3.get_bucket_location(Bucket=config.bucket).get("LocationConstraint"))
         s3_client(config, region).list_objects_v2(Bucket=config.bucket, MaxKeys=1)
     except ClientError as exc:
-        code = error_code(exc)
-        if code == "NoSuchBucket":
-            message = f"bucket {config.bucket} does not exist"
-        elif code in DENIED_ERRORS:
-            message = f"bucket {config.bucket} is not readable with these AWS keys ({code})"
-        else:
-            message = f"cannot check bucket {config.bucket}: {describe(exc)}"
-        result.errors.append(FieldError(field="bucket", message=message))
+        result.errors.append(bucket_error(config.bucket, exc, keys="AWS keys"))
