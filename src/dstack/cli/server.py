@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Callable
 
 from dstack.core.errors import DstackError
 
@@ -20,6 +22,23 @@ def _check_port(host: str, port: int) -> None:
                                   fix="Stop whatever uses it, or pass another one with --port") from None
             raise DstackError(f"cannot listen on {host}:{port}: {exc.strerror}",
                               fix="Check --host and --port") from None
+
+
+async def _prepare(settings: object, url: str, show_token: Callable[[str], None]) -> None:
+    """First-start bootstrap and the server's config file, before serving: errors are one line."""
+    from dstack.server import config_file
+    from dstack.server.bootstrap import bootstrap
+    from dstack.server.context import ServerContext
+    from dstack.server.db import Database
+
+    ctx = ServerContext(settings=settings, db=Database(settings))  # type: ignore[arg-type]
+    try:
+        token = await bootstrap(ctx, url=url)
+        if token:
+            show_token(token)  # now: even if the config file below is wrong, the token is not lost
+        await config_file.apply(ctx)
+    finally:
+        await ctx.db.close()
 
 
 def run_server(*, host: str, port: int, log_level: str) -> None:
@@ -45,8 +64,10 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
         console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in ~/.dstack/config.yml)",
                       soft_wrap=True)
 
+    asyncio.run(_prepare(settings, url, show_token))
+
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, url=url, on_admin_token=show_token)
+    app = create_app(settings, url=url)
     console.print(f"The dstack server is running at [bold]{url}[/] (API docs at {url}/docs). "
                   f"Press Ctrl+C to stop.", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -30,7 +30,7 @@ def create_app(settings: Settings, *, url: str, on_admin_token: object = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = ServerContext(settings=settings, db=Database(settings))
         app.state.ctx = ctx
-        token = await bootstrap(ctx, url=url)
+        token = await bootstrap(ctx, url=url)  # a no-op when `dstack server` did it before starting
         if token and callable(on_admin_token):
             on_admin_token(token)
         tasks = start_workers(ctx)

@@ -194,3 +194,25 @@ def test_iam_policy_command_prints_the_seed_policy_filled_in(env: Env) -> None:
 
 def test_api_check_needs_a_token(aws_server: Server) -> None:
     assert httpx.post(f"{aws_server.url}/api/projects/main/backends/check", json={}).status_code == 401
+
+
+def test_backends_from_the_servers_config_file(env: Env, aws: MotoAWS, account: dict[str, str]) -> None:
+    env.extra.update(aws.server_env())
+    server_dir = env.home / ".dstack" / "server"
+    server_dir.mkdir(parents=True)
+    config = {"projects": [{"name": "team", "backends": [form(account, bucket="dstack-eu-bucket")]}]}
+    (server_dir / "config.yml").write_text(json.dumps(config))
+    result = env.cli("server", "--port", "0", timeout=60)  # the same check as the form: it does not start
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "config.yml: projects[0].backends[0].bucket: bucket dstack-eu-bucket is in eu-west-1, not us-east-1" in \
+        result.stderr
+    config["projects"][0]["backends"] = [form(account)]
+    (server_dir / "config.yml").write_text(json.dumps(config))
+    server = Server(env).start()
+    try:
+        with server.api() as api:
+            project = api.get("/api/projects/team").json()
+        assert [b["type"] for b in project["backends"]] == ["aws"]
+        assert project["backends"][0]["config"]["credentials"]["secret_access_key"] == "********"
+    finally:
+        server.stop()
