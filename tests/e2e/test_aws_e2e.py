@@ -199,3 +199,19 @@ def test_reaper_terminates_instances_no_job_owns(stack: Stack) -> None:
     time.sleep(1)
     assert state(unrelated["InstanceId"]) == "running"
     assert "terminated orphaned aws instance " + orphan["InstanceId"] in stack.server.output()
+
+
+def test_instance_terminated_behind_our_back_fails_interrupted_and_retries(stack: Stack) -> None:
+    (stack.repo / ".dstack.yml").write_text(
+        TASK.format(name="spotty").replace("  - mkdir -p out", "  - sleep 20\n  - mkdir -p out")
+        + "retry:\n  on_events: [interruption]\n  duration: 10m\n")
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+    wait_for(lambda: stack.cloud.booted, 30, message="the instance to boot")
+    [first] = list(stack.cloud.booted)
+    with stack.server.api() as api:
+        wait_for(lambda: api.get("/api/projects/cloud/runs/spotty").json()["status"] == "running", 30)
+        stack.aws.client("ec2", REGION).terminate_instances(InstanceIds=[first])  # as a spot reclaim would
+        run = wait_for(lambda: len((r := api.get("/api/projects/cloud/runs/spotty").json())["jobs"]) == 2 and r,
+                       20, message="the job to be resubmitted")
+    assert run["jobs"][0]["status"] == "failed"
+    assert run["jobs"][0]["reason"].startswith("interrupted: the instance is ")

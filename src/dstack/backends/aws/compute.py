@@ -17,7 +17,15 @@ from dstack.backends.aws import secrets as sm
 from dstack.backends.aws.models import AWSBackendConfig
 from dstack.backends.aws.resources import AWSResources
 from dstack.backends.aws.session import client, describe, error_code, make_session
-from dstack.backends.base import BackendContext, Compute, JobLaunch, LaunchedInstance, LaunchError, Requirements
+from dstack.backends.base import (
+    BackendContext,
+    Compute,
+    InstanceCheck,
+    JobLaunch,
+    LaunchedInstance,
+    LaunchError,
+    Requirements,
+)
 from dstack.backends.bootstrap import agent_package, agent_package_key, user_data
 from dstack.core.gpus import normalize_gpu_name
 from dstack.core.resources import GPU, InstanceResources
@@ -31,6 +39,7 @@ CAPACITY_ERRORS = {
     "InsufficientCapacityOnHost", "UnfulfillableCapacity",
 }
 TYPES_TTL = 3600.0
+CHECK_INTERVAL = 5.0
 SPOT_TTL = 600.0
 DEFAULT_DISK_GB = 100
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -75,6 +84,7 @@ class AWSCompute(Compute):
         self._types: tuple[float, list[_TypeInfo]] | None = None
         self._spot: tuple[float, dict[str, float]] | None = None
         self._published: set[str] = set()
+        self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # --- offers ------------------------------------------------------------------------------
@@ -233,6 +243,31 @@ class AWSCompute(Compute):
                 if not propagating or time.monotonic() > deadline:
                     raise
                 time.sleep(3)
+
+    # --- following ---------------------------------------------------------------------------
+    def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
+        """A spot interruption (or any termination dstack did not ask for) fails the job at once,
+        as `interrupted`, instead of after the heartbeat timeout."""
+        now = time.monotonic()
+        if now - self._checked.get(instance.instance_id, -1e9) < CHECK_INTERVAL:
+            return InstanceCheck()
+        self._checked[instance.instance_id] = now
+        try:
+            reservations = self.clients.ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"]
+        except ClientError as exc:
+            if error_code(exc) == "InvalidInstanceID.NotFound":
+                return InstanceCheck(failure="instance lost")
+            return InstanceCheck()
+        except BotoCoreError:
+            return InstanceCheck()
+        inst = reservations[0]["Instances"][0] if reservations else None
+        if inst is None:
+            return InstanceCheck(failure="instance lost")
+        state = inst["State"]["Name"]
+        if state in ("shutting-down", "terminated", "stopping", "stopped"):
+            reason = (inst.get("StateReason") or {}).get("Message") or state
+            return InstanceCheck(failure=f"interrupted: the instance is {state} ({reason})")
+        return InstanceCheck()
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:
