@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from dstack import __version__
 from dstack.core.errors import DstackError
@@ -20,6 +20,7 @@ from dstack.server.routers import projects, runs, users
 from dstack.server.settings import Settings
 from dstack.server.web import pages
 from dstack.server.web import settings as settings_pages
+from dstack.server.web.common import PageExit
 from dstack.server.workers import start_workers
 
 logger = logging.getLogger("dstack.server")
@@ -50,6 +51,10 @@ def create_app(settings: Settings, *, url: str, on_admin_token: object = None) -
     app.include_router(pages.router)
     app.include_router(settings_pages.router)
     pages.mount_static(app)
+
+    @app.exception_handler(PageExit)
+    async def _page_exit(request: Request, exc: PageExit) -> Response:
+        return exc.response
 
     @app.exception_handler(DstackError)
     async def _dstack_error(request: Request, exc: DstackError) -> JSONResponse:

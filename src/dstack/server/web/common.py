@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from dstack import __version__
 from dstack.core.errors import AuthenticationError
 from dstack.server.deps import Session, request_token
-from dstack.server.models import UserModel
+from dstack.server.models import ProjectModel, UserModel
 from dstack.server.services.users import authenticate
 
 HERE = Path(__file__).parent
@@ -40,3 +40,33 @@ def to_login(request: Request) -> RedirectResponse:
 
 def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code)
+
+
+class PageExit(Exception):
+    """Ends a page handler early with this response (the login page, an error page)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("page exit")
+        self.response = response
+
+
+async def require_user(request: Request, session: Session) -> UserModel:
+    user = await page_user(request, session)
+    if user is None:
+        raise PageExit(to_login(request))
+    return user
+
+
+async def require_project(request: Request, session: Session, name: str, min_role: str = "read-only"
+                          ) -> tuple[UserModel, ProjectModel, str]:
+    """The logged-in user, the project and their role in it; or the login or an error page."""
+    from dstack.core.errors import DstackError
+    from dstack.server.services.projects import get_project_for
+
+    user = await require_user(request, session)
+    try:
+        project, role = await get_project_for(session=session, name=name, user=user, min_role=min_role)
+    except DstackError as exc:
+        raise PageExit(render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))) \
+            from None
+    return user, project, role

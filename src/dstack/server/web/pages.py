@@ -13,7 +13,7 @@ from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
 from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
 from dstack.server.services.users import authenticate
-from dstack.server.web.common import HERE, page_user, render, to_login
+from dstack.server.web.common import HERE, page_user, render, require_project, require_user, to_login
 
 router = APIRouter(include_in_schema=False)
 _page_user, _to_login, _render = page_user, to_login, render
@@ -56,18 +56,14 @@ async def logout() -> RedirectResponse:
 
 @router.get("/projects")
 async def projects_page(request: Request, session: Session) -> Response:
-    user = await _page_user(request, session)
-    if user is None:
-        return _to_login(request)
+    user = await require_user(request, session)
     projects = await projects_svc.list_projects(session=session, user=user)
     return _render(request, "projects.html", user=user, projects=projects, error=None)
 
 
 @router.post("/projects")
 async def create_project(request: Request, session: Session, ctx: Ctx, name: Annotated[str, Form()] = "") -> Response:
-    user = await _page_user(request, session)
-    if user is None:
-        return _to_login(request)
+    user = await require_user(request, session)
     from dstack.server.schemas import CreateProjectRequest
 
     try:
@@ -83,23 +79,14 @@ async def create_project(request: Request, session: Session, ctx: Ctx, name: Ann
 
 @router.get("/projects/{project_name}")
 async def runs_page(project_name: str, request: Request, session: Session) -> Response:
-    user = await _page_user(request, session)
-    if user is None:
-        return _to_login(request)
-    try:
-        project, role = await projects_svc.get_project_for(session=session, name=project_name, user=user)
-    except DstackError as exc:
-        return _render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    user, project, role = await require_project(request, session, project_name)
     return _render(request, "runs.html", user=user, project=project, role=role)
 
 
 @router.get("/projects/{project_name}/runs/{run_name}")
 async def run_page(project_name: str, run_name: str, request: Request, session: Session) -> Response:
-    user = await _page_user(request, session)
-    if user is None:
-        return _to_login(request)
+    user, project, role = await require_project(request, session, project_name)
     try:
-        project, role = await projects_svc.get_project_for(session=session, name=project_name, user=user)
         run = await runs_svc.get_run(session=session, project=project, name=run_name)
     except DstackError as exc:
         return _render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))

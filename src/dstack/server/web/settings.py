@@ -14,7 +14,7 @@ from dstack.server.services import projects as projects_svc
 from dstack.server.services import secrets as secrets_svc
 from dstack.server.services.backends import BACKEND_TYPES, backend_info
 from dstack.server.services.users import list_users
-from dstack.server.web.common import page_user, render, to_login
+from dstack.server.web.common import render, require_project, require_user
 from dstack.server.web.forms import backend_forms
 
 router = APIRouter(include_in_schema=False)
@@ -28,13 +28,7 @@ def _summary(config: dict) -> dict[str, str]:
 @router.get("/projects/{project_name}/settings")
 async def settings_page(project_name: str, request: Request, session: Session, ctx: Ctx,
                         edit: bool = False) -> Response:
-    user = await page_user(request, session)
-    if user is None:
-        return to_login(request)
-    try:
-        project, role = await projects_svc.get_project_for(session=session, name=project_name, user=user)
-    except DstackError as exc:
-        return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    user, project, role = await require_project(request, session, project_name)
     backends = []
     for backend in project.backends:
         info = backend_info(ctx.encryptor, backend)
@@ -49,12 +43,8 @@ async def settings_page(project_name: str, request: Request, session: Session, c
 @router.get("/projects/{project_name}/settings/backends/{backend_type}/edit")
 async def backend_form_page(project_name: str, request: Request, session: Session, ctx: Ctx,
                             backend_type: str | None = None) -> Response:
-    user = await page_user(request, session)
-    if user is None:
-        return to_login(request)
+    user, project, _ = await require_project(request, session, project_name, min_role="admin")
     try:
-        project, _ = await projects_svc.get_project_for(session=session, name=project_name, user=user,
-                                                        min_role="admin")
         existing = None
         if backend_type is not None:
             backend = next((b for b in project.backends if b.type == backend_type), None)
@@ -70,9 +60,7 @@ async def backend_form_page(project_name: str, request: Request, session: Sessio
 
 @router.get("/admin/users")
 async def users_page(request: Request, session: Session) -> Response:
-    user = await page_user(request, session)
-    if user is None:
-        return to_login(request)
+    user = await require_user(request, session)
     if user.global_role != "admin":
         return render(request, "error.html", status_code=403, user=user, message="Only admins manage users.")
     return render(request, "users.html", user=user, users=await list_users(session=session))
