@@ -13,10 +13,9 @@ from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
 from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
 from dstack.server.services.users import authenticate
-from dstack.server.web.common import HERE, page_user, render, require_project, require_user, to_login
+from dstack.server.web.common import HERE, render, require_project, require_user
 
 router = APIRouter(include_in_schema=False)
-_page_user, _to_login, _render = page_user, to_login, render
 
 
 def mount_static(app: FastAPI) -> None:
@@ -30,7 +29,7 @@ async def index() -> RedirectResponse:
 
 @router.get("/login")
 async def login_page(request: Request, next: str = "/projects") -> HTMLResponse:
-    return _render(request, "login.html", next=next, error=None)
+    return render(request, "login.html", next=next, error=None)
 
 
 @router.post("/login")
@@ -39,7 +38,7 @@ async def login(request: Request, session: Session, token: Annotated[str, Form()
     try:
         await authenticate(session=session, token=token.strip())
     except AuthenticationError:
-        return _render(request, "login.html", status_code=401, next=next,
+        return render(request, "login.html", status_code=401, next=next,
                        error="Invalid token. Use the token `dstack server` printed, or ask an admin.")
     target = next if next.startswith("/") and not next.startswith("//") else "/projects"
     response = RedirectResponse(target, status_code=303)
@@ -58,7 +57,7 @@ async def logout() -> RedirectResponse:
 async def projects_page(request: Request, session: Session) -> Response:
     user = await require_user(request, session)
     projects = await projects_svc.list_projects(session=session, user=user)
-    return _render(request, "projects.html", user=user, projects=projects, error=None)
+    return render(request, "projects.html", user=user, projects=projects, error=None)
 
 
 @router.post("/projects")
@@ -73,14 +72,14 @@ async def create_project(request: Request, session: Session, ctx: Ctx, name: Ann
         message = str(exc) if isinstance(exc, DstackError) else (
             "Use lowercase letters, digits, - and _ (up to 50), starting with a letter or digit.")
         projects = await projects_svc.list_projects(session=session, user=user)
-        return _render(request, "projects.html", status_code=422, user=user, projects=projects, error=message)
+        return render(request, "projects.html", status_code=422, user=user, projects=projects, error=message)
     return RedirectResponse(f"/projects/{name}/settings", status_code=303)
 
 
 @router.get("/projects/{project_name}")
 async def runs_page(project_name: str, request: Request, session: Session) -> Response:
     user, project, role = await require_project(request, session, project_name)
-    return _render(request, "runs.html", user=user, project=project, role=role)
+    return render(request, "runs.html", user=user, project=project, role=role)
 
 
 @router.get("/projects/{project_name}/runs/{run_name}")
@@ -89,7 +88,7 @@ async def run_page(project_name: str, run_name: str, request: Request, session: 
     try:
         run = await runs_svc.get_run(session=session, project=project, name=run_name)
     except DstackError as exc:
-        return _render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
-    return _render(request, "run.html", user=user, project=project, role=role, run=run,
+        return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    return render(request, "run.html", user=user, project=project, role=role, run=run,
                    started_at=run.job.started_at.isoformat() if run.job and run.job.started_at else "",
                    configuration=run.spec.configuration.model_dump(exclude_defaults=True))
