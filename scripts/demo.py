@@ -51,6 +51,7 @@ def main() -> int:
         **os.environ,
         "DSTACK_SERVER_DIR": str(DEMO_HOME / "server"),
         "DSTACK_CONFIG": str(DEMO_HOME / "config.yml"),
+        "COLUMNS": os.environ.get("COLUMNS", "120"),
     }
     dstack = [sys.executable, "-m", "dstack.cli.main"]
     port = free_port()
