@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from dstack.server.deps import Ctx, CurrentUser, ProjectAdmin, ProjectReader, ProjectUser, Session
+from dstack.server.deps import Ctx, CurrentUser, ProjectAdmin, ProjectReader, Session
 from dstack.server.schemas import (
     BackendCheck,
     CreateProjectRequest,
@@ -99,5 +99,3 @@ async def set_secret(name: str, body: SetSecretRequest, project: ProjectAdmin, s
 async def delete_secret(name: str, project: ProjectAdmin, session: Session) -> None:
     await secrets_svc.delete_secret(session=session, project=project, name=name)
 
-
-__all__ = ["router", "ProjectUser"]

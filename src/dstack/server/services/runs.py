@@ -35,7 +35,7 @@ _NOUNS = ["otter", "falcon", "panda", "tiger", "koala", "lynx", "heron", "bison"
           "cobra", "moose", "raven", "shark", "yak", "zebra", "wolf", "crane", "eagle", "fox"]
 
 
-def _backend_types(project: ProjectModel, run_spec: RunSpec) -> list[str]:
+def backend_types_for(project: ProjectModel, run_spec: RunSpec) -> list[str]:
     types = [b.type for b in project.backends]
     wanted = run_spec.configuration.backends
     if wanted:
@@ -52,7 +52,7 @@ def _backend_types(project: ProjectModel, run_spec: RunSpec) -> list[str]:
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
     requirements = requirements_for(run_spec.configuration)
-    search = await find_offers(ctx=ctx, project=project, backend_types=_backend_types(project, run_spec),
+    search = await find_offers(ctx=ctx, project=project, backend_types=backend_types_for(project, run_spec),
                                requirements=requirements)
     if not search.offers:
         raise search.no_offers_error(requirements)

@@ -12,13 +12,13 @@ from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import Compute, JobLaunch, LaunchedInstance, LaunchError, requirements_for
 from dstack.core.configurations import TaskConfiguration
-from dstack.core.runs import JobStatus, ProvisioningAttempt, RunSpec
+from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repos import get_code
-from dstack.server.services.runs import _backend_types, set_job_status
+from dstack.server.services.runs import backend_types_for, set_job_status
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.storage.layout import code_key
@@ -87,7 +87,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             await session.commit()
             return
         run_spec = RunSpec.model_validate_json(run.spec)
-        backend_types = _backend_types(project, run_spec)
+        backend_types = backend_types_for(project, run_spec)
         code = await get_code(session=session, project_id=project.id, code_hash=run_spec.code_hash) \
             if run_spec.code_hash else None
         secrets = await secret_values(session=session, encryptor=ctx.encryptor, project_id=project.id)
@@ -177,10 +177,10 @@ def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object], cod
     return extras
 
 
-def _attempt(offer: object, *, ok: bool, reason: str | None = None) -> ProvisioningAttempt:
-    return ProvisioningAttempt(at=utcnow(), backend=offer.backend, region=offer.region,  # type: ignore[attr-defined]
-                               instance_type=offer.instance_type, price=offer.price,  # type: ignore[attr-defined]
-                               spot=offer.spot, ok=ok, reason=reason)  # type: ignore[attr-defined]
+def _attempt(offer: Offer, *, ok: bool, reason: str | None = None) -> ProvisioningAttempt:
+    return ProvisioningAttempt(at=utcnow(), backend=offer.backend, region=offer.region,
+                               instance_type=offer.instance_type, price=offer.price, spot=offer.spot, ok=ok,
+                               reason=reason)
 
 
 def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str, job_id: str) -> dict[str, object]:
