@@ -143,6 +143,9 @@ class FakeLambda:
     def preempt(self, instance_id: str) -> None:
         self._set_status(instance_id, "preempted")
 
+    def set_unhealthy(self, instance_id: str) -> None:
+        self._set_status(instance_id, "unhealthy")
+
     def corrupt_next_response(self, operation: str) -> None:
         """Make the next response of `operation` break the spec (to show the fake refuses it)."""
         self._corrupt_next = operation

@@ -47,7 +47,10 @@ class Stack:
 
 
 @pytest.fixture
-def stack(env: Env, aws: MotoAWS) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[Stack]:
+    """A server whose project `cloud` has only the AWS backend; `request.param` picks how it
+    authenticates: access_key (stored), default-env or default-profile (the server's machine)."""
+    mode = getattr(request, "param", "access_key")
     ok, why = can_run_vm_hosts()
     need(ok, why)
     aws.become_admin()
@@ -57,6 +60,15 @@ def stack(env: Env, aws: MotoAWS) -> Iterator[Stack]:
     audit_log = env.home / "aws-calls.jsonl"
     env.extra.update(aws.server_env(str(audit_log)))
     env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3"})
+    credentials: dict[str, str] = {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}
+    if mode == "default-env":
+        env.extra.update({"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key})
+        credentials = {"type": "default"}
+    elif mode == "default-profile":
+        profile = env.home / "aws-credentials"
+        profile.write_text(f"[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret_key}\n")
+        env.extra["AWS_SHARED_CREDENTIALS_FILE"] = str(profile)
+        credentials = {"type": "default"}
     server = Server(env).start()
     cloud = FakeEC2Cloud(aws, REGION, env.home / "vms").start()
     try:
@@ -64,7 +76,7 @@ def stack(env: Env, aws: MotoAWS) -> Iterator[Stack]:
             api.post("/api/projects", json={"name": "cloud"}).raise_for_status()
             api.delete("/api/projects/cloud/backends/local").raise_for_status()
             config = {"type": "aws", "region": REGION, "bucket": BUCKET, "ami_owners": ["self"],
-                      "credentials": {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}}
+                      "credentials": credentials}
             aws.enforce(True)
             response = api.post("/api/projects/cloud/backends", json=config)
             assert response.status_code == 201, response.text
@@ -215,3 +227,16 @@ def test_instance_terminated_behind_our_back_fails_interrupted_and_retries(stack
                        20, message="the job to be resubmitted")
     assert run["jobs"][0]["status"] == "failed"
     assert run["jobs"][0]["reason"].startswith("interrupted: the instance is ")
+
+
+@pytest.mark.parametrize("stack", ["default-env", "default-profile"], indirect=True)
+def test_aws_default_credentials_end_to_end(stack: Stack) -> None:
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="default-creds"))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hello from the instance" in result.stdout
+    wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 20)
+    assert violations(policy(BUCKET), stack.calls(), ACCOUNT, stack.instance_tags) == []
+    with stack.server.api() as api:  # nothing secret was stored: the machine's credentials were used
+        config = next(b for b in api.get("/api/projects/cloud").json()["backends"] if b["type"] == "aws")["config"]
+    assert config["credentials"] == {"type": "default"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ def stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stack]:
     keys = aws.create_user("lambda-storage", S3_ONLY)
     # moto cannot authenticate presigned requests under IAM enforcement, so it stays off here.
     env.extra.update(aws.server_env())
-    env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20"})
+    env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20",
+                      "DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "2"})
     vms = LambdaVMs(lambda_fake, aws, env.home / "vms")
     server = Server(env).start()
     try:
@@ -197,3 +199,59 @@ def test_quota_exceeded_stops_trying_that_type_and_says_so(stack: Stack) -> None
                 "repo_id": stack.run("quota")["spec"]["repo_id"]}
         offers = api.post("/api/projects/gpu/runs/plan", json=spec).json()["offers"]
     assert offers and all(o["instance_type"] != "gpu_1x_a10" for o in offers)
+
+
+def test_provider_errors_and_vanishing_capacity_move_on(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-east-1", 1)
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    stack.fake.set_capacity("gpu_1x_a100", "us-east-1", 1)
+    stack.fake.inject("launch", "provider/internal-unavailable")
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="flaky", sleep=0, extra="").replace("gpu: A10", "gpu: 24GB.."))
+    assert stack.env.cli("apply", "-y", cwd=stack.repo, timeout=120).returncode == 0
+    attempts = stack.run("flaky")["jobs"][0]["attempts"]
+    assert [a["ok"] for a in attempts] == [False, True]
+    assert attempts[0]["reason"].startswith("provider/internal-unavailable")
+    # Capacity listed, then gone by the time of the launch: every offer fails, and the run says why.
+    stack.fake.vanish_capacity_after_listing = True
+    result = stack.env.cli("apply", "-y", "-f", ".dstack.yml", cwd=stack.repo, timeout=120)
+    run = stack.run("flaky")
+    assert result.returncode == 1 and run["status"] == "failed"
+    assert "insufficient-capacity" in run["reason"]
+
+
+def test_unhealthy_instance_fails_the_job_as_interrupted(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="sick", sleep=20, extra=""))
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+    wait_for(lambda: stack.run("sick")["status"] == "running", 60, interval=0.3, message="the run to start")
+    [iid] = list(stack.fake.instances)
+    stack.fake.set_unhealthy(iid)
+    run = wait_for(lambda: (r := stack.run("sick"))["status"] == "failed" and r, 20, interval=0.3)
+    assert run["reason"].startswith("interrupted")
+    wait_for(lambda: stack.fake.instances[iid]["status"] in ("terminating", "terminated"), 20,
+             message="the unhealthy instance to be terminated")
+
+
+def test_reaper_terminates_lambda_instances_no_job_owns(stack: Stack) -> None:
+    import httpx
+
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 2)
+    stack.fake.ssh_keys.append({"id": "k1", "name": "someone", "public_key": "ssh-ed25519 AAAA someone"})
+    headers = {"Authorization": "Bearer good-key"}
+    launch = {"region_name": "us-west-1", "instance_type_name": "gpu_1x_a10", "ssh_key_names": ["someone"]}
+    orphan = httpx.post(f"{stack.fake.url}/api/v1/instance-operations/launch", headers=headers, json={
+        **launch, "tags": [{"key": "dstack-project", "value": "gpu"}, {"key": "dstack-job", "value": "gone"}]})
+    time.sleep(0.5)  # the fake enforces the launch rate limit (1 per 12 s, scaled)
+    unrelated = httpx.post(f"{stack.fake.url}/api/v1/instance-operations/launch", headers=headers, json=launch)
+    orphan_id, unrelated_id = orphan.json()["data"]["instance_ids"][0], unrelated.json()["data"]["instance_ids"][0]
+    wait_for(lambda: stack.fake.instances[orphan_id]["status"] in ("terminating", "terminated"), 20,
+             message="the orphan to be reaped")
+    assert stack.fake.instances[unrelated_id]["status"] in ("booting", "active")
+
+
+def test_spot_only_request_says_lambda_has_no_spot(stack: Stack) -> None:
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="spot", sleep=0, extra="spot_policy: spot\n"))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo)
+    assert result.returncode == 1
+    assert "Lambda Cloud has no spot instances" in result.stderr
