@@ -99,11 +99,6 @@ class MotoAWS:
         return env
 
 
-def moto_ec2_backend(region: str) -> Any:
-    from moto.ec2.models import ec2_backends
-
-    return ec2_backends[ACCOUNT][region]
-
 
 # moto evaluates these falsely as denied (resource ARNs of Logs, Secrets Manager and IAM objects
 # that don't exist yet), so the test user also gets them; tests/iam_eval.py checks every recorded

@@ -36,9 +36,12 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, project: str | No
         if not typer.confirm("Submit the run?", default=True):
             console.print("Run not submitted")
             return 0
+    from dstack.api.code import build_archive
+
     with console.status("Uploading code…"):
-        uploaded = client.runs.prepare(file, repo_dir=Path.cwd(), upload=True)
-    run = client.runs.submit(run_spec.model_copy(update={"code_hash": uploaded.code_hash}))
+        data, code_hash = build_archive(Path.cwd())
+        client.repos.upload_code(data, code_hash)
+    run = client.runs.submit(run_spec.model_copy(update={"code_hash": code_hash}))
     console.print(f"Run [bold]{run.name}[/] submitted")
     if detach:
         console.print(f"Detached. Follow it with `dstack logs -f {run.name}`, stop it with `dstack stop {run.name}`")

@@ -67,7 +67,7 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     asyncio.run(_prepare(settings, url, show_token))
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, url=url)
+    app = create_app(settings)
     console.print(f"The dstack server is running at [bold]{url}[/] (API docs at {url}/docs). "
                   f"Press Ctrl+C to stop.", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

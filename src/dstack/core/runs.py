@@ -27,7 +27,6 @@ class JobStatus(StrEnum):
 
 
 FINISHED_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.TERMINATED})
-RunStatus = JobStatus
 
 
 class RunSpec(BaseModel):
@@ -108,15 +107,6 @@ class Run(BaseModel):
             return None
         end = job.finished_at or now
         return max(0.0, (end - job.started_at).total_seconds())
-
-    def cost(self, now: datetime) -> float:
-        """Cost so far across all submissions: price per hour x time each job ran."""
-        total = 0.0
-        for job in self.jobs:
-            if job.offer and job.started_at:
-                end = job.finished_at or now
-                total += job.offer.price * max(0.0, (end - job.started_at).total_seconds()) / 3600
-        return total
 
 
 class RunPlan(BaseModel):

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 
 from dstack import __version__
 from dstack.core.errors import DstackError
-from dstack.server.bootstrap import bootstrap
 from dstack.server.context import ServerContext
 from dstack.server.db import Database
 from dstack.server.routers import projects, runs, users
@@ -26,14 +25,13 @@ from dstack.server.workers import start_workers
 logger = logging.getLogger("dstack.server")
 
 
-def create_app(settings: Settings, *, url: str, on_admin_token: object = None) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
+    """The app; `dstack server` bootstraps the DB (admin, project `main`, config file) before serving it."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = ServerContext(settings=settings, db=Database(settings))
         app.state.ctx = ctx
-        token = await bootstrap(ctx, url=url)  # a no-op when `dstack server` did it before starting
-        if token and callable(on_admin_token):
-            on_admin_token(token)
         tasks = start_workers(ctx)
         try:
             yield

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from dstack.backends.aws.models import AccessKeyCredentials, AWSBackendConfig
-from dstack.core.errors import BackendError, ConfigurationError
+from dstack.core.errors import ConfigurationError
 
 _AUDIT_KEYS = {
     "Bucket", "Key", "Prefix", "RoleName", "PolicyName", "PolicyArn", "InstanceProfileName", "logGroupName",
@@ -70,7 +70,3 @@ def describe(exc: Exception) -> str:
         return "no AWS credentials"
     return str(exc)
 
-
-def as_backend_error(exc: Exception, doing: str) -> BackendError:
-    return BackendError(f"AWS refused to {doing}: {describe(exc)}",
-                        fix="Check the backend's credentials and that its IAM policy is the one in docs/backends.md")

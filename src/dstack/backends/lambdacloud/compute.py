@@ -47,8 +47,6 @@ CHECK_INTERVAL = 5.0
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the SigV4 limit
 RENEW_BEFORE = timedelta(days=2)
 SSH_USER = "ubuntu"
-# Errors after which another region or type may work.
-CAPACITY_CODES = {"instance-operations/launch/insufficient-capacity"}
 
 
 class LambdaCompute(Compute):
