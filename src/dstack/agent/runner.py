@@ -25,6 +25,8 @@ import psutil
 from dstack.agent.cloud import fetch_secrets, terminate_own_instance
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.process import kill_tree
+from dstack.agent.sandbox import JOB_HOME, SHIM_DIR, SYSTEM_PATH, PythonInstall, Sandbox, find_python, make_shims
+from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
 
@@ -109,24 +111,40 @@ class JobRunner:
                 self.write_status("failed", reason=f"code archive {code_key} is missing from the bucket")
                 return 1
             _unpack(data, repo_dir)
-        cwd = repo_dir / (self.spec.get("working_dir") or ".")
+        cwd_rel = self.spec.get("working_dir") or "."
+        cwd = repo_dir / cwd_rel
         cwd.mkdir(parents=True, exist_ok=True)
         secrets = self._secrets()
-        env = {**self._job_env(), **secrets}
+        sandbox = Sandbox.from_spec(self.spec.get("sandbox"))
+        try:
+            python = self._python(sandbox)
+        except RuntimeError as exc:
+            self.write_status("failed", reason=str(exc))
+            return 1
+        env = {**self._job_env(sandboxed=sandbox is not None), **secrets}
         if self.stop_request is not None:
             self.write_status("stopped")
             return 0
         logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
-        script = "\n".join(self.spec["commands"])
-        self.proc = subprocess.Popen(
-            ["/bin/bash", "-e", "-c", script],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop kills the whole tree
-        )
+        command = ["/bin/bash", "-e", "-c", "\n".join(self.spec["commands"])]
+        if sandbox is not None:
+            prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd_rel=cwd_rel,
+                                       python=python)
+            popen_kwargs = prepared.popen_kwargs()
+        else:
+            prepared = None
+            popen_kwargs = {"args": command, "cwd": cwd, "env": env}
+        try:
+            self.proc = subprocess.Popen(
+                **popen_kwargs,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop kills the whole tree
+            )
+        finally:
+            if prepared is not None:
+                prepared.close()
         self.write_runner_info()
         self.write_status("running")
         self.event(f"job running (pid {self.proc.pid})")
@@ -146,8 +164,8 @@ class JobRunner:
         return 0
 
     def _secrets(self) -> dict[str, str]:
-        """Project secrets: from the agent's environment (local) or the cloud's secret store."""
-        secrets = json.loads(os.environ.get("DSTACK_AGENT_SECRETS") or "{}")
+        """Project secrets: from a file the launcher left (read once) or the cloud's secret store."""
+        secrets: dict[str, str] = {}
         secrets_file = os.environ.get("DSTACK_AGENT_SECRETS_FILE")
         if secrets_file and os.path.exists(secrets_file):
             with open(secrets_file) as f:
@@ -172,22 +190,28 @@ class JobRunner:
             if info.get("instance_id"):
                 terminate_own_instance(terminate, info["instance_id"])
 
-    def _job_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_AGENT_")}
+    def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
+        """The interpreter the job asked for (which must exist), else this machine's python3 if any."""
+        wanted = self.spec.get("python")
+        try:
+            python = find_python(wanted, sandbox.uid_gid() if sandbox else None)
+        except RuntimeError:
+            if wanted:
+                raise
+            return None
+        make_shims(self.workdir / "bin", python)
+        return python
+
+    def _job_env(self, *, sandboxed: bool) -> dict[str, str]:
+        """Exactly the job's variables (the spec's, DSTACK_* included) plus PATH and HOME: nothing
+        of the agent's or the server's own environment."""
+        home = JOB_HOME if sandboxed else str(self.workdir / "home")
+        bin_dir = SHIM_DIR if sandboxed else str(self.workdir / "bin")
+        (self.workdir / "home").mkdir(exist_ok=True)
+        env = {"PATH": f"{bin_dir}{os.pathsep}{SYSTEM_PATH}", "HOME": home, "LANG": "C.UTF-8",
+               # so print() lines reach the logs as they happen
+               "PYTHONUNBUFFERED": "1"}
         env.update({k: v for k, v in (self.spec.get("env") or {}).items() if v is not None})
-        python = self.spec.get("python")
-        if python:
-            shim = self.workdir / "python-shim"
-            shim.mkdir(exist_ok=True)
-            found = shutil.which(f"python{python}")
-            if found is None:
-                raise RuntimeError(f"python{python} is not installed on this machine")
-            for name in ("python", "python3"):
-                link = shim / name
-                link.unlink(missing_ok=True)
-                link.symlink_to(found)
-            env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONUNBUFFERED"] = "1"  # so print() lines reach the logs as they happen
         return env
 
     def _upload_artifacts(self, cwd: Path) -> None:

@@ -31,6 +31,9 @@ class Requirements(BaseModel):
     python: str | None = None
     image: str | None = None
     regions: list[str] | None = None
+    # The run's user is a global admin of the server (the only one a backend may trust with
+    # the server's own machine when it cannot isolate jobs).
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class BackendContext:
     server_dir: Path
     # Orphaned instances younger than this are left alone: their launch may not be recorded yet.
     reaper_grace: float = 600.0
+    # Paths no job on this machine may see (the local backend hides them from its jobs).
+    private_paths: tuple[str, ...] = ()
+    # The unprivileged user that local host jobs run as when the server runs as root.
+    local_job_user: str = "nobody"
+    # Where local jobs get their working directories.
+    local_jobs_dir: Path | None = None
 
 
 class JobLaunch(BaseModel):
@@ -70,6 +79,17 @@ class LaunchedInstance(BaseModel):
     instance_id: str
     region: str
     data: dict[str, Any] = Field(default_factory=dict, description="backend-private, kept in the DB")
+
+
+class LaunchIntent(BaseModel):
+    """Recorded in the DB before a launch call, so that a server that dies before recording the
+    result can find what it launched (by the job id it tagged the instance with)."""
+
+    job_id: str
+    job_prefix: str
+    offer: Offer
+    read_keys: list[str] = Field(default_factory=list)
+    at: float = Field(description="unix time of the launch call")
 
 
 class LaunchError(Exception):
@@ -107,6 +127,11 @@ class Compute(abc.ABC):
     def terminate(self, *, instance: LaunchedInstance) -> None:
         """Tear the instance down; idempotent, safe to call on a gone instance."""
 
+    def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
+        """The live instance launched for `intent.job_id`, if the launch got that far (found by the
+        tag or name the launch gave it); None if nothing runs for it."""
+        return None
+
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
         """Asked every few seconds while the job runs: detect preemption before heartbeats stop."""
         return InstanceCheck()
@@ -136,8 +161,9 @@ def read_bucket_logs(storage: Storage, prefix: str, next_token: str | None) -> t
     return events, str(seq), len(keys) == MAX_LOG_CHUNKS_PER_PAGE
 
 
-def requirements_for(configuration: TaskConfiguration | Any) -> Requirements:
+def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = False) -> Requirements:
     return Requirements(
+        admin=admin,
         resources=configuration.resources,
         spot_policy=configuration.spot_policy,
         max_price=configuration.max_price,

@@ -16,10 +16,10 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from dstack.core.errors import ConfigurationError
 from dstack.core.resources import ResourcesSpec, StrictModel
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def parse_duration(value: Any) -> int | None:
@@ -113,7 +113,7 @@ class BaseRunConfiguration(StrictModel):
             raise ValueError(
                 f"quote the Python version, e.g. python: \"3.11\" (YAML reads an unquoted {value} as a number)"
             )
-        if value is not None and not re.match(r"^3\.\d{1,2}$", str(value)):
+        if value is not None and not re.match(r"^3\.\d{1,2}\Z", str(value)):
             raise ValueError(f"expected a Python version such as \"3.11\", got {value!r}")
         return value
 

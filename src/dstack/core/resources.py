@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dstack.core.gpus import KNOWN_GPUS, normalize_gpu_name
 
 _UNITS = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0}
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*$", re.IGNORECASE)
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*\Z", re.IGNORECASE)
 
 
 class StrictModel(BaseModel):
@@ -139,8 +139,8 @@ def _format_range(low: Any, high: Any, fmt: Any) -> str:
     return f"{fmt(low) if low is not None else ''}..{fmt(high) if high is not None else ''}"
 
 
-_COUNT_RE = re.compile(r"^\s*\d*\s*(\.\.\s*\d*\s*)?$")
-_SIZE_TOKEN_RE = re.compile(r"^[\d.\s]*(mb|gb|tb)?[\s.]*([\d.]+\s*(mb|gb|tb)?)?\s*$", re.IGNORECASE)
+_COUNT_RE = re.compile(r"^\s*\d*\s*(\.\.\s*\d*\s*)?\Z")
+_SIZE_TOKEN_RE = re.compile(r"^[\d.\s]*(mb|gb|tb)?[\s.]*([\d.]+\s*(mb|gb|tb)?)?\s*\Z", re.IGNORECASE)
 
 
 class GPUSpec(StrictModel):

@@ -33,11 +33,15 @@ class RunSpec(BaseModel):
     """What the client submits: the parsed configuration plus where the code comes from."""
 
     configuration: AnyRunConfiguration
-    configuration_path: str = ".dstack.yml"
-    repo_id: str
-    code_hash: str | None = Field(default=None, description="sha256 of the uploaded code archive")
-    run_name: str | None = None
-    ssh_key_pub: str | None = Field(default=None, description="the user's public key, for `dstack attach`")
+    configuration_path: str = Field(default=".dstack.yml", max_length=1000)
+    repo_id: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,100}$")
+    code_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                  description="sha256 of the uploaded code archive")
+    run_name: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,39}$",
+                                 description="1-40 lowercase letters, digits and dashes, starting with a letter")
+    ssh_key_pub: str | None = Field(default=None, max_length=16384,
+                                    pattern=r"^(ssh|ecdsa|sk)-[a-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$",
+                                    description="the user's public key, for `dstack attach`")
 
 
 class Offer(BaseModel):

@@ -68,7 +68,8 @@ async def _apply_backend(ctx: ServerContext, session: Any, project: ProjectModel
         raise ConfigurationError("expected a mapping of the backend's fields, with `type`")
     existing = next((b for b in project.backends if b.type == config.get("type")), None)
     if existing is None:
-        await add_backend(session=session, encryptor=ctx.encryptor, project=project, config=config)
+        admin = await session.scalar(select(UserModel).where(UserModel.name == "admin"))
+        await add_backend(session=session, encryptor=ctx.encryptor, project=project, config=config, user=admin)
         return
     wanted = parse_backend_config(config).model_dump()
     if json.dumps(load_config(ctx.encryptor, existing), sort_keys=True) != json.dumps(wanted, sort_keys=True):

@@ -5,7 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -119,6 +131,9 @@ class RunModel(Base):
     __table_args__ = (
         Index("ix_runs_project_submitted", "project_id", "submitted_at"),
         Index("ix_runs_project_name", "project_id", "name"),
+        # One active run per name and project, enforced by the database (parallel submits race).
+        Index("ux_runs_active_name", "project_id", "name", unique=True,
+              sqlite_where=text("finished_at IS NULL"), postgresql_where=text("finished_at IS NULL")),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -154,6 +169,9 @@ class JobModel(Base):
     offer: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON Offer
     instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     instance: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON LaunchedInstance
+    # Written before every launch call (JSON LaunchIntent): after a crash between the cloud call and
+    # recording `instance`, the reconciler finds the instance by it and adopts or terminates it.
+    launch_intent: Mapped[str | None] = mapped_column(Text, nullable=True)
     instance_terminated: Mapped[bool] = mapped_column(Boolean, default=True)
     attempts: Mapped[str] = mapped_column(Text, default="[]")  # JSON list[ProvisioningAttempt]
     history: Mapped[str] = mapped_column(Text, default="[]")  # JSON list[StatusEvent]

@@ -29,6 +29,30 @@ class Settings:
     # How often orphaned cloud instances are looked for, and how old one must be to be reaped.
     reaper_interval: float = field(default_factory=lambda: _float("DSTACK_REAPER_INTERVAL", 60))
     reaper_grace: float = field(default_factory=lambda: _float("DSTACK_REAPER_GRACE", 600))
+    # Who may create projects: "everyone" (any user) or "admins" (global admins only).
+    project_creation: str = field(default_factory=lambda: os.environ.get("DSTACK_PROJECT_CREATION", "everyone"))
+    # The unprivileged user local host jobs run as when the server runs as root.
+    local_job_user: str = field(default_factory=lambda: os.environ.get("DSTACK_LOCAL_JOB_USER", "nobody"))
+    # Where local jobs get their working directories. A root server runs jobs as an unprivileged
+    # user, who must be able to reach them: so not inside the 0700 server directory.
+    local_jobs_dir: Path = field(default_factory=lambda: Path(os.environ.get(
+        "DSTACK_LOCAL_JOBS_DIR", "/var/lib/dstack/jobs" if os.geteuid() == 0 else Path.home() / ".dstack" / "jobs")))
+    # How long a replica's claim on a job lasts without renewal; a dead replica's claims are
+    # resolved by the others after it runs out.
+    claim_lease: float = field(default_factory=lambda: _float("DSTACK_CLAIM_LEASE", 30))
+
+    def __post_init__(self) -> None:
+        if self.project_creation not in ("everyone", "admins"):
+            raise ValueError(f"DSTACK_PROJECT_CREATION must be `everyone` or `admins`, not {self.project_creation!r}")
+
+    @property
+    def private_paths(self) -> tuple[str, ...]:
+        """What no job may see: the server's state, its user's HOME (CLI token, SSH and cloud keys)
+        and the SQLite file wherever it lives."""
+        paths = {str(self.server_dir.resolve()), str(Path.home().resolve())}
+        if self.is_sqlite:
+            paths.add(str(Path(self.db_url.split("///", 1)[1]).resolve().parent))
+        return tuple(sorted(paths))
 
     @property
     def db_url(self) -> str:

@@ -24,6 +24,7 @@ from dstack.backends.base import (
     JobLaunch,
     LaunchedInstance,
     LaunchError,
+    LaunchIntent,
     Requirements,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, user_data
@@ -243,6 +244,19 @@ class AWSCompute(Compute):
                 if not propagating or time.monotonic() > deadline:
                     raise
                 time.sleep(3)
+
+    def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
+        pages = self.clients.ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "tag:dstack_bucket", "Values": [self.config.bucket]},
+            {"Name": "tag:dstack_job_id", "Values": [intent.job_id]},
+            {"Name": "instance-state-name", "Values": _LIVE_STATES}])
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for inst in reservation["Instances"]:
+                    return LaunchedInstance(instance_id=inst["InstanceId"], region=self.config.region, data={
+                        "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
+                        "subnet": inst.get("SubnetId"), "spot": intent.offer.spot})
+        return None
 
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:

@@ -23,6 +23,7 @@ from dstack.backends.base import (
     JobLaunch,
     LaunchedInstance,
     LaunchError,
+    LaunchIntent,
     Requirements,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key
@@ -184,6 +185,18 @@ class LambdaCompute(Compute):
             "instance_id": ids[0], "region": offer.region, "ssh_user": SSH_USER, "ip": None,
             "access_expires_at": access["expires_at"], "job_prefix": job.job_prefix, "read_keys": job.read_keys,
             "job_id": job.job_id})
+
+    def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
+        for inst in self.api.instances():
+            tags = {t["key"]: t["value"] for t in inst.get("tags") or []}
+            if tags.get("dstack-job") == intent.job_id and inst["status"] not in ("terminated", "terminating"):
+                region = (inst.get("region") or {}).get("name") or intent.offer.region
+                # The access it was launched with is unknown here: renew it at the first check.
+                return LaunchedInstance(instance_id=inst["id"], region=region, data={
+                    "instance_id": inst["id"], "region": region, "ssh_user": SSH_USER, "ip": inst.get("ip"),
+                    "access_expires_at": datetime.now(UTC).isoformat(), "job_prefix": intent.job_prefix,
+                    "read_keys": intent.read_keys, "job_id": intent.job_id})
+        return None
 
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:

@@ -10,11 +10,22 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import psutil
 
+from dstack.agent import sandbox
 from dstack.agent.process import kill_tree
-from dstack.backends.base import BackendContext, Compute, JobLaunch, LaunchedInstance, LaunchError, Requirements
+from dstack.backends.base import (
+    BackendContext,
+    Compute,
+    JobLaunch,
+    LaunchedInstance,
+    LaunchError,
+    LaunchIntent,
+    Requirements,
+)
 from dstack.backends.local.models import LocalBackendConfig
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import Offer
@@ -28,20 +39,37 @@ class LocalCompute(Compute):
 
     def __init__(self, config: LocalBackendConfig, ctx: BackendContext) -> None:
         self.config = config
+        self.ctx = ctx
         # The project's bucket is a directory on this machine; jobs run in fresh directories beside it.
         self.storage = DirectoryStorage(ctx.server_dir / "projects" / ctx.project / "bucket")
-        self.workdirs = ctx.server_dir / "workdirs"
+        self.workdirs = ctx.local_jobs_dir or ctx.server_dir / "workdirs"
 
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.image:
             return "the local backend runs jobs directly on this machine and cannot run `image`"
         if requirements.spot_policy == "spot":
             return "the local backend has no spot instances (use spot_policy: auto or on-demand)"
-        if requirements.python and shutil.which(f"python{requirements.python}") is None:
-            return f"python{requirements.python} is not installed on this machine"
+        if requirements.python:
+            try:
+                sandbox.find_python(requirements.python, self._job_ids())
+            except RuntimeError as exc:
+                return str(exc)
         if requirements.regions and REGION not in requirements.regions:
             return f"the local backend has only region `{REGION}`"
+        why_not = self.isolation_unavailable()
+        if why_not and not requirements.admin:
+            return (f"the local backend cannot isolate jobs from the server on this machine ({why_not}), "
+                    "so it runs jobs only for the server's admins")
         return None
+
+    def _job_ids(self) -> tuple[int, int] | None:
+        if self.isolation_unavailable():
+            return None
+        return sandbox.Sandbox(user=self.ctx.local_job_user).uid_gid()
+
+    def isolation_unavailable(self) -> str | None:
+        """None if host jobs run sandboxed here, else why not."""
+        return sandbox.available(self.ctx.local_job_user)
 
     def get_offers(self, requirements: Requirements) -> list[Offer]:
         resources = InstanceResources(
@@ -53,31 +81,63 @@ class LocalCompute(Compute):
         return [Offer(backend=self.TYPE, region=REGION, instance_type=socket.gethostname(),
                       resources=resources, price=0.0)]
 
+    def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
+        if self.isolation_unavailable():
+            return {}  # admins' jobs only (see unsupported): they still get a clean environment
+        hide = [*self.ctx.private_paths, str(self.workdirs)]
+        return {"sandbox": {"type": "bwrap", "hide": hide, "user": self.ctx.local_job_user}}
+
     def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance:
         workdir = self.workdirs / job.job_id
-        workdir.mkdir(parents=True, exist_ok=True)
-        # Secrets reach the agent through its environment, never through the bucket.
-        env = {**os.environ, "DSTACK_AGENT_SECRETS": json.dumps(job.secrets)}
         try:
-            log = open(workdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "dstack.agent", "--storage", self.storage.url,
-                 "--job", job.job_prefix, "--workdir", str(workdir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                # A session of its own: the agent outlives a server that is killed or restarted.
-                start_new_session=True, close_fds=True,
-            )
-            log.close()
+            # Traversable, not listable: the job's unprivileged user reaches only its own directory.
+            self.workdirs.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.workdirs, 0o711)
+            workdir.mkdir(exist_ok=True)
+            os.chmod(workdir, 0o711)
+            # Secrets reach the agent through a 0600 file it reads once and deletes: never through the
+            # bucket, argv or one environment string (which has a size limit).
+            fd = os.open(workdir / "secrets.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(job.secrets, f)
+            env = {"PATH": os.environ.get("PATH", sandbox.SYSTEM_PATH), "HOME": str(Path.home()),
+                   "LANG": os.environ.get("LANG", "C.UTF-8"),
+                   "DSTACK_AGENT_SECRETS_FILE": str(workdir / "secrets.json")}
+            log_fd = os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(log_fd, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "dstack.agent", "--storage", self.storage.url,
+                     "--job", job.job_prefix, "--workdir", str(workdir)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    # A session of its own: the agent outlives a server that is killed or restarted.
+                    start_new_session=True, close_fds=True,
+                )
         except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
             raise LaunchError(f"could not start the agent: {exc}") from exc
+        # Read before anything may reap it: an unreaped child stays readable even once it has exited.
+        create_time = psutil.Process(proc.pid).create_time()
         # Reap it when it exits, so finished agents don't linger as zombies of the server.
         threading.Thread(target=proc.wait, daemon=True).start()
+        return self._instance(job.job_id, job.job_prefix, proc.pid, create_time)
+
+    def _instance(self, job_id: str, job_prefix: str, pid: int, create_time: float) -> LaunchedInstance:
         return LaunchedInstance(
-            instance_id=f"local-{proc.pid}",
+            instance_id=f"local-{pid}",
             region=REGION,
-            data={"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
-                  "hostname": socket.gethostname(), "workdir": str(workdir), "job_prefix": job.job_prefix},
+            data={"pid": pid, "create_time": create_time, "hostname": socket.gethostname(),
+                  "workdir": str(self.workdirs / job_id), "job_prefix": job_prefix},
         )
+
+    def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
+        """The agent of a launch the server did not get to record: its job directory and the pid it wrote."""
+        if not (self.workdirs / intent.job_id).exists():
+            return None
+        runner = self.storage.get_json(f"{intent.job_prefix}/runner.json") or {}
+        if not runner.get("agent_pid") or runner.get("hostname") != socket.gethostname():
+            return None
+        return self._instance(intent.job_id, intent.job_prefix, int(runner["agent_pid"]),
+                              float(runner["agent_create_time"]))
 
     def terminate(self, *, instance: LaunchedInstance) -> None:
         data = instance.data

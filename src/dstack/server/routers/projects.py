@@ -30,7 +30,8 @@ async def list_projects(user: CurrentUser, session: Session, ctx: Ctx) -> list[P
 
 @router.post("", status_code=201)
 async def create_project(body: CreateProjectRequest, user: CurrentUser, session: Session, ctx: Ctx) -> ProjectInfo:
-    project = await svc.create_project(session=session, encryptor=ctx.encryptor, owner=user, name=body.name)
+    project = await svc.create_project(session=session, encryptor=ctx.encryptor, owner=user, name=body.name,
+                                       creation=ctx.settings.project_creation)
     return await svc.project_info(session=session, encryptor=ctx.encryptor, project=project)
 
 
@@ -60,8 +61,10 @@ async def check_backend(config: dict[str, Any], project: ProjectAdmin) -> Backen
 
 
 @router.post("/{project_name}/backends", status_code=201)
-async def add_backend(config: dict[str, Any], project: ProjectAdmin, session: Session, ctx: Ctx) -> ProjectInfo:
-    await backends_svc.add_backend(session=session, encryptor=ctx.encryptor, project=project, config=config)
+async def add_backend(config: dict[str, Any], project: ProjectAdmin, user: CurrentUser, session: Session,
+                      ctx: Ctx) -> ProjectInfo:
+    await backends_svc.add_backend(session=session, encryptor=ctx.encryptor, project=project, config=config,
+                                   user=user)
     return await svc.project_info(session=session, encryptor=ctx.encryptor, project=project)
 
 

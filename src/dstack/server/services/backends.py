@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import BackendContext, Compute
-from dstack.core.errors import ConfigurationError, ResourceExistsError, ResourceNotFoundError
+from dstack.core.errors import ConfigurationError, ForbiddenError, ResourceExistsError, ResourceNotFoundError
 from dstack.server.crypto import Encryptor
-from dstack.server.models import BackendModel, ProjectModel
+from dstack.server.models import BackendModel, ProjectModel, UserModel
 from dstack.server.schemas import BackendCheck, BackendInfo, FieldError
 from dstack.server.settings import Settings
 
@@ -142,8 +142,11 @@ async def validate_backend(*, config: dict[str, Any]) -> tuple[BaseModel, dict[s
 
 
 async def add_backend(*, session: AsyncSession, encryptor: Encryptor, project: ProjectModel,
-                      config: dict[str, Any]) -> BackendModel:
+                      config: dict[str, Any], user: UserModel) -> BackendModel:
     kind = str(config.get("type"))
+    if kind == "local" and user.global_role != "admin":
+        raise ForbiddenError("only global admins can add the local backend: it runs jobs on the server's own "
+                             "machine", field="type", fix="Add a cloud backend, or ask a global admin")
     existing = next((b for b in project.backends if b.type == kind), None)
     if existing is not None:
         raise ResourceExistsError(f"project {project.name!r} already has a {kind} backend", field="type",
@@ -205,7 +208,9 @@ def compute_for(*, settings: Settings, encryptor: Encryptor, project: ProjectMod
             kind = BACKEND_TYPES[backend_type]
             model = kind.models.CONFIG_MODEL.model_validate(load_config(encryptor, backend))
             context = BackendContext(project=project.name, server_dir=settings.server_dir,
-                                     reaper_grace=settings.reaper_grace)
+                                     reaper_grace=settings.reaper_grace, private_paths=settings.private_paths,
+                                     local_job_user=settings.local_job_user,
+                                     local_jobs_dir=settings.local_jobs_dir)
             compute = kind.compute_class(model, context)
             _COMPUTES[key] = compute
         return compute

@@ -14,8 +14,17 @@ ROLE_RANK = {"read-only": 0, "user": 1, "admin": 2}
 
 
 async def create_project(
-    *, session: AsyncSession, encryptor: Encryptor, owner: UserModel, name: str, with_local_backend: bool = True
+    *, session: AsyncSession, encryptor: Encryptor, owner: UserModel, name: str,
+    with_local_backend: bool | None = None, creation: str = "everyone",
 ) -> ProjectModel:
+    """`creation` is the server's policy (everyone | admins). The local backend runs jobs on the server's
+    own machine, so only a global admin's new project gets it; others start without backends."""
+    is_admin = owner.global_role == "admin"
+    if creation == "admins" and not is_admin:
+        raise ForbiddenError("only global admins can create projects on this server",
+                             fix="Ask an admin to create it and add you as a member")
+    if with_local_backend is None:
+        with_local_backend = is_admin
     if await session.scalar(select(ProjectModel).where(ProjectModel.name == name)):
         raise ResourceExistsError(f"project {name!r} already exists", field="name")
     project = ProjectModel(name=name, owner_id=owner.id)

@@ -7,6 +7,7 @@ import random
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import requirements_for
@@ -23,6 +24,7 @@ from dstack.core.runs import (
     StatusEvent,
 )
 from dstack.server.context import ServerContext
+from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, new_id, utcnow
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repos import check_repo, code_exists
@@ -51,7 +53,7 @@ def backend_types_for(project: ProjectModel, run_spec: RunSpec) -> list[str]:
 
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
-    requirements = requirements_for(run_spec.configuration)
+    requirements = requirements_for(run_spec.configuration, admin=user.global_role == "admin")
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types_for(project, run_spec),
                                requirements=requirements)
     if not search.offers:
@@ -94,7 +96,13 @@ async def submit_run(
                    status=JobStatus.SUBMITTED.value, spec=run_spec.model_dump_json(), submitted_at=now)
     session.add(run)
     session.add(new_job(run=run, project=project.name, submission=0, now=now))
-    await session.commit()
+    try:
+        await session.commit()
+    except IntegrityError:  # a parallel submit of the same name won (the DB allows one active run)
+        await session.rollback()
+        raise InvalidStateError(f"run {name!r} is still active", field="name",
+                                fix=f"Stop it with `dstack stop {name}` or choose another name") from None
+    failpoint("after-submit")
     ctx.scheduler_wake.set()
     return await get_run(session=session, project=project, name=name)
 

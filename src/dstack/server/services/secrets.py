@@ -12,7 +12,7 @@ from dstack.core.errors import ConfigurationError, ResourceNotFoundError
 from dstack.server.crypto import Encryptor
 from dstack.server.models import ProjectModel, SecretModel, utcnow
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 
 
 async def set_secret(*, session: AsyncSession, encryptor: Encryptor, project: ProjectModel, name: str,

@@ -67,7 +67,8 @@ async def create_project(request: Request, session: Session, ctx: Ctx, name: Ann
 
     try:
         CreateProjectRequest(name=name)
-        await projects_svc.create_project(session=session, encryptor=ctx.encryptor, owner=user, name=name)
+        await projects_svc.create_project(session=session, encryptor=ctx.encryptor, owner=user, name=name,
+                                          creation=ctx.settings.project_creation)
     except (DstackError, ValueError) as exc:
         message = str(exc) if isinstance(exc, DstackError) else (
             "Use lowercase letters, digits, - and _ (up to 50), starting with a letter or digit.")

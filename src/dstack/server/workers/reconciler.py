@@ -14,9 +14,10 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
-from dstack.backends.base import InstanceCheck, LaunchedInstance
+from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
+from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.runs import new_job, set_job_status
@@ -26,6 +27,8 @@ logger = logging.getLogger("dstack.server.reconciler")
 _FOLLOWED = [JobStatus.PROVISIONING.value, JobStatus.RUNNING.value, JobStatus.TERMINATING.value]
 # After a stop request, how long past the grace period we wait for the agent before tearing down.
 STOP_TIMEOUT_MARGIN = 15.0
+INTERRUPTED = "provisioning was interrupted"
+MAX_INTERRUPTIONS = 3
 
 
 @dataclass
@@ -103,9 +106,9 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 await s2.commit()
             return
         if job.instance is None:
-            # Claimed, but the replica that claimed it died before launching anything.
-            set_job_status(job, run, JobStatus.FAILED, reason="provisioning was interrupted")
+            # Claimed, and the claim ran out: the replica that claimed it died before recording a launch.
             await session.commit()
+            await _resolve_interrupted(ctx, job_id)
             return
         await session.commit()  # no transaction stays open across bucket reads
 
@@ -129,6 +132,7 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
 
         if agent_status in ("done", "failed", "stopped"):
             _finish_from_agent(job, run, state.status or {})
+
         elif check.failure:
             set_job_status(job, run, JobStatus.FAILED, reason=check.failure)
         else:
@@ -161,7 +165,10 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         session.add(run)
         await session.commit()
 
+    if agent_status == "running" and status == JobStatus.PROVISIONING:
+        failpoint("after-running")
     if finished:
+        failpoint("after-finish")
         await _terminate(ctx, job)
         async with ctx.db.session() as session:
             job = await _load(session, job_id)
@@ -169,6 +176,56 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             _maybe_retry(session, job, job.run)
             await session.commit()
         ctx.scheduler_wake.set()
+
+
+async def _resolve_interrupted(ctx: ServerContext, job_id: str) -> None:
+    """A claim whose replica died: adopt what it launched (found by the job id the launch tagged it
+    with), or put the job back in the queue when nothing was launched. A stop request is honoured."""
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        intent = LaunchIntent.model_validate_json(job.launch_intent) if job.launch_intent else None
+        project = job.run.project
+        await session.commit()
+    found, extras = None, {}
+    if intent is not None:
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=intent.offer.backend)
+        found = await asyncio.to_thread(compute.find_launched, intent=intent)
+        if found is not None:
+            extras = await asyncio.to_thread(_spec_extras, compute, intent.job_prefix)
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        run = job.run
+        if job.instance is not None or JobStatus(job.status) != JobStatus.PROVISIONING:
+            return  # resolved meanwhile
+        if found is not None and intent is not None:
+            logger.warning("adopting instance %s of job %s, launched by a replica that died before recording it",
+                           found.instance_id, job_id)
+            job.backend = intent.offer.backend
+            job.offer = intent.offer.model_dump_json()
+            job.price = intent.offer.price
+            job.instance_id = found.instance_id
+            job.instance = found.model_copy(update={"data": {**found.data, "spec_extras": extras}}).model_dump_json()
+            job.instance_terminated = False
+            job.heartbeat_at = utcnow()
+        elif run.stop_requested:
+            set_job_status(job, run, JobStatus.STOPPED, reason=run.stop_reason)
+        else:
+            interrupted = sum(1 for e in json.loads(job.history) if e.get("reason") == INTERRUPTED)
+            if interrupted >= MAX_INTERRUPTIONS:
+                set_job_status(job, run, JobStatus.FAILED, reason=f"{INTERRUPTED} {interrupted + 1} times")
+            else:
+                set_job_status(job, run, JobStatus.SUBMITTED, reason=INTERRUPTED)
+                job.lock_owner, job.lock_until = None, None
+        await session.commit()
+    ctx.scheduler_wake.set()
+
+
+def _spec_extras(compute: Any, prefix: str) -> dict[str, Any]:
+    """The backend's entries of the job spec (where its logs go), as staged before the launch."""
+    spec = compute.storage.get_json(f"{prefix}/spec.json") or {}
+    keys = ("logs", "runner_logs", "terminate", "secrets_source", "sandbox")
+    return {k: spec[k] for k in keys if k in spec}
 
 
 def _read_agent_state(storage: Any, prefix: str) -> AgentState:

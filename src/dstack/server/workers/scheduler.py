@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
-from dstack.backends.base import Compute, JobLaunch, LaunchedInstance, LaunchError, requirements_for
+from dstack.backends.base import (
+    Compute,
+    JobLaunch,
+    LaunchedInstance,
+    LaunchError,
+    LaunchIntent,
+    requirements_for,
+)
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
+from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.offers import find_offers
@@ -48,7 +57,7 @@ async def _claim(ctx: ServerContext, job_id: str) -> bool:
             .where(JobModel.id == job_id, JobModel.status == JobStatus.SUBMITTED.value,
                    (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now))
             .values(status=JobStatus.PROVISIONING.value, lock_owner=ctx.replica_id,
-                    lock_until=now + timedelta(minutes=10))
+                    lock_until=now + timedelta(seconds=ctx.settings.claim_lease))
             .execution_options(synchronize_session=False)
         )
         await session.commit()
@@ -58,6 +67,8 @@ async def _claim(ctx: ServerContext, job_id: str) -> bool:
 async def _schedule(ctx: ServerContext, job_id: str) -> None:
     if not await _claim(ctx, job_id):
         return
+    failpoint("after-claim")
+    renewal = asyncio.create_task(_renew_claim(ctx, job_id))
     try:
         await _provision(ctx, job_id)
     except Exception as exc:
@@ -67,7 +78,25 @@ async def _schedule(ctx: ServerContext, job_id: str) -> None:
             set_job_status(job, job.run, JobStatus.FAILED, reason=f"provisioning error: {exc}")
             await session.commit()
     finally:
+        renewal.cancel()
         await release_lease(ctx, job_id)
+
+
+async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
+    """Keep the claim short but alive while this replica provisions: if it dies, the claim runs out
+    within `claim_lease` and the reconciler of any replica resolves the job."""
+    lease = ctx.settings.claim_lease
+    while True:
+        await asyncio.sleep(lease / 3)
+        try:
+            async with ctx.db.session() as session:
+                await session.execute(
+                    update(JobModel).where(JobModel.id == job_id, JobModel.lock_owner == ctx.replica_id)
+                    .values(lock_until=utcnow() + timedelta(seconds=lease))
+                    .execution_options(synchronize_session=False))
+                await session.commit()
+        except Exception:
+            logger.exception("renewing the claim on job %s failed", job_id)
 
 
 async def _load(session: object, job_id: str) -> JobModel:
@@ -93,7 +122,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         secrets = await secret_values(session=session, encryptor=ctx.encryptor, project_id=project.id)
         await session.commit()  # no transaction stays open across cloud calls
 
-    requirements = requirements_for(run_spec.configuration)
+    requirements = requirements_for(run_spec.configuration, admin=run.user.global_role == "admin")
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
     if not search.offers:
         await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
@@ -115,7 +144,11 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                               backend_type=offer.backend)
         try:
             extras = await asyncio.to_thread(_stage_job, compute, launch, spec, run_spec.code_hash, code)
+            await _record_intent(ctx, job_id, LaunchIntent(job_id=job_id, job_prefix=launch.job_prefix, offer=offer,
+                                                           read_keys=launch.read_keys, at=time.time()))
+            failpoint("before-launch")
             instance = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
+            failpoint("after-launch")
         except LaunchError as exc:
             attempts.append(_attempt(offer, ok=False, reason=exc.reason))
             if exc.backend_wide:
@@ -146,7 +179,17 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         job.heartbeat_at = utcnow()
         set_job_status(job, job.run, JobStatus.PROVISIONING)
         await session.commit()
+    failpoint("after-record")
     ctx.reconciler_wake.set()
+
+
+async def _record_intent(ctx: ServerContext, job_id: str, intent: LaunchIntent) -> None:
+    """Before the cloud call: what is about to be launched, committed, so a crash cannot hide it."""
+    async with ctx.db.session() as session:
+        await session.execute(update(JobModel).where(JobModel.id == job_id)
+                              .values(launch_intent=intent.model_dump_json())
+                              .execution_options(synchronize_session=False))
+        await session.commit()
 
 
 async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: RunSpec) -> None:
