@@ -85,7 +85,7 @@ def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdi
     for name in ("repo", "home", "bin"):
         (workdir / name).mkdir(exist_ok=True)
         if ids is not None:
-            os.chown(workdir / name, *ids)
+            _chown_tree(workdir / name, *ids)
     # The root is bwrap's own tmpfs with the system's top-level directories bound read-only onto it
     # (not /root, /home, /var, /mnt, /media, /srv, /boot, /tmp, /run: nothing of anybody's data).
     args: list[str] = []
@@ -120,6 +120,14 @@ def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdi
     argv = [_bwrap(), "--args", str(args_file.fileno()), "--", *command]
     return Prepared(argv=argv, cwd="/", env={"PATH": SYSTEM_PATH}, pass_fds=(args_file.fileno(),),
                     user=ids[0] if ids else None, group=ids[1] if ids else None, _files=[args_file])
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """The job's user owns its code (unpacked by the agent) and its home."""
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
 def _under_any(path: str, roots: list[str]) -> bool:

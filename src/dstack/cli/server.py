@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from dstack.core.errors import DstackError
 
@@ -41,6 +43,23 @@ async def _prepare(settings: object, url: str, show_token: Callable[[str], None]
         await ctx.db.close()
 
 
+def make_private(server_dir: Path) -> None:
+    """The server's state is its own: directories 0700, files 0600 (new ones by the umask; the DB, key
+    and config an older version left are fixed here; the 0700 directory guards everything else)."""
+    os.umask(0o077)
+    server_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(server_dir, 0o700)
+    for dirpath, _dirnames, filenames in os.walk(server_dir / "data"):
+        os.chmod(dirpath, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+    for name in os.listdir(server_dir):
+        path = server_dir / name
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+
 def run_server(*, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
@@ -51,6 +70,7 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
 
     settings = Settings()
     _check_port(host, port)
+    make_private(settings.server_dir)
     try:
         upgrade(settings)
     except Exception as exc:  # the DB is unreachable or the URL is wrong

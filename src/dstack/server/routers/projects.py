@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from dstack.server.deps import Ctx, CurrentUser, ProjectAdmin, ProjectReader, Session
+from dstack.server.deps import Ctx, CurrentUser, ProjectAdmin, ProjectReader, ProjectUser, Session
 from dstack.server.schemas import (
     BackendCheck,
     CreateProjectRequest,
@@ -81,7 +81,7 @@ async def delete_backend(backend_type: str, project: ProjectAdmin, session: Sess
 
 
 @router.post("/{project_name}/repos")
-async def init_repository(body: InitRepoRequest, project: ProjectReader, session: Session) -> dict[str, str]:
+async def init_repository(body: InitRepoRequest, project: ProjectUser, session: Session) -> dict[str, str]:
     await init_repo(session=session, project=project, repo_id=body.repo_id, info=body.info)
     return {"repo_id": body.repo_id}
 

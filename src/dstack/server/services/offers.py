@@ -26,7 +26,9 @@ class OfferSearch:
             asked += f", max price ${requirements.max_price:g}/h"
         if requirements.spot_policy != "on-demand":
             asked += f", spot_policy {requirements.spot_policy}"
-        why = "; ".join(self.rejections) or "the project has no backends"
+        why = "; ".join(self.rejections) or (
+            "the project has no backends: add one with `dstack backend add -f backend.yml` or on the project's "
+            "Settings page")
         return NoOffersError(
             f"no offers match: asked for {asked}; {why}",
             fix="Lower `resources`, raise `max_price`, or add a backend to the project",
