@@ -66,6 +66,11 @@ class InvalidStateError(DstackError):
     http_status = 409
 
 
+class PayloadTooLargeError(DstackError):
+    code = "too_large"
+    http_status = 413
+
+
 class BackendError(DstackError):
     code = "backend_error"
     http_status = 502
@@ -82,6 +87,7 @@ ERRORS_BY_CODE: dict[str, type[DstackError]] = {
         ForbiddenError,
         NoOffersError,
         InvalidStateError,
+        PayloadTooLargeError,
         BackendError,
     )
 }

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dstack import __version__
 from dstack.core.errors import DstackError
 from dstack.server.context import ServerContext
 from dstack.server.db import Database
+from dstack.server.http_guard import BodyTooLarge, HTTPGuard, body_limit, docs_csp, error_body
 from dstack.server.routers import projects, runs, users
 from dstack.server.settings import Settings
 from dstack.server.web import pages
@@ -41,8 +44,16 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await ctx.db.close()
 
-    app = FastAPI(title="dstack", version=__version__, lifespan=lifespan,
-                  description="The dstack server API. Authenticate with `Authorization: Bearer TOKEN`.")
+    app = FastAPI(title="dstack", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="The dstack server API. Authenticate with `Authorization: Bearer TOKEN`. "
+                              "Every error answers `{\"error\": {\"code\", \"message\", \"field\"}}`.")
+    docs_html = get_swagger_ui_html(openapi_url="/openapi.json", title="dstack API").body.decode()
+    docs_policy = docs_csp(docs_html)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html)
+
     app.include_router(users.router)
     app.include_router(projects.router)
     app.include_router(runs.router)
@@ -57,6 +68,20 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(DstackError)
     async def _dstack_error(request: Request, exc: DstackError) -> JSONResponse:
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+        limit = body_limit(request.url.path)
+        return Response(error_body("too_large", f"the request body is over the {limit // 2**20} MiB limit for "
+                                   "this endpoint"), status_code=413, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden"}.get(
+            exc.status_code, "invalid_request")
+        message = "no such endpoint; see /docs" if exc.status_code == 404 else str(exc.detail)
+        return Response(error_body(code, message), status_code=exc.status_code, media_type="application/json",
+                        headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,4 +102,5 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    app.add_middleware(HTTPGuard, docs_policy=lambda: docs_policy)
     return app

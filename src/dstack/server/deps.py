@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.errors import ForbiddenError
@@ -55,7 +55,8 @@ Admin = Annotated[UserModel, Depends(get_admin)]
 
 
 def project_access(min_role: str):  # noqa: ANN201 - returns a FastAPI dependency
-    async def _dep(project_name: str, user: CurrentUser, session: Session) -> ProjectModel:
+    async def _dep(project_name: Annotated[str, Path(max_length=100)], user: CurrentUser,
+                   session: Session) -> ProjectModel:
         project, _role = await get_project_for(session=session, name=project_name, user=user, min_role=min_role)
         return project
 

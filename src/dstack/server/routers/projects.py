@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from dstack.server.deps import Ctx, CurrentUser, ProjectAdmin, ProjectReader, ProjectUser, Session
 from dstack.server.schemas import (
+    ERROR_RESPONSES,
     BackendCheck,
     CreateProjectRequest,
     InitRepoRequest,
@@ -19,7 +20,7 @@ from dstack.server.services import secrets as secrets_svc
 from dstack.server.services.repos import init_repo
 from dstack.server.services.users import get_user
 
-router = APIRouter(prefix="/api/projects", tags=["projects"])
+router = APIRouter(prefix="/api/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
 
 @router.get("")

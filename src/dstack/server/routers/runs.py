@@ -1,26 +1,29 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dstack.core.runs import Artifact, LogPage, Run, RunPlan, RunSpec
 from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectUser, Session
-from dstack.server.schemas import StopRunRequest, SubmitRunRequest
+from dstack.server.schemas import ERROR_RESPONSES, StopRunRequest, SubmitRunRequest
 from dstack.server.services import logs as logs_svc
 from dstack.server.services import repos as repos_svc
 from dstack.server.services import runs as svc
 
-router = APIRouter(prefix="/api/projects/{project_name}", tags=["runs"])
+CodeHash = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 of the archive")]
+router = APIRouter(prefix="/api/projects/{project_name}", tags=["runs"], responses=ERROR_RESPONSES)
 
 
 @router.put("/code/{code_hash}", status_code=204)
-async def upload_code(code_hash: str, request: Request, project: ProjectUser, session: Session) -> Response:
+async def upload_code(code_hash: CodeHash, request: Request, project: ProjectUser, session: Session) -> Response:
     await repos_svc.upload_code(session=session, project=project, code_hash=code_hash, data=await request.body())
     return Response(status_code=204)
 
 
 @router.head("/code/{code_hash}")
-async def code_exists(code_hash: str, project: ProjectReader, session: Session) -> Response:
+async def code_exists(code_hash: CodeHash, project: ProjectReader, session: Session) -> Response:
     found = await repos_svc.code_exists(session=session, project=project, code_hash=code_hash)
     return Response(status_code=200 if found else 404)
 
@@ -37,8 +40,9 @@ async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser
 
 
 @router.get("/runs")
-async def list_runs(project: ProjectReader, session: Session, all: bool = False, limit: int = 1000) -> list[Run]:
-    return await svc.list_runs(session=session, project=project, include_finished=all, limit=min(limit, 10000))
+async def list_runs(project: ProjectReader, session: Session, all: bool = False,
+                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> list[Run]:
+    return await svc.list_runs(session=session, project=project, include_finished=all, limit=limit)
 
 
 @router.get("/runs/{run_name}")
@@ -59,7 +63,8 @@ async def attach(run_name: str, project: ProjectUser, session: Session) -> dict[
 
 @router.get("/runs/{run_name}/logs")
 async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx,
-               next_token: str | None = None, submission: int | None = None) -> LogPage:
+               next_token: Annotated[str | None, Query(max_length=200)] = None,
+               submission: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> LogPage:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
     return await logs_svc.get_logs(ctx=ctx, run=run, next_token=next_token, submission=submission)
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from dstack.server.deps import Admin, CurrentUser, Session
-from dstack.server.schemas import CreateUserRequest, UserInfo, UserWithToken
+from dstack.server.schemas import ERROR_RESPONSES, CreateUserRequest, UserInfo, UserWithToken
 from dstack.server.services import users as svc
 
-router = APIRouter(prefix="/api/users", tags=["users"])
+router = APIRouter(prefix="/api/users", tags=["users"], responses=ERROR_RESPONSES)
 
 
 @router.get("/me")

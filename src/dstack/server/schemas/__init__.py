@@ -66,8 +66,13 @@ class SubmitRunRequest(BaseModel):
     run_spec: RunSpec
 
 
+MAX_SECRET_BYTES = 64 * 1024
+
+
 class SetSecretRequest(BaseModel):
-    value: str = Field(min_length=1, repr=False)
+    # Secrets become environment variables of jobs: one variable holds at most 128 KiB on Linux.
+    value: str = Field(min_length=1, max_length=MAX_SECRET_BYTES, repr=False,
+                       description="at most 65536 characters")
 
 
 class StopRunRequest(BaseModel):
@@ -78,3 +83,22 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_ERROR_STATUSES = {
+    400: "invalid request, or nothing can serve it (code `no_offers`, `invalid_request`)",
+    401: "no token, or an invalid one",
+    403: "the token's user lacks the role this needs",
+    404: "no such project (or not a member), run, secret or endpoint",
+    409: "conflicts with the current state (exists already, still active, finished)",
+    413: "the request body is over its documented limit",
+    422: "a field is invalid; `field` names it",
+    502: "the cloud answered with an error",
+}
+# Every API route documents every error status it can answer, all in the one error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in _ERROR_STATUSES.items()}

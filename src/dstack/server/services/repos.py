@@ -10,13 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dstack.core.errors import ConfigurationError, ResourceNotFoundError
+from dstack.core.errors import ConfigurationError, PayloadTooLargeError, ResourceNotFoundError
 from dstack.server.models import CodeModel, ProjectModel, RepoModel
 
 MAX_CODE_BYTES = 128 * 2**20
 
 
+MAX_REPO_INFO_BYTES = 64 * 1024
+
+
 async def init_repo(*, session: AsyncSession, project: ProjectModel, repo_id: str, info: dict[str, Any]) -> None:
+    if len(json.dumps(info)) > MAX_REPO_INFO_BYTES:
+        raise PayloadTooLargeError(f"info: over the {MAX_REPO_INFO_BYTES // 1024} KiB limit", field="info")
     repo = await session.scalar(
         select(RepoModel).where(RepoModel.project_id == project.id, RepoModel.repo_id == repo_id)
     )

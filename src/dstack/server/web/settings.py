@@ -3,8 +3,6 @@ the JSON API from the page's script, so the API's authorisation is the only one.
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -55,7 +53,7 @@ async def backend_form_page(project_name: str, request: Request, session: Sessio
         return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
     taken = [b.type for b in project.backends if b.type != backend_type]
     return render(request, "backend_form.html", user=user, project=project,
-                  forms_json=json.dumps(backend_forms()), existing_json=json.dumps(existing), taken=taken)
+                  forms=backend_forms(), existing=existing, taken=taken)
 
 
 @router.get("/admin/users")

@@ -235,5 +235,23 @@ const dstack = (() => {
     refreshArtifacts(base, project, runName);
   }
 
-  return { api, runsPage, runPage, settingsPage, usersPage };
+  function pageData() {
+    const node = document.getElementById("page-data");
+    return node ? JSON.parse(node.textContent || "{}") : {};
+  }
+
+  // No inline scripts (the Content-Security-Policy forbids them): each page names itself and
+  // carries its data as JSON.
+  function boot() {
+    const data = pageData();
+    switch (document.body.dataset.page) {
+      case "runs": runsPage(document.getElementById("runs")); break;
+      case "run": runPage(data.project, data.run); break;
+      case "settings": settingsPage(data.project); break;
+      case "users": usersPage(); break;
+    }
+  }
+  boot();
+
+  return { api, pageData, runsPage, runPage, settingsPage, usersPage };
 })();

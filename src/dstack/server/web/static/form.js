@@ -247,3 +247,7 @@ const dstackForm = (() => {
 
   return { init, state: s };
 })();
+
+if (document.body.dataset.page === "backend-form") {
+  dstackForm.init(dstack.pageData());
+}
