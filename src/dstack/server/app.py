@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from dstack import __version__
 from dstack.core.errors import DstackError
@@ -80,8 +82,13 @@ def create_app(settings: Settings) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden"}.get(
             exc.status_code, "invalid_request")
         message = "no such endpoint; see /docs" if exc.status_code == 404 else str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the route that matched
+            methods = {m for route in app.routes if isinstance(route, APIRoute)
+                       and route.matches(request.scope)[0] != Match.NONE for m in route.methods}
+            headers["Allow"] = ", ".join(sorted(methods))
         return Response(error_body(code, message), status_code=exc.status_code, media_type="application/json",
-                        headers=getattr(exc, "headers", None))
+                        headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

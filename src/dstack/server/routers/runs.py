@@ -25,7 +25,7 @@ async def upload_code(code_hash: CodeHash, request: Request, project: ProjectUse
 @router.head("/code/{code_hash}")
 async def code_exists(code_hash: CodeHash, project: ProjectReader, session: Session) -> Response:
     found = await repos_svc.code_exists(session=session, project=project, code_hash=code_hash)
-    return Response(status_code=200 if found else 404)
+    return Response(status_code=200 if found else 404, media_type="application/json")
 
 
 @router.post("/runs/plan")
