@@ -240,3 +240,30 @@ def test_aws_default_credentials_end_to_end(stack: Stack) -> None:
     with stack.server.api() as api:  # nothing secret was stored: the machine's credentials were used
         config = next(b for b in api.get("/api/projects/cloud").json()["backends"] if b["type"] == "aws")["config"]
     assert config["credentials"] == {"type": "default"}
+
+
+@pytest.mark.parametrize("step", ["before-launch", "after-launch", "after-record"])
+def test_aws_job_survives_a_server_crash(stack: Stack, step: str) -> None:
+    """The server dies around RunInstances: on restart the instance is found by its dstack_job_id
+    tag and adopted (never launched twice, never left unowned), and the job finishes."""
+    stack.server.stop()
+    stack.env.extra.update({"DSTACK_FAILPOINT": step, "DSTACK_CLAIM_LEASE": "2"})
+    crashed = Server(stack.env, port=stack.server.port).start()
+    (stack.repo / ".dstack.yml").write_text(TASK.format(name="crashy"))
+    stack.env.cli("apply", "-y", "-d", cwd=stack.repo, timeout=120)
+    assert crashed.proc is not None
+    crashed.proc.wait(timeout=120)
+    assert crashed.proc.returncode == 137, crashed.output()[-3000:]
+    stack.env.extra.pop("DSTACK_FAILPOINT")
+    stack.server = Server(stack.env, port=crashed.port).start()
+    with stack.server.api() as api:
+        status = wait_for(lambda: (r := api.get("/api/projects/cloud/runs/crashy").json())["status"]
+                          in ("done", "failed", "stopped") and r["status"], timeout=180, message="the run to finish")
+        assert status == "done", api.get("/api/projects/cloud/runs/crashy").json()
+        job_id = api.get("/api/projects/cloud/runs/crashy").json()["jobs"][-1]["id"]
+    launched = [i for i in stack.instances() if stack.instance_tags(i["InstanceId"]).get("dstack_job_id") == job_id]
+    assert len(launched) == 1, launched  # exactly one instance, whatever the crash point
+    wait_for(lambda: all(i["State"]["Name"] in ("shutting-down", "terminated") for i in stack.instances()),
+             timeout=60, message="every instance terminated")
+    if step == "after-launch":
+        assert "adopting instance " + launched[0]["InstanceId"] in stack.server.output()

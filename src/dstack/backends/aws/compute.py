@@ -246,17 +246,18 @@ class AWSCompute(Compute):
                 time.sleep(3)
 
     def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
+        # In any state: a short job may have run and its agent terminated the instance already; the
+        # reconciler then finishes the job from what the agent left in the bucket.
         pages = self.clients.ec2.get_paginator("describe_instances").paginate(Filters=[
             {"Name": "tag:dstack_bucket", "Values": [self.config.bucket]},
-            {"Name": "tag:dstack_job_id", "Values": [intent.job_id]},
-            {"Name": "instance-state-name", "Values": _LIVE_STATES}])
-        for page in pages:
-            for reservation in page["Reservations"]:
-                for inst in reservation["Instances"]:
-                    return LaunchedInstance(instance_id=inst["InstanceId"], region=self.config.region, data={
-                        "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
-                        "subnet": inst.get("SubnetId"), "spot": intent.offer.spot})
-        return None
+            {"Name": "tag:dstack_job_id", "Values": [intent.job_id]}])
+        found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        if not found:
+            return None
+        inst = max(found, key=lambda i: i["LaunchTime"])
+        return LaunchedInstance(instance_id=inst["InstanceId"], region=self.config.region, data={
+            "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
+            "subnet": inst.get("SubnetId"), "spot": intent.offer.spot})
 
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
