@@ -23,7 +23,8 @@ from referencing.jsonschema import DRAFT202012
 
 from tests.harness import free_port
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "lambda-cloud-api-openapi-1.8.3.json"
+# Lambda Cloud's public OpenAPI spec, v1.8.3, kept in the repository so a plain clone runs the tests.
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "lambda-cloud-api-openapi-1.8.3.json"
 SPEC_URI = "urn:lambda-cloud-openapi"
 # Undocumented statuses (429, provider errors) still use the documented error envelope.
 GENERIC_ERROR = {"type": "object", "additionalProperties": False, "required": ["error"], "properties": {"error": {
@@ -129,6 +130,7 @@ class FakeLambda:
     def stop(self) -> None:
         self._stop.set()
         self._server.shutdown()
+        self._server.server_close()
 
     # --- test controls -----------------------------------------------------------------------
     def set_capacity(self, instance_type: str, region: str, count: int) -> None:

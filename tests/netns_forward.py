@@ -19,6 +19,21 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
+def relay(a: socket.socket, b: socket.socket) -> None:
+    """Pipe both ways; close both sockets once both directions are done."""
+    threads = [threading.Thread(target=pipe, args=pair, daemon=True) for pair in ((a, b), (b, a))]
+    for thread in threads:
+        thread.start()
+
+    def _close() -> None:
+        for thread in threads:
+            thread.join()
+        a.close()
+        b.close()
+
+    threading.Thread(target=_close, daemon=True).start()
+
+
 def main() -> None:
     listen_host, listen_port, target_host, target_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     server = socket.socket()
@@ -32,8 +47,7 @@ def main() -> None:
         except OSError:
             conn.close()
             continue
-        for a, b in ((conn, upstream), (upstream, conn)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+        relay(conn, upstream)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.netns_forward import pipe
+from tests.netns_forward import relay
 
 _COUNTER = itertools.count(1)
 
@@ -29,6 +29,8 @@ def can_run_vm_hosts() -> tuple[bool, str]:
         return False, "VM hosts need root (network namespaces)"
     if shutil.which("ip") is None or shutil.which("unshare") is None:
         return False, "VM hosts need iproute2 and util-linux (ip, unshare)"
+    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        return False, "VM hosts need sshd (apt-get install openssh-server)"
     return True, ""
 
 
@@ -60,8 +62,7 @@ class TcpForwarder:
             except OSError:
                 conn.close()
                 continue
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+            relay(conn, upstream)
 
     def close(self) -> None:
         self._closed = True

@@ -22,7 +22,7 @@ from dstack.core.errors import ConfigurationError, DstackError
 from dstack.server.context import ServerContext
 from dstack.server.models import ProjectModel, UserModel
 from dstack.server.services.backends import add_backend, load_config, parse_backend_config, update_backend
-from dstack.server.services.projects import create_project
+from dstack.server.services.projects import PROJECT_NAME, create_project
 
 
 def read(ctx: ServerContext) -> list[dict[str, Any]] | None:
@@ -50,6 +50,9 @@ async def apply(ctx: ServerContext) -> None:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not name:
                 raise ConfigurationError(f"{path}: projects[{i}].name is required")
+            if not isinstance(name, str) or not PROJECT_NAME.fullmatch(name):
+                raise ConfigurationError(f"{path}: projects[{i}].name: {name!r} is not a valid project name "
+                                         "(lowercase letters, digits, - and _, up to 50)")
             project = await session.scalar(select(ProjectModel).where(ProjectModel.name == name))
             if project is None:
                 project = await create_project(session=session, encryptor=ctx.encryptor, owner=admin, name=name,

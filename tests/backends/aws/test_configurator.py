@@ -181,10 +181,8 @@ def test_cli_gives_the_same_answers(env: Env, aws_server: Server, account: dict[
 
 
 def test_iam_policy_command_prints_the_seed_policy_filled_in(env: Env) -> None:
-    seed = (Path(__file__).resolve().parents[3] / ".." / "shared" / "seeds" / "001_16122b8aeb580d42.txt")
-    if not seed.exists():
-        pytest.skip("../shared/seeds is not beside the checkout")
-    template = seed.read_text().split("```json", 1)[1].split("```", 1)[0]
+    # The template as the user's AWS document (the seed) gives it, copied verbatim into tests/data.
+    template = (Path(__file__).resolve().parents[2] / "data" / "seed-aws-iam-policy-template.json").read_text()
     expected = json.loads(template.replace("{bucket_name_under_score}", "my_awesome_project")
                           .replace("{bucket_name}", "my-awesome-project"))
     result = env.cli("aws", "iam-policy", "--bucket", "my-awesome-project")
@@ -201,6 +199,10 @@ def test_backends_from_the_servers_config_file(env: Env, aws: MotoAWS, account: 
     server_dir = env.home / ".dstack" / "server"
     server_dir.mkdir(parents=True)
     config = {"projects": [{"name": "team", "backends": [form(account, bucket="dstack-eu-bucket")]}]}
+    (server_dir / "config.yml").write_text(json.dumps(config))
+    (server_dir / "config.yml").write_text(json.dumps({"projects": [{"name": "../evil"}]}))
+    result = env.cli("server", "--port", "0", timeout=60)
+    assert result.returncode == 1 and "projects[0].name: '../evil' is not a valid project name" in result.stderr
     (server_dir / "config.yml").write_text(json.dumps(config))
     result = env.cli("server", "--port", "0", timeout=60)  # the same check as the form: it does not start
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +13,7 @@ from dstack.server.schemas import Member, ProjectInfo
 from dstack.server.services.backends import backend_info
 
 ROLE_RANK = {"read-only": 0, "user": 1, "admin": 2}
+PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,49}")
 
 
 async def create_project(
