@@ -133,6 +133,9 @@ class VMHost:
                 f"cp /etc/passwd {w}/passwd && echo 'ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash' >> {w}/passwd",
                 f"cp /etc/shadow {w}/shadow && echo 'ubuntu:*:19000:0:99999:7:::' >> {w}/shadow",
                 f"mount --bind {w}/passwd /etc/passwd && mount --bind {w}/shadow /etc/shadow",
+                # The VM's own /etc/ssh, holding its host key, as a cloud image has after first boot.
+                f"mkdir -p {w}/etc-ssh && cp {w}/host_key.pub {w}/etc-ssh/ssh_host_ed25519_key.pub",
+                f"mount --bind {w}/etc-ssh /etc/ssh",
                 "mkdir -p /opt/dstack/home/ubuntu/.ssh /run/sshd",
                 *[f"echo '{key}' >> /opt/dstack/home/ubuntu/.ssh/authorized_keys" for key in authorized_keys],
                 f"/usr/sbin/sshd -f {w}/sshd_config -E {w}/sshd.log",

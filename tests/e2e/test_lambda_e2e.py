@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,19 @@ def test_lambda_task_end_to_end(stack: Stack) -> None:
     attached = stack.env.cli("attach", "lam", "--command", "echo attached-$(whoami)", cwd=stack.repo, timeout=60)
     assert attached.returncode == 0, attached.stderr
     assert "attached-root" in attached.stdout  # `ubuntu` is uid 0 inside the VM host
+    # The host key is pinned from what the agent published: another key is refused, not accepted.
+    s3 = stack.aws.client("s3")
+    published = next(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+                     if o["Key"].endswith("/host_keys.json"))
+    genuine = s3.get_object(Bucket=BUCKET, Key=published)["Body"].read()
+    other = stack.env.home / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    s3.put_object(Bucket=BUCKET, Key=published, Body=json.dumps(
+        {"keys": [" ".join(other.with_suffix(".pub").read_text().split()[:2])]}).encode())
+    refused = stack.env.cli("attach", "lam", "--command", "echo should-not-run", cwd=stack.repo, timeout=60)
+    assert refused.returncode != 0 and "should-not-run" not in refused.stdout
+    assert "Host key verification failed" in refused.stderr, refused.stderr
+    s3.put_object(Bucket=BUCKET, Key=published, Body=genuine)
 
     # No AWS keys on the instance: neither on its disk nor in its processes' environments.
     [(iid, host)] = stack.vms.hosts.items()

@@ -6,6 +6,7 @@ Usage: python -m dstack.agent --storage URL --job PREFIX --workdir DIR
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import json
 import os
@@ -65,6 +66,17 @@ class JobRunner:
             info["job_create_time"] = psutil.Process(self.proc.pid).create_time()
         self.storage.put_json(self._key("runner.json"), info)
 
+    def publish_host_keys(self) -> None:
+        """The instance's SSH host keys, through the bucket, so that the server and `dstack attach`
+        pin them before their first connection instead of trusting whatever answers."""
+        keys = []
+        for path in sorted(glob.glob("/etc/ssh/ssh_host_*_key.pub")):
+            with open(path) as f:
+                parts = f.read().split()
+            if len(parts) >= 2:
+                keys.append(f"{parts[0]} {parts[1]}")
+        self.storage.put_json(self._key("host_keys.json"), {"keys": keys, "t": time.time()})
+
     # --- lifecycle --------------------------------------------------------------------------
     def event(self, message: str) -> None:
         """The agent's own log (where the backend has a place for it: CloudWatch on AWS)."""
@@ -85,6 +97,8 @@ class JobRunner:
             self.write_status("failed", reason="job spec is missing from the bucket")
             return 1
         self.spec = spec
+        if spec.get("publish_host_keys"):
+            self.publish_host_keys()
         self.event(f"started on {socket.gethostname()} (pid {os.getpid()})")
         watcher = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
         watcher.start()

@@ -107,13 +107,16 @@ def print_logs(run_name: str, *, follow: bool, project: str | None) -> None:
 def attach_run(run_name: str, *, command: str | None, project: str | None) -> int:
     import subprocess
 
+    from dstack.core.hostkeys import pinned_ssh_options, write_known_hosts
     from dstack.core.sshkeys import user_key
 
     info = client_for(project).runs.attach_info(run_name)
     key, _ = user_key()
-    args = ["ssh", "-i", str(key), "-p", str(info["port"]), "-o", "StrictHostKeyChecking=accept-new",
-            "-o", f"UserKnownHostsFile={Path.home() / '.dstack' / 'ssh' / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
-            f"{info['user']}@{info['host']}"]
+    # Exactly the host keys the instance's agent published through the bucket: a changed key is refused.
+    known_hosts = write_known_hosts(Path.home() / ".dstack" / "ssh" / f"known_hosts-{run_name}", info["host"],
+                                    int(info["port"]), list(info.get("host_keys") or []))
+    args = ["ssh", "-i", str(key), "-p", str(info["port"]), *pinned_ssh_options(known_hosts),
+            "-o", "IdentitiesOnly=yes", f"{info['user']}@{info['host']}"]
     if command:
         args += ["-o", "BatchMode=yes", command]
     return subprocess.call(args)

@@ -5,6 +5,7 @@ prefix in the bucket, renewed over SSH for long jobs."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import threading
@@ -33,6 +34,7 @@ from dstack.backends.lambdacloud.models import LambdaBackendConfig
 from dstack.backends.lambdacloud.userdata import user_data
 from dstack.core.errors import BackendError
 from dstack.core.gpus import normalize_gpu_name
+from dstack.core.hostkeys import pinned_ssh_options, write_known_hosts
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import Offer
 from dstack.core.sshkeys import server_key
@@ -45,6 +47,7 @@ KNOWN_REGIONS = [
 ]
 TYPES_TTL = 20.0  # capacity changes quickly
 CHECK_INTERVAL = 5.0
+logger = logging.getLogger("dstack.backends.lambda")
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the SigV4 limit
 RENEW_BEFORE = timedelta(days=2)
 SSH_USER = "ubuntu"
@@ -125,7 +128,7 @@ class LambdaCompute(Compute):
         except (ClientError, BotoCoreError) as exc:
             raise LaunchError(f"cannot write to bucket {self.config.bucket}: {describe(exc)}",
                               backend_wide=True) from exc
-        return {}
+        return {"publish_host_keys": True}
 
     def access(self, job: JobLaunch | dict[str, Any], expires_in: int) -> dict[str, Any]:
         """Presigned access to exactly what the agent of this job reads and writes."""
@@ -231,16 +234,25 @@ class LambdaCompute(Compute):
         expires = datetime.fromisoformat(instance.data["access_expires_at"])
         if expires - datetime.now(UTC) > RENEW_BEFORE or not info.get("ip"):
             return None
+        host_keys = (self.storage.get_json(f"{instance.data['job_prefix']}/host_keys.json") or {}).get("keys")
+        if not host_keys:
+            return None  # never connect to a host whose key is not pinned; the agent publishes it at start
         access = self.access(instance.data, MAX_PRESIGN_SECONDS)
         path = f"/opt/dstack/jobs/{instance.data['job_id']}/access.json"
         key, _ = server_key(self.ctx.server_dir)
+        known_hosts = write_known_hosts(self.ctx.server_dir / "data" / "ssh" / f"known_hosts-{instance.instance_id}",
+                                        info["ip"], 22, host_keys)
         result = subprocess.run(
-            ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            ["ssh", "-i", str(key), *pinned_ssh_options(known_hosts),
              "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", f"{instance.data['ssh_user']}@{info['ip']}",
              f"S=; [ \"$(id -u)\" = 0 ] || S='sudo -n'; $S sh -c 'cat > {path}.new && chmod 600 {path}.new && "
              f"mv {path}.new {path}'"],
             input=json.dumps(access).encode(), capture_output=True, timeout=60)
-        return access["expires_at"] if result.returncode == 0 else None
+        if result.returncode != 0:
+            logger.warning("renewing the bucket access of %s over SSH failed: %s", instance.instance_id,
+                           result.stderr.decode(errors="replace").strip().splitlines()[-1:])
+            return None
+        return access["expires_at"]
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:

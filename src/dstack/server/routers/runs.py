@@ -56,9 +56,9 @@ async def stop(run_name: str, body: StopRunRequest, project: ProjectUser, sessio
 
 
 @router.get("/runs/{run_name}/attach")
-async def attach(run_name: str, project: ProjectUser, session: Session) -> dict[str, object]:
-    """The SSH address of the run's instance (`dstack attach`)."""
-    return await svc.attach_info(session=session, project=project, name=run_name)
+async def attach(run_name: str, project: ProjectUser, session: Session, ctx: Ctx) -> dict[str, object]:
+    """The SSH address of the run's instance and its host keys to pin (`dstack attach`)."""
+    return await svc.attach_info(session=session, ctx=ctx, project=project, name=run_name)
 
 
 @router.get("/runs/{run_name}/logs")

@@ -174,9 +174,13 @@ async def stop_run(
     return run_to_model(run)
 
 
-async def attach_info(*, session: AsyncSession, project: ProjectModel, name: str) -> dict[str, object]:
-    """Where to SSH to reach the run's instance."""
+async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: ProjectModel, name: str
+                      ) -> dict[str, object]:
+    """Where to SSH to reach the run's instance, and the host keys its agent published (to pin)."""
+    import asyncio
+
     from dstack.backends.base import LaunchedInstance
+    from dstack.server.services.backends import compute_for
 
     run = await get_run_model(session=session, project=project, name=name)
     job = run.jobs[-1] if run.jobs else None
@@ -188,7 +192,14 @@ async def attach_info(*, session: AsyncSession, project: ProjectModel, name: str
     if not data.get("ip") or not data.get("ssh_user"):
         raise InvalidStateError(f"run {name!r} has no reachable instance yet ({job.status})",
                                 fix="Wait until it is running; `dstack ps` shows its status")
-    return {"host": data["ip"], "port": int(data.get("ssh_port", 22)), "user": data["ssh_user"]}
+    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project, backend_type=job.backend)
+    published = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json")
+    host_keys = (published or {}).get("keys") or []
+    if not host_keys:
+        raise InvalidStateError(f"run {name!r}: its instance has not published its SSH host key yet",
+                                fix="Wait a few seconds and try again")
+    return {"host": data["ip"], "port": int(data.get("ssh_port", 22)), "user": data["ssh_user"],
+            "host_keys": host_keys}
 
 
 def run_to_model(run: RunModel) -> Run:
