@@ -188,6 +188,10 @@ class VMHost:
 
     def destroy(self) -> None:
         self.power_off()
+        if self.proc is not None:  # the user data's shell: reap it once it is dead
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=10)
         for forwarder in self.forwarders:
             forwarder.close()
         subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from dstack import __version__
 from dstack.core.errors import DstackError
@@ -28,6 +27,17 @@ from dstack.server.web.common import PageExit
 from dstack.server.workers import start_workers
 
 logger = logging.getLogger("dstack.server")
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI documents for `path` (an artifact's `{path}` spans '/')."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.escape(template).replace(r"\{path\}", ".+")
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", pattern)
+        if re.fullmatch(pattern, path):
+            methods.update(m.upper() for m in operations)
+    return sorted(methods)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -84,9 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
         message = "no such endpoint; see /docs" if exc.status_code == 404 else str(exc.detail)
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:  # every method of the path, not only those of the route that matched
-            methods = {m for route in app.routes if isinstance(route, APIRoute)
-                       and route.matches(request.scope)[0] != Match.NONE for m in route.methods}
-            headers["Allow"] = ", ".join(sorted(methods))
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return Response(error_body(code, message), status_code=exc.status_code, media_type="application/json",
                         headers=headers)
 
