@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,8 +254,10 @@ def test_reaper_terminates_lambda_instances_no_job_owns(stack: Stack) -> None:
     launch = {"region_name": "us-west-1", "instance_type_name": "gpu_1x_a10", "ssh_key_names": ["someone"]}
     orphan = httpx.post(f"{stack.fake.url}/api/v1/instance-operations/launch", headers=headers, json={
         **launch, "tags": [{"key": "dstack-project", "value": "gpu"}, {"key": "dstack-job", "value": "gone"}]})
-    time.sleep(0.5)  # the fake enforces the launch rate limit (1 per 12 s, scaled)
-    unrelated = httpx.post(f"{stack.fake.url}/api/v1/instance-operations/launch", headers=headers, json=launch)
+    # The fake enforces the launch rate limit (1 per 12 s, scaled): retry on 429.
+    unrelated = wait_for(lambda: (r := httpx.post(f"{stack.fake.url}/api/v1/instance-operations/launch",
+                                                  headers=headers, json=launch)).status_code == 200 and r, 20,
+                         interval=0.1, message="the second launch")
     orphan_id, unrelated_id = orphan.json()["data"]["instance_ids"][0], unrelated.json()["data"]["instance_ids"][0]
     wait_for(lambda: stack.fake.instances[orphan_id]["status"] in ("terminating", "terminated"), 20,
              message="the orphan to be reaped")
