@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.aws_harness import MotoAWS
-from tests.vmhost import VMHost
+from tests.vmhost import VMHost, stock_image_path
 
 MOTO_ROLE_WORKAROUND = {
     # moto wrongly denies Logs and Secrets Manager resource ARNs; the role's own policy is checked
@@ -77,16 +76,17 @@ class FakeEC2Cloud:
         if not raw:
             return
         script = base64.b64decode(raw).decode()
-        env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+        env = {"PATH": stock_image_path(), "HOME": "/root",
                "AWS_EC2_METADATA_DISABLED": "true", "LANG": "C.UTF-8"}
         profile = (inst.get("IamInstanceProfile") or {}).get("Arn", "")
         if profile:
             env.update(self._role_credentials(profile.rsplit("/", 1)[-1]))
         host = VMHost(self.workdir / iid).start()
-        env["AWS_ENDPOINT_URL"] = f"http://{host.host_ip}:{host.forward(self.aws.port)}"
+        # The VM's own 127.0.0.1:PORT reaches moto, so URLs the server presigned (for 127.0.0.1) work in it too.
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.aws.port}"
         self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
                                   profile)
-        host.run_user_data(script, env)
+        host.boot(script, env, loopback_forwards=[(self.aws.port, self.aws.port)])
 
     def _role_credentials(self, profile_name: str) -> dict[str, str]:
         """What IMDS would give the instance: temporary keys of its profile's role."""

@@ -5,13 +5,12 @@ presigned S3 URLs (which name the test's S3 endpoint) work inside it."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.aws_harness import MotoAWS
 from tests.lambda_fake import FakeLambda
-from tests.vmhost import VMHost
+from tests.vmhost import VMHost, stock_image_path
 
 
 class LambdaVMs:
@@ -24,7 +23,7 @@ class LambdaVMs:
 
     def on_active(self, inst: dict[str, Any]) -> str:
         host = VMHost(self.workdir / inst["id"]).start()
-        env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+        env = {"PATH": stock_image_path(), "HOME": "/root",
                "LANG": "C.UTF-8"}
         # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]

@@ -34,6 +34,28 @@ def can_run_vm_hosts() -> tuple[bool, str]:
     return True, ""
 
 
+STOCK_BIN = Path("/tmp/dstack-test-stock-image/bin")
+
+
+def stock_image_path() -> str:
+    """PATH of a stock cloud image's shell: its `python3` is a Python 3.9 with no site-packages at all
+    (run with -I -S: no pip, boto3 or psutil are importable), the rest is the system's. The agent must
+    start and run with nothing more (Debian bullseye and the ECS-optimized AL2023 AMIs ship 3.9)."""
+    if not (STOCK_BIN / "python3").exists():
+        from dstack.agent.sandbox import find_python
+
+        try:
+            python = find_python("3.9").executable
+        except RuntimeError:  # no 3.9 on this machine: the oldest other Python still shows missing packages
+            python = "/usr/bin/python3"
+        STOCK_BIN.mkdir(parents=True, exist_ok=True)
+        wrapper = STOCK_BIN / "python3.tmp"
+        wrapper.write_text(f'#!/bin/sh\nexec {python} -I -S "$@"\n')
+        wrapper.chmod(0o755)
+        wrapper.rename(STOCK_BIN / "python3")
+    return f"{STOCK_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=30)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tests.aws_cloud import FakeEC2Cloud
 from tests.aws_harness import ACCOUNT, MotoAWS, seed_policy_user
 from tests.harness import Env, Server, need, wait_for
 from tests.iam_eval import violations
-from tests.vmhost import can_run_vm_hosts
+from tests.vmhost import STOCK_BIN, can_run_vm_hosts
 
 BUCKET = "dstack-e2e-bucket"
 REGION = "us-east-1"
@@ -156,6 +157,21 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     runner_events = logs.filter_log_events(logGroupName=f"/dstack/runners/{BUCKET}/cloud")["events"]
     assert any("job running" in e["message"] for e in runner_events)
     assert any(e["message"] == "finished" for e in runner_events)
+    # ...and it ran on the stock image's Python 3.9 with no site-packages (no pip, boto3 or psutil),
+    # fetched by user data that installs nothing.
+    started = next(e["message"] for e in runner_events if e["message"].startswith("started on"))
+    stock_python = str(STOCK_BIN / "python3")
+    version = subprocess.run([stock_python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert f"Python {version})" in started and version.startswith("3.9"), started
+    for module in ("pip", "boto3", "psutil", "pydantic"):
+        assert subprocess.run([stock_python, "-c", f"import {module}"], capture_output=True).returncode != 0
+    user_data = (booted.host.workdir / "user-data.sh").read_text()
+    assert "pip" not in user_data and "boto3" not in user_data and len(user_data.encode()) < 16 * 1024
+    # Only the host's agent may get the role's credentials: IMDSv2 with a hop limit of 1.
+    run_call = next(c for c in stack.calls() if c["operation"] == "RunInstances")
+    assert run_call["params"]["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+                                                     "HttpEndpoint": "enabled"}
 
     # Least privilege: every call the server made is allowed by the seed's policy alone.
     calls = stack.calls()

@@ -1,18 +1,19 @@
-"""What the agent asks of its cloud: secrets and its own termination (through the instance role)."""
+"""What the agent asks of its cloud: secrets and its own termination (through the instance role),
+with the standard library's AWS client (stock images have no boto3)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from dstack.storage.sigv4 import AWSClient
+
 
 def fetch_secrets(source: dict[str, Any]) -> dict[str, str]:
     if source.get("type") != "aws":
         return {}
-    import boto3
-
-    client = boto3.client("secretsmanager", region_name=source["region"])
-    return {name: client.get_secret_value(SecretId=secret_id)["SecretString"]
+    client = AWSClient("secretsmanager", source["region"])
+    return {name: client.json_call("secretsmanager.GetSecretValue", {"SecretId": secret_id})["SecretString"]
             for name, secret_id in source.get("ids", {}).items()}
 
 
@@ -20,8 +21,7 @@ def terminate_own_instance(terminate: dict[str, Any], instance_id: str) -> None:
     if terminate.get("type") != "aws":
         return
     try:
-        import boto3
-
-        boto3.client("ec2", region_name=terminate["region"]).terminate_instances(InstanceIds=[instance_id])
+        AWSClient("ec2", terminate["region"]).query_call(
+            {"Action": "TerminateInstances", "Version": "2016-11-15", "InstanceId.1": instance_id})
     except Exception as exc:  # the server terminates it anyway; say why this did not
         print(f"dstack agent: could not terminate instance {instance_id}: {exc}", file=sys.stderr)

@@ -27,14 +27,15 @@ def bucket_sink(storage: Storage, prefix: str) -> Sink:
 
 
 def cloudwatch_sink(group: str, stream: str, region: str) -> Sink:
-    import boto3
+    from dstack.storage.sigv4 import AWSClient
 
-    logs = boto3.client("logs", region_name=region)
+    logs = AWSClient("logs", region)
 
     def write(seq: int, batch: list[dict[str, Any]]) -> None:
         # CloudWatch rejects empty messages and events over 256 KB.
         events = [{"timestamp": int(e["t"] * 1000), "message": (e["m"] or " ")[:200_000]} for e in batch]
-        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+        logs.json_call("Logs_20140328.PutLogEvents",
+                       {"logGroupName": group, "logStreamName": stream, "logEvents": events})
 
     return write
 

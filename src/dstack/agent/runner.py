@@ -10,6 +10,7 @@ import glob
 import io
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -21,11 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from dstack.agent.cloud import fetch_secrets, terminate_own_instance
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
-from dstack.agent.process import kill_tree
+from dstack.agent.process import create_time, kill_tree
 from dstack.agent.sandbox import JOB_HOME, SHIM_DIR, SYSTEM_PATH, PythonInstall, Sandbox, find_python, make_shims
 from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.storage import Storage, storage_from_url
@@ -55,15 +54,14 @@ class JobRunner:
         self.storage.put_json(self._key("heartbeat.json"), {"seq": self._beat, "t": time.time()})
 
     def write_runner_info(self) -> None:
-        me = psutil.Process()
         info: dict[str, Any] = {
-            "agent_pid": me.pid,
-            "agent_create_time": me.create_time(),
+            "agent_pid": os.getpid(),
+            "agent_create_time": create_time(os.getpid()),
             "hostname": socket.gethostname(),
         }
         if self.proc is not None:
             info["job_pid"] = self.proc.pid
-            info["job_create_time"] = psutil.Process(self.proc.pid).create_time()
+            info["job_create_time"] = create_time(self.proc.pid)
         self.storage.put_json(self._key("runner.json"), info)
 
     def publish_host_keys(self) -> None:
@@ -99,7 +97,7 @@ class JobRunner:
         self.spec = spec
         if spec.get("publish_host_keys"):
             self.publish_host_keys()
-        self.event(f"started on {socket.gethostname()} (pid {os.getpid()})")
+        self.event(f"started on {socket.gethostname()} (pid {os.getpid()}, Python {platform.python_version()})")
         watcher = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
         watcher.start()
         try:
@@ -257,7 +255,15 @@ class JobRunner:
 
 def _unpack(data: bytes, target: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(target, filter="data")
+        try:
+            tar.extractall(target, filter="data")
+        except TypeError:  # Python < 3.9.17 (e.g. Debian bullseye's 3.9.2): no filters; check by hand
+            root = target.resolve()
+            for member in tar.getmembers():
+                dest = (target / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or (dest != root and root not in dest.parents):
+                    raise RuntimeError(f"the code archive holds an unsafe entry: {member.name}") from None
+            tar.extractall(target)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,17 +6,19 @@ instance runs exactly the agent of the server that launched it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import io
 import shlex
 import zipfile
+import zlib
 from pathlib import Path
 
 import dstack
 
 _PACKAGE_ROOT = Path(dstack.__file__).parent
-# The agent needs only these (stdlib + psutil + boto3 on the instance; no pydantic).
+# The agent needs only these, and nothing but the standard library (no pydantic, boto3 or psutil).
 _AGENT_MODULES = ["__init__.py", "agent", "storage"]
 _MAIN = "import sys\nfrom dstack.agent.runner import main\nsys.exit(main())\n"
 
@@ -44,22 +46,35 @@ def agent_package_key(digest: str) -> str:
     return f"dstack/agent/{digest}.pyz"
 
 
+@functools.cache
+def _fetch_script() -> str:
+    """Python for the user data: fetch one S3 object with the instance role, through the agent's own
+    standard-library SigV4 client (embedded compressed: the user data must stay under 16 KB)."""
+    source = (_PACKAGE_ROOT / "storage" / "sigv4.py").read_bytes()
+    packed = base64.b64encode(zlib.compress(source, 9)).decode()
+    return (
+        "import base64, os, sys, types, zlib\n"
+        f"m = types.ModuleType('sigv4'); exec(zlib.decompress(base64.b64decode('{packed}')), m.__dict__)\n"
+        "region, bucket, key, dest = sys.argv[1:5]\n"
+        "url = m.s3_bucket_url(bucket, region) + '/' + m.urllib.parse.quote(key)\n"
+        "data = m.AWSClient('s3', region).request('GET', url)[2]\n"
+        "open(dest + '.tmp', 'wb').write(data); os.replace(dest + '.tmp', dest)\n"
+    )
+
+
 def user_data(*, storage_url: str, bucket: str, region: str, job_prefix: str, job_id: str,
               package_digest: str) -> str:
-    """A cloud-init shell script: fetch the agent through the instance's role, start it, detach."""
+    """A cloud-init shell script for a stock image (python3 >= 3.9, nothing installed): fetch the agent
+    with the instance role, start it, detach. No pip, no SDK, nothing from the internet but the bucket."""
     q = shlex.quote
     agent = f"/opt/dstack/agent-{package_digest[:16]}.pyz"
-    # The network may not be up the moment cloud-init runs: retry for a minute.
-    fetch = ("import boto3, sys, time\nfor i in range(30):\n    try:\n        boto3.client('s3', region_name="
-             "sys.argv[1]).download_file(sys.argv[2], sys.argv[3], sys.argv[4]); break\n    except Exception:\n"
-             "        if i == 29: raise\n        time.sleep(2)")
+    fetch = _fetch_script()
     return f"""#!/bin/bash
 # dstack: start the agent of job {job_id}
 set -eu
 export AWS_DEFAULT_REGION={q(region)}
 mkdir -p /opt/dstack/jobs
 PY=$(command -v python3)
-"$PY" -c 'import boto3, psutil' 2>/dev/null || "$PY" -m pip install -q boto3 psutil
 [ -s {q(agent)} ] || "$PY" -c {q(fetch)} {q(region)} {q(bucket)} {q(agent_package_key(package_digest))} {q(agent)}
 setsid nohup "$PY" {q(agent)} --storage {q(storage_url)} --job {q(job_prefix)} \\
   --workdir /opt/dstack/jobs/{q(job_id)} >> /opt/dstack/agent-{q(job_id)}.log 2>&1 < /dev/null &

@@ -13,10 +13,11 @@ def storage_from_url(url: str) -> Storage:
 
         return DirectoryStorage(unquote(parsed.path))
     if parsed.scheme == "s3":
-        from dstack.storage.s3 import S3Storage
+        # Agents: the standard library only (stock images have no boto3).
+        from dstack.storage.s3_stdlib import StdlibS3Storage
 
         region = parse_qs(parsed.query).get("region", ["us-east-1"])[0]
-        return S3Storage(parsed.netloc, region)
+        return StdlibS3Storage(parsed.netloc, region)
     if parsed.scheme == "presigned":
         from dstack.storage.presigned import PresignedStorage
 

@@ -210,6 +210,8 @@ class AWSCompute(Compute):
             "ImageId": self.resources.image(gpu), "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
             "IamInstanceProfile": {"Name": profile}, "UserData": script,
             "InstanceInitiatedShutdownBehavior": "terminate",
+            # IMDSv2 only, one hop: the host's agent can get the role's credentials, a container cannot.
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
             "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {
                 "VolumeSize": int(max(DEFAULT_DISK_GB, offer.resources.disk_gb or 0)), "VolumeType": "gp3",
                 "DeleteOnTermination": True}}],

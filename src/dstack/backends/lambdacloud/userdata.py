@@ -37,7 +37,6 @@ if [ -n "$HOME_DIR" ] && [ -n {q(keys)} ]; then
   chmod 700 "$HOME_DIR/.ssh" && chmod 600 "$HOME_DIR/.ssh/authorized_keys"
 fi
 PY=$(command -v python3)
-"$PY" -c 'import psutil' 2>/dev/null || "$PY" -m pip install -q psutil
 [ -s {q(agent)} ] || "$PY" -c {q(fetch)} {q(agent_url)} {q(agent)}
 DSTACK_AGENT_SECRETS_FILE={q(job_dir)}/secrets.json setsid nohup "$PY" {q(agent)} \\
   --storage {q("presigned://" + job_dir + "/access.json")} --job {q(job_prefix)} \\

@@ -122,6 +122,10 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         except Exception:
             logger.exception("checking instance %s failed", instance.instance_id)
             check = InstanceCheck()
+        if check.failure:
+            # The agent may have finished and terminated its instance between the two reads: its
+            # final status wins over "the instance is gone".
+            state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
         if check.data is not None:
             job.instance = instance.model_copy(update={"data": check.data}).model_dump_json()
         now = utcnow()
