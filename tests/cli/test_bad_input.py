@@ -105,3 +105,31 @@ def test_env_without_value(env: Env, server: Server, repo: Path) -> None:
     (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nenv: [SOME_UNSET_VAR]\n"
                                       "resources: {cpu: 1.., memory: 1GB..}\n")
     assert_one_line_error(env.cli("apply", "-y", cwd=repo), "SOME_UNSET_VAR has no value", "export")
+
+
+def test_secret_from_standard_input(env: Env, server: Server, repo: Path) -> None:
+    result = env.cli("secrets", "set", "PIPED", cwd=repo, input="s3cr3t-from-pipe\n")
+    assert result.returncode == 0, result.stderr
+    assert "GetPassWarning" not in result.stderr and "s3cr3t" not in result.stdout + result.stderr
+    assert "PIPED" in env.cli("secrets", "list", cwd=repo).stdout
+    empty = env.cli("secrets", "set", "EMPTY", cwd=repo, input="")
+    assert empty.returncode != 0 and "empty" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_a_separate_config_leaves_the_users_dstack_dir_alone(env: Env, tmp_path: Path) -> None:
+    """As `make demo` runs: DSTACK_CONFIG elsewhere; nothing is written under ~/.dstack but the server's
+    own directory, and the token message names the config file that was written."""
+    other = tmp_path / "demo"
+    env.extra.update({"DSTACK_CONFIG": str(other / "config.yml"), "DSTACK_SERVER_DIR": str(other / "server")})
+    srv = Server(env).start()
+    try:
+        assert f"it is also in {other / 'config.yml'}" in srv.output()
+        repo = env.home / "demo-repo"
+        repo.mkdir()
+        assert env.cli("init", cwd=repo).returncode == 0
+        (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources: {cpu: 1.., memory: 0.1GB..}\n")
+        assert env.cli("apply", "-y", cwd=repo).returncode == 0
+        assert not (env.home / ".dstack").exists()
+        assert (other / "ssh" / "id_ed25519").exists()
+    finally:
+        srv.stop()

@@ -100,7 +100,14 @@ def set_secret(name: str, value: Annotated[str | None, typer.Argument(help="the 
     from dstack.cli.ui import console
 
     if value is None:
-        value = typer.prompt(f"Value of {name}", hide_input=True)
+        import sys
+
+        if sys.stdin.isatty():
+            value = typer.prompt(f"Value of {name}", hide_input=True)
+        else:  # piped in (`echo "$TOKEN" | dstack secrets set NAME`): one line, without its newline
+            value = sys.stdin.readline().rstrip("\r\n")
+            if not value:
+                raise typer.BadParameter("the value read from standard input is empty", param_hint="VALUE")
     client_for(project).secrets.set(name, value)
     console.print(f"OK: secret {name} is set")
 
@@ -117,6 +124,7 @@ def list_secrets(project: ProjectOpt = None) -> None:
 
 @secrets_app.command("delete")
 def delete_secret(name: str, project: ProjectOpt = None) -> None:
+    """Delete a secret; later jobs no longer get it."""
     from dstack.cli.runs import client_for
     from dstack.cli.ui import console
 

@@ -81,7 +81,9 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     url = f"http://{url_host}:{port}"
 
     def show_token(token: str) -> None:
-        console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in ~/.dstack/config.yml)",
+        from dstack.api.config import config_path
+
+        console.print(f"The admin token is [bold]{token}[/] (shown once; it is also in {config_path()})",
                       soft_wrap=True)
 
     asyncio.run(_prepare(settings, url, show_token))

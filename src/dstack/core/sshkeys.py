@@ -36,8 +36,11 @@ def ensure_keypair(path: Path, comment: str) -> tuple[Path, str]:
 
 
 def user_key() -> tuple[Path, str]:
-    """The CLI user's key for `dstack attach` (~/.dstack/ssh/id_ed25519)."""
-    return ensure_keypair(Path.home() / ".dstack" / "ssh" / "id_ed25519", "dstack-user")
+    """The CLI user's key for `dstack attach`: beside the CLI's config (~/.dstack/ssh/id_ed25519, or
+    next to $DSTACK_CONFIG, so that a separate config such as `make demo`'s leaves ~/.dstack alone)."""
+    config = os.environ.get("DSTACK_CONFIG")
+    base = Path(config).parent if config else Path.home() / ".dstack"
+    return ensure_keypair(base / "ssh" / "id_ed25519", "dstack-user")
 
 
 def server_key(server_dir: Path) -> tuple[Path, str]:
