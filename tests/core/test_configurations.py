@@ -65,7 +65,7 @@ def test_dev_environment() -> None:
         ("type: task\ncommands: [x]\nresources:\n  cpu: 8..2\n", r":4: resources\.cpu: range 8\.\.2 is empty"),
         ("type: tsk\n", r":1: type: expected one of task, dev-environment, got 'tsk'"),
         ("type: task\n", r":1: commands: this field is required"),
-        ("type: task\ncommands: []\n", r":2: commands: List should have at least 1 item"),
+        ("type: task\ncommands: []\n", r":2: commands: this field is required"),
         ("a: [\n", r"\.dstack\.yml:2: invalid YAML"),
         ("- just\n- a list\n", r"expected a mapping"),
         ("type: task\ncommands: [x]\npython: 3.10\n", r":3: python: quote the Python version"),

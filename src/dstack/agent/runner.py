@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dstack.agent.cloud import fetch_secrets, terminate_own_instance
+from dstack.agent.container import PullError, Runtime, env_file, find_runtime
+from dstack.agent.container import spec_from as container_spec
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.process import create_time, kill_tree
 from dstack.agent.sandbox import JOB_HOME, SHIM_DIR, SYSTEM_PATH, PythonInstall, Sandbox, find_python, make_shims
@@ -40,6 +42,7 @@ class JobRunner:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_request: dict[str, Any] | None = None
         self._done = threading.Event()
+        self.container: tuple[Runtime, str] | None = None
         self._beat = 0
 
     # --- bucket I/O -------------------------------------------------------------------------
@@ -59,6 +62,8 @@ class JobRunner:
             "agent_create_time": create_time(os.getpid()),
             "hostname": socket.gethostname(),
         }
+        if self.container is not None:
+            info["container"] = {"runtime": self.container[0].binary, "name": self.container[1]}
         if self.proc is not None:
             info["job_pid"] = self.proc.pid
             info["job_create_time"] = create_time(self.proc.pid)
@@ -123,28 +128,39 @@ class JobRunner:
                 self.write_status("failed", reason=f"code archive {code_key} is missing from the bucket")
                 return 1
             _unpack(data, repo_dir)
+        image = self.spec.get("image")
         cwd_rel = self.spec.get("working_dir") or "."
+        if image and cwd_rel.startswith("/"):
+            cwd_rel = "."  # a path in the container; artifacts are then relative to the repo
         cwd = repo_dir / cwd_rel
         cwd.mkdir(parents=True, exist_ok=True)
         secrets = self._secrets()
         sandbox = Sandbox.from_spec(self.spec.get("sandbox"))
         try:
-            python = self._python(sandbox)
+            python = None if image else self._python(sandbox)
         except RuntimeError as exc:
             self.write_status("failed", reason=str(exc))
             return 1
-        env = {**self._job_env(sandboxed=sandbox is not None), **secrets}
         if self.stop_request is not None:
             self.write_status("stopped")
             return 0
         logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
         command = ["/bin/bash", "-e", "-c", "\n".join(self.spec["commands"])]
-        if sandbox is not None:
+        prepared = None
+        if image:
+            try:
+                popen_kwargs = self._container_command(repo_dir, secrets, logs)
+            except (RuntimeError, PullError) as exc:
+                logs.close()
+                self.write_status("failed", reason=str(exc))
+                return 1
+        elif sandbox is not None:
+            env = {**self._job_env(sandboxed=True), **secrets}
             prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd_rel=cwd_rel,
                                        python=python)
             popen_kwargs = prepared.popen_kwargs()
         else:
-            prepared = None
+            env = {**self._job_env(sandboxed=False), **secrets}
             popen_kwargs = {"args": command, "cwd": cwd, "env": env}
         try:
             self.proc = subprocess.Popen(
@@ -165,6 +181,9 @@ class JobRunner:
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
         exit_code = self.proc.wait()
         logs.close()
+        if self.container is not None:
+            for leftover in self.workdir.glob(".env-*"):
+                leftover.unlink()
         if self.stop_request is None or not self.stop_request.get("abort"):
             self._upload_artifacts(cwd)
         if self.stop_request is not None:
@@ -201,6 +220,21 @@ class JobRunner:
             info = self.storage.get_json(self._key("instance.json")) or {}
             if info.get("instance_id"):
                 terminate_own_instance(terminate, info["instance_id"])
+
+    def _container_command(self, repo_dir: Path, secrets: dict[str, str], logs: LogWriter) -> dict[str, Any]:
+        """Pull the image (progress as `dstack:` lines of the job's log) and build its `run` command."""
+        binary = find_runtime(self.spec.get("container_runtime"))
+        if binary is None:
+            raise RuntimeError("`image` needs Docker or Podman on this machine and neither is installed")
+        runtime = Runtime(binary)
+        spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}",
+                              list(self.spec.get("container_run_args") or []))
+        runtime.pull(spec, lambda message: logs.write(f"dstack: {message}"))
+        # Exactly the job's variables: the image brings its own PATH and HOME.
+        env = {k: v for k, v in (self.spec.get("env") or {}).items() if v is not None}
+        env.update({"PYTHONUNBUFFERED": "1", **secrets})
+        self.container = (runtime, spec.name)
+        return {"args": runtime.run_command(spec, repo_dir=str(repo_dir), env_file=env_file(env, str(self.workdir)))}
 
     def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
         """The interpreter the job asked for (which must exist), else this machine's python3 if any."""
@@ -250,7 +284,11 @@ class JobRunner:
         self.stop_request = request
         if self.proc is not None and self.proc.poll() is None:
             grace = 0.0 if request.get("abort") else float(self.spec.get("stop_grace", 10))
-            threading.Thread(target=kill_tree, args=(self.proc.pid,), kwargs={"grace": grace}, daemon=True).start()
+            if self.container is not None:  # the runtime's stop: SIGTERM to the container, SIGKILL after grace
+                runtime, name = self.container
+                threading.Thread(target=runtime.stop, args=(name, grace), daemon=True).start()
+            else:
+                threading.Thread(target=kill_tree, args=(self.proc.pid,), kwargs={"grace": grace}, daemon=True).start()
 
 
 def _unpack(data: bytes, target: Path) -> None:

@@ -66,6 +66,8 @@ class JobLaunch(BaseModel):
     # hand out access to exactly these).
     read_keys: list[str] = Field(default_factory=list)
     max_duration: int | None = None
+    # The job's image, if it runs in a container.
+    image: str | None = None
 
 
 class InstanceCheck(BaseModel):

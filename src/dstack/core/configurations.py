@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dstack.core.errors import ConfigurationError
 from dstack.core.resources import ResourcesSpec, StrictModel
@@ -80,12 +80,27 @@ class RetrySpec(StrictModel):
         return parse_duration(value)
 
 
+class RegistryAuth(StrictModel):
+    """Values may reference project secrets: `${{ secrets.NAME }}`."""
+
+    username: str
+    password: str = Field(repr=False)
+
+
 class BaseRunConfiguration(StrictModel):
     name: str | None = Field(default=None, description="run name; generated when omitted")
     python: str | None = Field(default=None, description="Python version, e.g. '3.11'")
-    image: str | None = Field(default=None, description="Docker image (cloud backends)")
+    image: str | None = Field(default=None, max_length=1000,
+                              description="an OCI image to run the job in (Docker or Podman on the instance)")
+    entrypoint: str | None = Field(default=None, description="the image's entrypoint, replaced")
+    user: str | None = Field(default=None, description="the user (and group) the container runs as, e.g. 1000:1000")
+    privileged: bool = Field(default=False, description="run the container privileged")
+    shm_size: str | None = Field(default=None, description="the container's /dev/shm size, e.g. 8GB")
+    registry_auth: RegistryAuth | None = Field(default=None, description="credentials of a private registry")
     env: dict[str, str | None] = Field(default_factory=dict, description="environment variables")
-    working_dir: str | None = Field(default=None, description="directory, relative to the repo, to run in")
+    working_dir: str | None = Field(
+        default=None, description="with `image`: an absolute path in the container, or relative to the repo; "
+                                  "without: relative to the repo")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     spot_policy: Literal["spot", "on-demand", "auto"] = Field(default="on-demand")
     max_price: float | None = Field(default=None, gt=0, description="max price per hour, USD")
@@ -140,6 +155,14 @@ class BaseRunConfiguration(StrictModel):
         return parse_duration(value)
 
     @model_validator(mode="after")
+    def _working_dir(self) -> BaseRunConfiguration:
+        wd = self.working_dir
+        if wd is not None and not self.image and (wd.startswith("/") or ".." in wd.split("/")):
+            raise ValueError(f"working_dir: {wd!r} must be relative to the repo (an absolute path is a path in "
+                             "the container, so it needs `image`)")
+        return self
+
+    @model_validator(mode="after")
     def _python_or_image(self) -> BaseRunConfiguration:
         if self.python and self.image:
             raise ValueError("give either `python` or `image`, not both")
@@ -157,10 +180,20 @@ def _commands_are_strings(value: Any) -> Any:
 
 class TaskConfiguration(BaseRunConfiguration):
     type: Literal["task"]
-    commands: list[str] = Field(min_length=1, description="shell commands to run, in order")
+    commands: list[str] = Field(default_factory=list, validate_default=True,
+                                description="shell commands to run, in order (with `image`: may be omitted "
+                                            "to run the image's own entrypoint and cmd)")
     artifacts: list[str] = Field(default_factory=list, description="paths saved to the bucket at the end")
 
     _check_commands = field_validator("commands", mode="before")(classmethod(lambda cls, v: _commands_are_strings(v)))
+
+    @field_validator("commands", mode="after")
+    @classmethod
+    def _commands_or_image(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and not info.data.get("image"):
+            raise ValueError("this field is required: give at least one command (or an `image` whose own "
+                             "command runs)")
+        return value
 
     @field_validator("artifacts")
     @classmethod
@@ -264,3 +297,21 @@ def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int:
             break
         current = nxt
     return current.start_mark.line + 1
+
+
+_SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def interpolate_secrets(value: str, secrets: dict[str, str], field: str) -> str:
+    """`${{ secrets.NAME }}` replaced by the project secret NAME (a missing one is an error naming it)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in secrets:
+            from dstack.core.errors import ConfigurationError
+
+            raise ConfigurationError(f"{field}: the project has no secret {name!r}", field=field,
+                                     fix=f"Set it with `dstack secrets set {name}`")
+        return secrets[name]
+
+    return _SECRET_REF.sub(lookup, value)

@@ -90,6 +90,8 @@ class AWSCompute(Compute):
 
     # --- offers ------------------------------------------------------------------------------
     def unsupported(self, requirements: Requirements) -> str | None:
+        if requirements.image:
+            return "not supported yet on AWS: `image` (containers run on the local backend for now)"
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from dstack.agent import sandbox
+from dstack.agent import container, sandbox
 from dstack.agent.process import kill_tree
 from dstack.backends.base import (
     BackendContext,
@@ -45,8 +46,9 @@ class LocalCompute(Compute):
         self.workdirs = ctx.local_jobs_dir or ctx.server_dir / "workdirs"
 
     def unsupported(self, requirements: Requirements) -> str | None:
-        if requirements.image:
-            return "the local backend runs jobs directly on this machine and cannot run `image`"
+        if requirements.image and container.find_runtime() is None:
+            return ("`image` needs Docker or Podman on the server's machine and neither is installed "
+                    "(e.g. `apt-get install podman` or https://docs.docker.com/engine/install/)")
         if requirements.spot_policy == "spot":
             return "the local backend has no spot instances (use spot_policy: auto or on-demand)"
         if requirements.python:
@@ -57,7 +59,7 @@ class LocalCompute(Compute):
         if requirements.regions and REGION not in requirements.regions:
             return f"the local backend has only region `{REGION}`"
         why_not = self.isolation_unavailable()
-        if why_not and not requirements.admin:
+        if why_not and not requirements.admin and not requirements.image:
             return (f"the local backend cannot isolate jobs from the server on this machine ({why_not}), "
                     "so it runs jobs only for the server's admins")
         return None
@@ -82,6 +84,9 @@ class LocalCompute(Compute):
                       resources=resources, price=0.0)]
 
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
+        if job.image:  # the container is the isolation
+            return {"container_runtime": container.find_runtime(),
+                    "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))}
         if self.isolation_unavailable():
             return {}  # admins' jobs only (see unsupported): they still get a clean environment
         hide = [*self.ctx.private_paths, str(self.workdirs)]
@@ -103,6 +108,8 @@ class LocalCompute(Compute):
             env = {"PATH": os.environ.get("PATH", sandbox.SYSTEM_PATH), "HOME": str(Path.home()),
                    "LANG": os.environ.get("LANG", "C.UTF-8"),
                    "DSTACK_AGENT_SECRETS_FILE": str(workdir / "secrets.json")}
+            # The container runtime's own settings (registries, storage), for `image` jobs.
+            env.update({k: v for k, v in os.environ.items() if k.startswith(("CONTAINERS_", "DOCKER_"))})
             log_fd = os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(log_fd, "ab") as log:
                 proc = subprocess.Popen(
@@ -147,6 +154,8 @@ class LocalCompute(Compute):
         runner = self.storage.get_json(f"{data['job_prefix']}/runner.json") or {}
         if runner.get("job_pid"):
             kill_tree(int(runner["job_pid"]), runner.get("job_create_time"))
+        if runner.get("container"):  # the container outlives the killed `run` client: remove it
+            container.Runtime(runner["container"]["runtime"]).remove(runner["container"]["name"])
         shutil.rmtree(data["workdir"], ignore_errors=True)
 
 

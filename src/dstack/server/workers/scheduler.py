@@ -19,7 +19,8 @@ from dstack.backends.base import (
     LaunchIntent,
     requirements_for,
 )
-from dstack.core.configurations import TaskConfiguration
+from dstack.core.configurations import TaskConfiguration, interpolate_secrets
+from dstack.core.errors import ConfigurationError
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
@@ -128,11 +129,18 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
         return
 
-    spec = _job_spec(ctx, run_spec, run.name, run.id, job_id)
+    try:
+        spec = _job_spec(ctx, run_spec, run.name, run.id, job_id, secrets)
+    except ConfigurationError as exc:
+        async with ctx.db.session() as session:
+            job = await _load(session, job_id)
+            set_job_status(job, job.run, JobStatus.FAILED, reason=str(exc))
+            await session.commit()
+        return
     launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
                        secrets=secrets, ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
                        read_keys=[k for k in [spec.get("code_key")] if k],
-                       max_duration=run_spec.configuration.max_duration)
+                       max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image)
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
@@ -226,7 +234,8 @@ def _attempt(offer: Offer, *, ok: bool, reason: str | None = None) -> Provisioni
                                reason=reason)
 
 
-def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str, job_id: str) -> dict[str, object]:
+def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str, job_id: str,
+              secrets: dict[str, str]) -> dict[str, object]:
     conf = run_spec.configuration
     if isinstance(conf, TaskConfiguration):
         commands, artifacts = conf.commands, conf.artifacts
@@ -234,7 +243,7 @@ def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str,
         commands = [*conf.init, "echo 'The dev environment is ready. Stop it with `dstack stop " + run_name + "`.'",
                     "exec sleep infinity"]
         artifacts = []
-    env = {k: v for k, v in conf.env.items() if v is not None}
+    env = {k: interpolate_secrets(v, secrets, f"env.{k}") for k, v in conf.env.items() if v is not None}
     env.update({"DSTACK_RUN_NAME": run_name, "DSTACK_RUN_ID": run_id, "DSTACK_JOB_ID": job_id,
                 "DSTACK_REPO_ID": run_spec.repo_id})
     return {
@@ -245,6 +254,13 @@ def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str,
         "working_dir": conf.working_dir,
         "artifacts": artifacts,
         "python": conf.python,
+        "image": conf.image,
+        "entrypoint": conf.entrypoint,
+        "user": conf.user,
+        "privileged": conf.privileged,
+        "shm_size": conf.shm_size,
+        "registry_auth": {k: interpolate_secrets(v, secrets, f"registry_auth.{k}")
+                          for k, v in conf.registry_auth.model_dump().items()} if conf.registry_auth else None,
         "code_key": code_key(run_spec.code_hash) if run_spec.code_hash else None,
         "heartbeat_interval": ctx.settings.heartbeat_interval,
         "stop_grace": ctx.settings.stop_grace,

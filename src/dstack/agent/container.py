@@ -1,0 +1,157 @@
+"""Jobs with `image`: pulled and run by the machine's container runtime (Docker or Podman, the same
+command line), started by the agent. The container holds only the job: its code at /workflow and
+the environment the job defines; no file of the agent, no access of the agent.
+
+Standard library only, like the rest of the agent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+WORKFLOW_DIR = "/workflow"
+
+
+class PullError(Exception):
+    """The image cannot be had: the registry's reason, in one line."""
+
+
+def find_runtime(preferred: str | None = None) -> str | None:
+    """`docker` or `podman` on PATH (the preferred one first); None if neither is installed."""
+    for name in [preferred] if preferred else ["docker", "podman"]:
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+@dataclass
+class ContainerSpec:
+    image: str
+    name: str
+    commands: list[str] = field(default_factory=list)
+    entrypoint: str | None = None
+    working_dir: str | None = None
+    user: str | None = None
+    privileged: bool = False
+    shm_size: str | None = None
+    gpus: list[str] | None = None
+    registry_auth: dict[str, str] | None = None
+    # Extra arguments of `run` that this machine's runtime needs (DSTACK_CONTAINER_RUN_ARGS).
+    run_args: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    def pull(self, spec: ContainerSpec, event: Callable[[str], None]) -> None:
+        """Pull unless present; a missing image or refused credentials raise PullError at once."""
+        if subprocess.run([self.binary, "image", "inspect", spec.image], capture_output=True).returncode == 0:
+            event(f"image {spec.image} is cached")
+            return
+        event(f"pulling image {spec.image}")
+        with tempfile.TemporaryDirectory() as tmp:
+            args = self._pull_args(spec, tmp)
+            result = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+        if result.returncode != 0:
+            raise PullError(pull_failure(spec.image, result.stderr + result.stdout))
+        size = self.image_size(spec.image)
+        event(f"pulled image {spec.image}" + (f" ({size / 1e9:.2f} GB)" if size else ""))
+
+    def _pull_args(self, spec: ContainerSpec, tmp: str) -> list[str]:
+        """Registry credentials through a 0600 file, never on the command line (which `ps` shows)."""
+        if not spec.registry_auth:
+            return [self.binary, "pull", spec.image]
+        host = registry_host(spec.image)
+        token = base64.b64encode(f"{spec.registry_auth['username']}:{spec.registry_auth['password']}".encode())
+        config = os.path.join(tmp, "config.json")
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"auths": {host: {"auth": token.decode()}}}, f)
+        # Docker reads a config directory; Podman an auth file (both in the same JSON format).
+        if os.path.basename(self.binary) == "docker":
+            return [self.binary, "--config", tmp, "pull", spec.image]
+        return [self.binary, "pull", "--authfile", config, spec.image]
+
+    def image_size(self, image: str) -> int | None:
+        out = subprocess.run([self.binary, "image", "inspect", "--format", "{{.Size}}", image],
+                             capture_output=True, text=True)
+        return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+    def run_command(self, spec: ContainerSpec, *, repo_dir: str, env_file: str) -> list[str]:
+        """`run` in the foreground: its output is the job's output, its exit code the job's."""
+        args = [self.binary, "run", "--rm", "--name", spec.name, "--env-file", env_file,
+                "-v", f"{repo_dir}:{WORKFLOW_DIR}", "--init", *spec.run_args]
+        workdir = spec.working_dir
+        if workdir is None and spec.commands:
+            workdir = WORKFLOW_DIR
+        elif workdir is not None and not workdir.startswith("/"):
+            workdir = f"{WORKFLOW_DIR}/{workdir}"  # relative: under the repo, as upstream
+        if workdir:
+            args += ["-w", workdir]
+        if spec.user:
+            args += ["--user", spec.user]
+        if spec.privileged:
+            args.append("--privileged")
+        if spec.shm_size:
+            args += ["--shm-size", spec.shm_size]
+        if spec.gpus:
+            args += ["--gpus", "device=" + ",".join(spec.gpus)] if os.path.basename(self.binary) == "docker" \
+                else [a for g in spec.gpus for a in ("--device", f"nvidia.com/gpu={g}")]
+        if spec.commands:
+            script = "\n".join(spec.commands)
+            args += ["--entrypoint", spec.entrypoint or "/bin/sh", spec.image, "-c", script]
+        elif spec.entrypoint:
+            args += ["--entrypoint", spec.entrypoint, spec.image]
+        else:
+            args.append(spec.image)  # the image's own entrypoint and cmd
+        return args
+
+    def stop(self, name: str, grace: float) -> None:
+        subprocess.run([self.binary, "stop", "-t", str(max(0, int(grace))), name], capture_output=True, timeout=120)
+
+    def remove(self, name: str) -> None:
+        subprocess.run([self.binary, "rm", "-f", name], capture_output=True, timeout=120)
+
+
+def registry_host(image: str) -> str:
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def pull_failure(image: str, output: str) -> str:
+    text = output.lower()
+    if any(s in text for s in ("unauthorized", "authentication required", "401", "denied: requested access")):
+        return f"registry refused credentials for {registry_host(image)} (check registry_auth)"
+    if any(s in text for s in ("manifest unknown", "not found", "name unknown", "does not exist")):
+        return f"image not found: {image}"
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    last = re.sub(r'^time="[^"]*" level=\w+ msg=', "", lines[-1]) if lines else "the runtime gave no reason"
+    return f"cannot pull {image}: {last[:300]}"
+
+
+def env_file(env: dict[str, str], directory: str) -> str:
+    """The job's environment in a 0600 file for `--env-file` (values are single lines there)."""
+    fd, path = tempfile.mkstemp(prefix=".env-", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        for key, value in env.items():
+            f.write(f"{key}={value.replace(chr(10), ' ')}\n")
+    return path
+
+
+def spec_from(job: dict[str, Any], name: str, run_args: list[str]) -> ContainerSpec:
+    return ContainerSpec(
+        image=job["image"], name=name, commands=list(job.get("commands") or []), entrypoint=job.get("entrypoint"),
+        working_dir=job.get("working_dir"), user=job.get("user"), privileged=bool(job.get("privileged")),
+        shm_size=job.get("shm_size"), gpus=job.get("gpus"), registry_auth=job.get("registry_auth"),
+        run_args=run_args)
