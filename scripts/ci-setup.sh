@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System services and packages some tests need (as root, in CI): PostgreSQL up at 127.0.0.1:5432,
 # iproute2 and util-linux for the VM hosts (network namespaces), openssh for SSH, bubblewrap for the
-# local backend's job sandbox, and Debian's chromium for the browser tests (Playwright drives it;
+# local backend's job sandbox, podman, a registry and busybox for `image` jobs, and Debian's chromium for the browser tests (Playwright drives it;
 # `playwright install` cannot download here). On a user's machine without them, those tests skip
 # with the reason; with CI=true they fail. When an install fails, apt's own error is shown.
 set -uo pipefail
@@ -26,6 +26,9 @@ if [ "$(id -u)" = "0" ]; then
   command -v ssh >/dev/null 2>&1 || missing="$missing openssh-client"
   command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
   command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  command -v podman >/dev/null 2>&1 || missing="$missing podman runc"
+  command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
+  [ -x /bin/busybox ] || missing="$missing busybox-static"
   if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
     log=$(mktemp)
     wait_for_dpkg_lock

@@ -8,6 +8,7 @@ Standard library only, like the rest of the agent.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -24,11 +25,18 @@ class PullError(Exception):
     """The image cannot be had: the registry's reason, in one line."""
 
 
+@functools.cache
 def find_runtime(preferred: str | None = None) -> str | None:
-    """`docker` or `podman` on PATH (the preferred one first); None if neither is installed."""
+    """`docker` or `podman` that answers (a Docker client without a daemon does not count), the
+    preferred one first; None if neither works here."""
     for name in [preferred] if preferred else ["docker", "podman"]:
         if name and shutil.which(name):
-            return name
+            try:
+                if subprocess.run([name, "info", "--format", "{{.Host.Arch}}" if name == "podman" else "{{.ID}}"],
+                                  capture_output=True, timeout=30).returncode == 0:
+                    return name
+            except (OSError, subprocess.SubprocessError):
+                continue
     return None
 
 
