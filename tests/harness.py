@@ -122,3 +122,14 @@ class Server:
     def api(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.env.token()}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def run_logs(api: httpx.Client, run: str, project: str = "main") -> str:
+    """Every log line of a finished run, through the API (all pages)."""
+    lines, token = [], None
+    while True:
+        page = api.get(f"/api/projects/{project}/runs/{run}/logs", params={"next_token": token} if token else {}).json()
+        lines += [e["message"] for e in page["events"]]
+        token = page["next_token"]
+        if page["finished"]:
+            return "\n".join(lines)

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from dstack.server.failpoints import STEPS
-from tests.harness import Env, Server, wait_for
+from tests.harness import Env, Server, run_logs, wait_for
 
 FINISHED = ("done", "failed", "stopped", "terminated")
 
@@ -37,16 +37,6 @@ def _submit(server: Server, repo_id: str, name: str, commands: list[str]) -> Non
             api.post("/api/projects/main/runs", json={"run_spec": spec})
     except httpx.HTTPError:
         pass  # the server died answering (after-submit)
-
-
-def _logs(api: httpx.Client, name: str) -> str:
-    lines, token = [], None
-    while True:
-        page = api.get(f"/api/projects/main/runs/{name}/logs", params={"next_token": token} if token else {}).json()
-        lines += [e["message"] for e in page["events"]]
-        token = page["next_token"]
-        if page["finished"]:
-            return "\n".join(lines)
 
 
 def _crash_at(env: Env, step: str) -> Server:
@@ -75,7 +65,7 @@ def test_job_survives_a_crash_at_every_step(env: Env, step: str) -> None:
                               and r["status"], timeout=120, message=f"the run to finish after a crash at {step}")
             run = api.get("/api/projects/main/runs/crashy").json()
             assert status == "done", run
-            logs = _logs(api, "crashy")
+            logs = run_logs(api, "crashy")
             assert logs.count("START") == 1 and "END" in logs, logs  # ran exactly once, to the end
             artifacts = api.get("/api/projects/main/runs/crashy/artifacts").json()
             assert [a["path"] for a in artifacts] == ["out/a.txt"]

@@ -14,7 +14,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.harness import Env, Server, need, wait_for
+from tests.harness import Env, Server, need, run_logs, wait_for
 
 ADMIN_TOKEN = "isolation-admin-token"
 LEAKS = {"AWS_SECRET_ACCESS_KEY": "aws-leak-canary", "DSTACK_SERVER_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -70,14 +70,7 @@ def _submit_and_logs(server: Server, token: str, name: str, commands: list[str],
         assert response.status_code == 201, response.text
         status = wait_for(lambda: (r := api.get(f"/api/projects/main/runs/{name}").json())["status"]
                           in ("done", "failed", "stopped") and r["status"], timeout=120, message="the probe job")
-        lines, token_ = [], None
-        while True:
-            page = api.get(f"/api/projects/main/runs/{name}/logs", params={"next_token": token_} if token_ else {}).json()
-            lines += [e["message"] for e in page["events"]]
-            token_ = page["next_token"]
-            if page["finished"]:
-                break
-        return status, "\n".join(lines)
+        return status, run_logs(api, name)
 
 
 def test_members_jobs_see_nothing_of_the_server(env: Env, isolated_server: Server) -> None:
