@@ -29,6 +29,7 @@ if [ "$(id -u)" = "0" ]; then
   command -v podman >/dev/null 2>&1 || missing="$missing podman runc"
   command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
   [ -x /bin/busybox ] || missing="$missing busybox-static"
+  command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
   if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
     log=$(mktemp)
     wait_for_dpkg_lock

@@ -23,12 +23,16 @@ def can_run_containers() -> tuple[bool, str]:
         return False, "the registry is not installed (apt-get install docker-registry)"
     if not Path("/bin/busybox").exists():
         return False, "busybox-static is not installed (apt-get install busybox-static)"
+    if shutil.which("htpasswd") is None:
+        return False, "htpasswd is not installed (apt-get install apache2-utils)"
     return True, ""
 
 
 class Registry:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+        """With `users`, every repository is private (htpasswd: pushes and pulls need a login)."""
         self.workdir = workdir
+        self.users = users or {}
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -36,15 +40,22 @@ class Registry:
     def start(self) -> Registry:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "registry.yml"
-        config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
-                          f"http:\n  addr: 127.0.0.1:{self.port}\n")
+        text = (f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
+                f"http:\n  addr: 127.0.0.1:{self.port}\n")
+        if self.users:
+            htpasswd = self.workdir / "htpasswd"
+            htpasswd.write_text("".join(subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True,
+                                                       text=True, check=True).stdout.strip() + "\n"
+                                        for user, password in self.users.items()))
+            text += f"auth:\n  htpasswd:\n    realm: dstack-test\n    path: {htpasswd}\n"
+        config.write_text(text)
         log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115 - the child writes to it
         self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -72,7 +83,8 @@ class Registry:
         tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
         subprocess.run(["podman", "import", "--change", "CMD [\"/bin/echo\", \"hello from the image's own cmd\"]",
                         "-", ref], input=tar, capture_output=True, check=True)
-        subprocess.run(["podman", "push", "--tls-verify=false", ref], capture_output=True, check=True)
+        creds = [f"--creds={u}:{p}" for u, p in list(self.users.items())[:1]]
+        subprocess.run(["podman", "push", "--tls-verify=false", *creds, ref], capture_output=True, check=True)
         subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
         return ref
 

@@ -109,3 +109,34 @@ def test_stop_stops_the_container(env: Env, image_server: Server, registry: Regi
                           60, message="the run to stop")
         assert status == "stopped"
     wait_for(lambda: not _containers(), 30, message="the container to be gone")
+
+
+def test_private_registry_with_registry_auth_from_secrets(env: Env, tmp_path: Path) -> None:
+    ok, why = can_run_containers()
+    need(ok, why)
+    private = Registry(tmp_path / "private", users={"robot": "r3g-pass"}).start()
+    try:
+        image = private.push_busybox("team/private:1")
+        env.extra.update(private.env)
+        srv = Server(env).start()
+        try:
+            repo = env.home / "repo"
+            repo.mkdir()
+            assert env.cli("init", cwd=repo).returncode == 0
+            with srv.api() as api:
+                api.put("/api/projects/main/secrets/REG_PASS", json={"value": "r3g-pass"}).raise_for_status()
+            conf = (f"type: task\nname: {{name}}\nimage: {image}\ncommands: [echo pulled-privately]\n"
+                    "registry_auth:\n  username: robot\n  password: {password}\n"
+                    "resources: {{cpu: 1.., memory: 0.1GB..}}\n")
+            wrong = _apply(env, repo, conf.format(name="wrong", password="not-it"))
+            assert wrong.returncode != 0
+            assert f"registry refused credentials for {private.host}" in wrong.stdout, wrong.stdout
+            right = _apply(env, repo, conf.format(name="right", password="'${{ secrets.REG_PASS }}'"))
+            assert right.returncode == 0, right.stdout + right.stderr
+            assert "pulled-privately" in right.stdout
+            missing = _apply(env, repo, conf.format(name="nosecret", password="'${{ secrets.NOPE }}'"))
+            assert missing.returncode != 0 and "the project has no secret 'NOPE'" in missing.stdout, missing.stdout
+        finally:
+            srv.stop()
+    finally:
+        private.stop()
