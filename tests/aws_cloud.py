@@ -39,6 +39,10 @@ class FakeEC2Cloud:
         self.workdir = workdir
         self.booted: dict[str, Booted] = {}
         self.errors: list[str] = []
+        # What a test adds to every VM: environment (e.g. its container runtime's settings) and ports of
+        # services here that the VM reaches on its own 127.0.0.1 (e.g. a registry).
+        self.vm_env: dict[str, str] = {}
+        self.vm_loopback_ports: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -86,7 +90,8 @@ class FakeEC2Cloud:
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.aws.port}"
         self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
                                   profile)
-        host.boot(script, env, loopback_forwards=[(self.aws.port, self.aws.port)])
+        env.update(self.vm_env)
+        host.boot(script, env, loopback_forwards=[(p, p) for p in (self.aws.port, *self.vm_loopback_ports)])
 
     def _role_credentials(self, profile_name: str) -> dict[str, str]:
         """What IMDS would give the instance: temporary keys of its profile's role."""

@@ -84,9 +84,9 @@ class MotoAWS:
         """Images named as the AWS backend's defaults (moto's own list is from 2017)."""
         ec2 = self.client("ec2", region)
         ids = {}
-        for kind, name in (("cpu", "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20250101"),
-                           ("gpu", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101")):
-            ids[kind] = ec2.register_image(Name=name, Architecture="x86_64", RootDeviceName="/dev/sda1",
+        for kind, name in (("cpu", "al2023-ami-ecs-hvm-2023.0.20251101-kernel-6.1-x86_64"),
+                           ("gpu", "al2023-ami-ecs-gpu-hvm-2023.0.20251101-kernel-6.1-x86_64")):
+            ids[kind] = ec2.register_image(Name=name, Architecture="x86_64", RootDeviceName="/dev/xvda",
                                            VirtualizationType="hvm")["ImageId"]
         return ids
 

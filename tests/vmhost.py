@@ -56,6 +56,17 @@ def stock_image_path() -> str:
     return f"{STOCK_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+HOST_CGROUPS = "/run/dstack-test-host-cgroups"
+
+
+def host_cgroups() -> bool:
+    """The host's /sys/fs/cgroup bound at HOST_CGROUPS (once per machine), for VMs to bind back."""
+    if subprocess.run(["mountpoint", "-q", HOST_CGROUPS]).returncode == 0:
+        return True
+    Path(HOST_CGROUPS).mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "--rbind", "/sys/fs/cgroup", HOST_CGROUPS], capture_output=True).returncode == 0
+
+
 def _sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=30)
 
@@ -144,6 +155,8 @@ class VMHost:
         w.mkdir(parents=True, exist_ok=True)
         (w / "user-data.sh").write_text(script)
         lines = ["set -e", "mount -t tmpfs tmpfs /opt/dstack"]
+        if host_cgroups():  # `ip netns exec` remounts /sys: give the VM the host's cgroups (for containers)
+            lines.append(f"mount --rbind {HOST_CGROUPS} /sys/fs/cgroup")
         if sshd:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(w / "host_key")], check=True)
             (w / "sshd_config").write_text(

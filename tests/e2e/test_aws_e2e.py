@@ -283,3 +283,41 @@ def test_aws_job_survives_a_server_crash(stack: Stack, step: str) -> None:
              timeout=60, message="every instance terminated")
     if step == "after-launch":
         assert "adopting instance " + launched[0]["InstanceId"] in stack.server.output()
+
+
+def test_aws_image_task_runs_in_a_container_on_the_instance(stack: Stack, tmp_path: Path) -> None:
+    """An `image` job on an AWS instance: the agent pulls it with the instance's runtime (Podman here)
+    from a registry, runs the commands in it with the code and the secret, and saves the artifact."""
+    from tests.registry import Registry, can_run_containers
+
+    ok, why = can_run_containers()
+    need(ok, why)
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        image = registry.push_busybox("dstack-test/aws-box:1")
+        stack.cloud.vm_env.update(registry.env)
+        stack.cloud.vm_loopback_ports.append(registry.port)
+        (stack.repo / ".dstack.yml").write_text(f"""type: task
+name: aws-box
+image: {image}
+commands:
+  - echo "in the container at $(pwd)"
+  - 'echo "token: $HF_TOKEN"'
+  - test ! -e /opt/dstack && echo "no agent files"
+  - mkdir -p out && echo boxed > out/a.txt
+artifacts: [out]
+resources:
+  cpu: 2..
+  memory: 4GB..
+""")
+        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
+        out = result.stdout
+        assert result.returncode == 0, out + result.stderr
+        assert f"dstack: pulled image {image}" in out and "in the container at /workflow" in out
+        assert "token: ********" in out and SECRET not in out and "no agent files" in out
+        s3 = stack.aws.client("s3", REGION)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+        artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
+        assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
+    finally:
+        registry.stop()

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -227,8 +228,9 @@ class JobRunner:
         if binary is None:
             raise RuntimeError("`image` needs Docker or Podman on this machine and neither is installed")
         runtime = Runtime(binary)
-        spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}",
-                              list(self.spec.get("container_run_args") or []))
+        # Extra `run` arguments this machine's runtime needs: from the backend, else the instance's setting.
+        run_args = self.spec.get("container_run_args") or shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))
+        spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}", list(run_args))
         runtime.pull(spec, lambda message: logs.write(f"dstack: {message}"))
         # Exactly the job's variables: the image brings its own PATH and HOME.
         env = {k: v for k, v in (self.spec.get("env") or {}).items() if v is not None}

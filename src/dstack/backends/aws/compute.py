@@ -90,8 +90,6 @@ class AWSCompute(Compute):
 
     # --- offers ------------------------------------------------------------------------------
     def unsupported(self, requirements: Requirements) -> str | None:
-        if requirements.image:
-            return "not supported yet on AWS: `image` (containers run on the local backend for now)"
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
         return None
@@ -203,18 +201,19 @@ class AWSCompute(Compute):
         profile = self.resources.instance_profile()
         vpc_id, subnet = self.resources.network()
         group = self.resources.security_group(vpc_id)
+        image_id, root_device = self.resources.image(gpu)
         script = user_data(storage_url=self.storage.url, bucket=self.config.bucket, region=self.config.region,
                            job_prefix=job.job_prefix, job_id=job.job_id, package_digest=self._publish_agent())
         tags = [*self.resources.tags(), {"Key": "dstack_project", "Value": job.project},
                 {"Key": "dstack_run", "Value": job.run_name}, {"Key": "dstack_job_id", "Value": job.job_id},
                 {"Key": "Name", "Value": f"dstack-{job.run_name}"}]
         request: dict[str, Any] = {
-            "ImageId": self.resources.image(gpu), "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
+            "ImageId": image_id, "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
             "IamInstanceProfile": {"Name": profile}, "UserData": script,
             "InstanceInitiatedShutdownBehavior": "terminate",
             # IMDSv2 only, one hop: the host's agent can get the role's credentials, a container cannot.
             "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
-            "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {
+            "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {
                 "VolumeSize": int(max(DEFAULT_DISK_GB, offer.resources.disk_gb or 0)), "VolumeType": "gp3",
                 "DeleteOnTermination": True}}],
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},

@@ -43,13 +43,15 @@ class AWSBackendConfig(BaseModel):
                                description="The EC2 subnet is required to provision infrastructure using a "
                                "non-default VPC and subnet. If not specified, dstack will use the default VPC "
                                "and subnet.")
-    cpu_ami_name: str = Field(default="ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
+    # The ECS-optimized Amazon Linux 2023 images: Docker (and, for GPUs, the NVIDIA driver and container
+    # toolkit) preinstalled, python3 3.9, found with ec2:DescribeImages alone (the seed's policy).
+    cpu_ami_name: str = Field(default="al2023-ami-ecs-hvm-*-kernel-6.1-x86_64",
                               title="AMI name (CPU)", description="Name pattern of the image for CPU instances",
                               json_schema_extra={"advanced": True})
-    gpu_ami_name: str = Field(default="Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+    gpu_ami_name: str = Field(default="al2023-ami-ecs-gpu-hvm-*-kernel-6.1-x86_64",
                               title="AMI name (GPU)", description="Name pattern of the image for GPU instances",
                               json_schema_extra={"advanced": True})
-    ami_owners: list[str] = Field(default_factory=lambda: ["amazon", "099720109477"], title="AMI owners",
+    ami_owners: list[str] = Field(default_factory=lambda: ["amazon"], title="AMI owners",
                                   description="Accounts whose images may be used",
                                   json_schema_extra={"advanced": True})
 

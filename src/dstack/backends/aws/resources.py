@@ -111,7 +111,8 @@ class AWSResources:
             {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
         return group_id
 
-    def image(self, gpu: bool) -> str:
+    def image(self, gpu: bool) -> tuple[str, str]:
+        """(image id, its root device name): the root volume is sized through that device."""
         with self._lock:
             if gpu not in self._images:
                 pattern = self.config.gpu_ami_name if gpu else self.config.cpu_ami_name
@@ -123,5 +124,6 @@ class AWSResources:
                 if not images:
                     raise LaunchError(f"no image named {pattern!r} (owners {', '.join(self.config.ami_owners)}) "
                                       f"in {self.config.region}", backend_wide=True)
-                self._images[gpu] = max(images, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+                newest = max(images, key=lambda i: i.get("CreationDate", ""))
+                self._images[gpu] = (newest["ImageId"], newest.get("RootDeviceName") or "/dev/xvda")
             return self._images[gpu]
