@@ -17,6 +17,9 @@ class LambdaVMs:
     def __init__(self, fake: FakeLambda, aws: MotoAWS, workdir: Path) -> None:
         self.fake, self.aws, self.workdir = fake, aws, workdir
         self.hosts: dict[str, VMHost] = {}
+        # What a test adds to every VM: environment and ports of services here on the VM's 127.0.0.1.
+        self.vm_env: dict[str, str] = {}
+        self.vm_loopback_ports: list[int] = []
         self.snapshots: dict[str, Path] = {}
         fake.on_active = self.on_active
         fake.on_gone = self.on_gone
@@ -27,8 +30,9 @@ class LambdaVMs:
                "LANG": "C.UTF-8"}
         # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]
-        host.boot(self.fake.user_data[inst["id"]], env, sshd=True, loopback_forwards=[(self.aws.port, self.aws.port)],
-                  authorized_keys=keys)
+        env.update(self.vm_env)
+        host.boot(self.fake.user_data[inst["id"]], env, sshd=True,
+                  loopback_forwards=[(p, p) for p in (self.aws.port, *self.vm_loopback_ports)], authorized_keys=keys)
         self.hosts[inst["id"]] = host
         return host.vm_ip
 

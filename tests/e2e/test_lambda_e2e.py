@@ -270,3 +270,31 @@ def test_spot_only_request_says_lambda_has_no_spot(stack: Stack) -> None:
     result = stack.env.cli("apply", "-y", cwd=stack.repo)
     assert result.returncode == 1
     assert "Lambda Cloud has no spot instances" in result.stderr
+
+
+def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> None:
+    """Lambda's image ships a container runtime: the agent pulls the job's image with it (Podman here)
+    through the instance's presigned, key-less access, and runs the job in it."""
+    from tests.registry import Registry, can_run_containers
+
+    ok, why = can_run_containers()
+    need(ok, why)
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        image = registry.push_busybox("dstack-test/lambda-box:1")
+        stack.vms.vm_env.update(registry.env)
+        stack.vms.vm_loopback_ports.append(registry.port)
+        stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+        (stack.repo / ".dstack.yml").write_text(
+            f"type: task\nname: lam-box\nimage: {image}\ncommands:\n  - echo \"boxed on lambda in $(pwd)\"\n"
+            "  - 'echo \"secret: $WANDB_KEY\"'\n  - mkdir -p out && echo boxed > out/a.txt\nartifacts: [out]\n"
+            "resources:\n  gpu: A10\n")
+        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "boxed on lambda in /workflow" in result.stdout and "secret: ********" in result.stdout
+        s3 = stack.aws.client("s3")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+        artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
+        assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
+    finally:
+        registry.stop()

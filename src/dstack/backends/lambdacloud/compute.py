@@ -86,8 +86,6 @@ class LambdaCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.spot_policy == "spot":
             return "Lambda Cloud has no spot instances (use spot_policy: auto or on-demand)"
-        if requirements.image:
-            return "the Lambda backend runs jobs on the instance itself and cannot run `image` yet"
         if requirements.regions and not set(requirements.regions) & set(self.config.regions):
             return f"the backend's regions are {', '.join(self.config.regions)}"
         return None
