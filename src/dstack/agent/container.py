@@ -111,9 +111,11 @@ class Runtime:
             args.append("--privileged")
         if spec.shm_size:
             args += ["--shm-size", spec.shm_size]
-        if spec.gpus:
-            args += ["--gpus", "device=" + ",".join(spec.gpus)] if os.path.basename(self.binary) == "docker" \
-                else [a for g in spec.gpus for a in ("--device", f"nvidia.com/gpu={g}")]
+        if spec.gpus:  # only the GPUs the job was given: by index, or "all" of the instance's
+            if os.path.basename(self.binary) == "docker":
+                args += ["--gpus", "all" if spec.gpus == ["all"] else "device=" + ",".join(spec.gpus)]
+            else:  # Podman: the NVIDIA toolkit's CDI devices
+                args += [a for g in spec.gpus for a in ("--device", f"nvidia.com/gpu={g}")]
         if spec.commands:
             script = "\n".join(spec.commands)
             args += ["--entrypoint", spec.entrypoint or "/bin/sh", spec.image, "-c", script]

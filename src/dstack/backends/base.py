@@ -66,8 +66,9 @@ class JobLaunch(BaseModel):
     # hand out access to exactly these).
     read_keys: list[str] = Field(default_factory=list)
     max_duration: int | None = None
-    # The job's image, if it runs in a container.
+    # The job's image, if it runs in a container, and how many GPUs it asked for (at least).
     image: str | None = None
+    gpu_count: int = 0
 
 
 class InstanceCheck(BaseModel):

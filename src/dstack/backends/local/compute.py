@@ -85,8 +85,12 @@ class LocalCompute(Compute):
 
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         if job.image:  # the container is the isolation
-            return {"container_runtime": container.find_runtime(),
-                    "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))}
+            extras: dict[str, Any] = {
+                "container_runtime": container.find_runtime(),
+                "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))}
+            if job.gpu_count:  # the first N of this machine's GPUs, not all of them
+                extras["gpus"] = [str(i) for i in range(min(job.gpu_count, len(_detect_gpus())))]
+            return extras
         if self.isolation_unavailable():
             return {}  # admins' jobs only (see unsupported): they still get a clean environment
         hide = [*self.ctx.private_paths, str(self.workdirs)]

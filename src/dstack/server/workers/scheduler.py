@@ -140,7 +140,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
     launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
                        secrets=secrets, ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
                        read_keys=[k for k in [spec.get("code_key")] if k],
-                       max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image)
+                       max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image,
+                       gpu_count=_gpu_count(run_spec))
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
@@ -228,6 +229,11 @@ def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object], cod
     return extras
 
 
+def _gpu_count(run_spec: RunSpec) -> int:
+    gpu = run_spec.configuration.resources.gpu
+    return (gpu.count.min or 0) if gpu and gpu.count.max != 0 else 0
+
+
 def _attempt(offer: Offer, *, ok: bool, reason: str | None = None) -> ProvisioningAttempt:
     return ProvisioningAttempt(at=utcnow(), backend=offer.backend, region=offer.region,
                                instance_type=offer.instance_type, price=offer.price, spot=offer.spot, ok=ok,
@@ -255,6 +261,9 @@ def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str,
         "artifacts": artifacts,
         "python": conf.python,
         "image": conf.image,
+        # A cloud instance is the job's alone: all its GPUs. (The local backend narrows this to the
+        # count asked for; see LocalCompute.prepare_job.)
+        "gpus": ["all"] if conf.resources.gpu and conf.resources.gpu.count.max != 0 else None,
         "entrypoint": conf.entrypoint,
         "user": conf.user,
         "privileged": conf.privileged,
