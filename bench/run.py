@@ -91,6 +91,71 @@ def fill_runs(env: Env, count: int) -> None:
     asyncio.run(_fill())
 
 
+BENCH_IMAGE = "localhost/dstack-bench/busybox:1"
+# What Debian's podman needs as root where crun refuses a hybrid cgroup layout (see docs/backends.md).
+DEBIAN_ROOT_PODMAN_ARGS = "--runtime runc --cgroup-manager=cgroupfs --ulimit nofile=1024:1024 --ulimit nproc=1024:1024"
+
+
+def container_run_args(runtime: str) -> str | None:
+    """Extra `run` arguments this machine's runtime needs (None if it cannot run the bench image)."""
+    import subprocess
+
+    for args in [os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""), DEBIAN_ROOT_PODMAN_ARGS]:
+        probe = [runtime, "run", "--rm", *args.split(), BENCH_IMAGE, "/bin/true"]
+        if subprocess.run(probe, capture_output=True, timeout=120).returncode == 0:
+            return args
+    return None
+
+
+def bench_image_first_line(tmp: Path) -> None:
+    """`dstack apply -y` of an `image` task (image cached) → its first log line, on the local backend."""
+    import shutil
+    import subprocess
+
+    from dstack.agent.container import find_runtime
+
+    runtime = find_runtime()
+    name = "local: `apply -y` of an image task (cached) → first log line (median of 5)"
+    if runtime is None or not Path("/bin/busybox").exists():
+        RESULTS.append((name, "skipped: needs Docker or Podman and busybox-static", "≤ 1.5 s", True))
+        return
+    root = tmp / "bench-image"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in ("sh", "echo", "true"):
+        (root / "bin" / applet).symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
+    subprocess.run([runtime, "import", "-", BENCH_IMAGE], input=tar, capture_output=True, check=True)
+    args = container_run_args(runtime)
+    if args is None:
+        RESULTS.append((name, f"skipped: {runtime} cannot run containers here", "≤ 1.5 s", True))
+        return
+    home = tmp / "image-home"
+    home.mkdir()
+    env = Env(home=home, extra={"DSTACK_CONTAINER_RUN_ARGS": args})
+    server = Server(env).start()
+    try:
+        repo = home / "repo"
+        repo.mkdir()
+        assert env.cli("init", cwd=repo).returncode == 0
+        samples = []
+        for i in range(5):
+            (repo / ".dstack.yml").write_text(f"type: task\nname: img-{i}\nimage: {BENCH_IMAGE}\n"
+                                              "commands: [echo first-line]\nresources: {cpu: 1.., memory: 0.1GB..}\n")
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "apply", "-y"], cwd=repo,
+                                    env=env.vars, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip() == "first-line":
+                    samples.append(time.perf_counter() - started)
+                    break
+            proc.wait(timeout=120)
+        record(name, statistics.median(samples), "s", 1.5)
+    finally:
+        server.stop()
+
+
 def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
     samples = []
     for _ in range(repeat):
@@ -143,6 +208,7 @@ def main() -> int:
             record("server RSS, idle after the runs above", rss, "MB", 150)
         finally:
             server.stop()
+        bench_image_first_line(Path(tmp))
         run_aws_benchmarks(Path(tmp))
     from rich.console import Console
     from rich.table import Table

@@ -241,8 +241,10 @@ class JobRunner:
     def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
         """The interpreter the job asked for (which must exist), else this machine's python3 if any."""
         wanted = self.spec.get("python")
+        resolved = self.spec.get("python_install")
         try:
-            python = find_python(wanted, sandbox.uid_gid() if sandbox else None)
+            python = PythonInstall(**resolved) if resolved else \
+                find_python(wanted, sandbox.uid_gid() if sandbox else None)
         except RuntimeError:
             if wanted:
                 raise

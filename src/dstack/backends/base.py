@@ -69,6 +69,8 @@ class JobLaunch(BaseModel):
     # The job's image, if it runs in a container, and how many GPUs it asked for (at least).
     image: str | None = None
     gpu_count: int = 0
+    # The Python version the job asked for (host jobs).
+    python: str | None = None
 
 
 class InstanceCheck(BaseModel):

@@ -91,10 +91,17 @@ class LocalCompute(Compute):
             if job.gpu_count:  # the first N of this machine's GPUs, not all of them
                 extras["gpus"] = [str(i) for i in range(min(job.gpu_count, len(_detect_gpus())))]
             return extras
+        extras: dict[str, Any] = {}
+        try:  # resolved once here (cached), not by every agent: probing interpreters costs a few 100 ms
+            python = sandbox.find_python(job.python, self._job_ids())
+            extras["python_install"] = {"executable": python.executable, "prefix": python.prefix,
+                                        "version": python.version}
+        except RuntimeError:
+            pass  # the agent says why (or, with no version asked for, runs without a python shim)
         if self.isolation_unavailable():
-            return {}  # admins' jobs only (see unsupported): they still get a clean environment
+            return extras  # admins' jobs only (see unsupported): they still get a clean environment
         hide = [*self.ctx.private_paths, str(self.workdirs)]
-        return {"sandbox": {"type": "bwrap", "hide": hide, "user": self.ctx.local_job_user}}
+        return {**extras, "sandbox": {"type": "bwrap", "hide": hide, "user": self.ctx.local_job_user}}
 
     def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance:
         workdir = self.workdirs / job.job_id
