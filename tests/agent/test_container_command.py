@@ -39,3 +39,6 @@ def test_registry_errors_in_one_line() -> None:
     assert pull_failure("ghcr.io/o/i:1", "Error: ... 401 Unauthorized") == \
         "registry refused credentials for ghcr.io (check registry_auth)"
     assert pull_failure("ghcr.io/o/i:1", "Error: manifest unknown") == "image not found: ghcr.io/o/i:1"
+    # A port with "401" in it is not an authorization error.
+    assert pull_failure("127.0.0.1:40121/x:1", "reading manifest 1 in 127.0.0.1:40121/x: name unknown") == \
+        "image not found: 127.0.0.1:40121/x:1"

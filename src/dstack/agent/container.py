@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import glob
 import json
 import os
 import re
@@ -141,13 +142,19 @@ def registry_host(image: str) -> str:
 
 def pull_failure(image: str, output: str) -> str:
     text = output.lower()
-    if any(s in text for s in ("unauthorized", "authentication required", "401", "denied: requested access")):
+    # Words only: a bare "401" would match registry ports such as 127.0.0.1:40121.
+    if any(s in text for s in ("unauthorized", "authentication required", "incorrect username or password",
+                               "denied: requested access")):
         return f"registry refused credentials for {registry_host(image)} (check registry_auth)"
     if any(s in text for s in ("manifest unknown", "not found", "name unknown", "does not exist")):
         return f"image not found: {image}"
     lines = [line for line in output.strip().splitlines() if line.strip()]
     last = re.sub(r'^time="[^"]*" level=\w+ msg=', "", lines[-1]) if lines else "the runtime gave no reason"
     return f"cannot pull {image}: {last[:300]}"
+
+
+def machine_has_nvidia_gpus() -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def env_file(env: dict[str, str], directory: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.agent.cloud import fetch_secrets, terminate_own_instance
-from dstack.agent.container import PullError, Runtime, env_file, find_runtime
+from dstack.agent.container import PullError, Runtime, env_file, find_runtime, machine_has_nvidia_gpus
 from dstack.agent.container import spec_from as container_spec
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.process import create_time, kill_tree
@@ -231,6 +231,9 @@ class JobRunner:
         # Extra `run` arguments this machine's runtime needs: from the backend, else the instance's setting.
         run_args = self.spec.get("container_run_args") or shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))
         spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}", list(run_args))
+        if spec.gpus and not machine_has_nvidia_gpus():
+            logs.write("dstack: this machine has no NVIDIA GPU device: the container gets none")
+            spec.gpus = None
         runtime.pull(spec, lambda message: logs.write(f"dstack: {message}"))
         # Exactly the job's variables: the image brings its own PATH and HOME.
         env = {k: v for k, v in (self.spec.get("env") or {}).items() if v is not None}
