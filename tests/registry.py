@@ -3,9 +3,11 @@ from busybox-static: nothing is pulled from the internet."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -88,7 +90,26 @@ class Registry:
         subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
         return ref
 
+    def serve_vms(self, vms: object) -> None:
+        """Make this registry reachable from the VM hosts of a cloud stand-in (its VMs' own 127.0.0.1)."""
+        vms.vm_env.update(self.env)  # type: ignore[attr-defined]
+        vms.vm_loopback_ports.append(self.port)  # type: ignore[attr-defined]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def registry_with_busybox(workdir: Path, name: str) -> Iterator[tuple[Registry, str]]:
+    """A started registry holding a busybox image `name` (skips/fails with the reason if it cannot run)."""
+    from tests.harness import need
+
+    ok, why = can_run_containers()
+    need(ok, why)
+    registry = Registry(workdir).start()
+    try:
+        yield registry, registry.push_busybox(name)
+    finally:
+        registry.stop()

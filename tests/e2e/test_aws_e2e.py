@@ -288,15 +288,10 @@ def test_aws_job_survives_a_server_crash(stack: Stack, step: str) -> None:
 def test_aws_image_task_runs_in_a_container_on_the_instance(stack: Stack, tmp_path: Path) -> None:
     """An `image` job on an AWS instance: the agent pulls it with the instance's runtime (Podman here)
     from a registry, runs the commands in it with the code and the secret, and saves the artifact."""
-    from tests.registry import Registry, can_run_containers
+    from tests.registry import registry_with_busybox
 
-    ok, why = can_run_containers()
-    need(ok, why)
-    registry = Registry(tmp_path / "registry").start()
-    try:
-        image = registry.push_busybox("dstack-test/aws-box:1")
-        stack.cloud.vm_env.update(registry.env)
-        stack.cloud.vm_loopback_ports.append(registry.port)
+    with registry_with_busybox(tmp_path / "registry", "dstack-test/aws-box:1") as (registry, image):
+        registry.serve_vms(stack.cloud)
         (stack.repo / ".dstack.yml").write_text(f"""type: task
 name: aws-box
 image: {image}
@@ -319,5 +314,3 @@ resources:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
         assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
-    finally:
-        registry.stop()

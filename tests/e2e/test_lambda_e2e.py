@@ -275,15 +275,10 @@ def test_spot_only_request_says_lambda_has_no_spot(stack: Stack) -> None:
 def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> None:
     """Lambda's image ships a container runtime: the agent pulls the job's image with it (Podman here)
     through the instance's presigned, key-less access, and runs the job in it."""
-    from tests.registry import Registry, can_run_containers
+    from tests.registry import registry_with_busybox
 
-    ok, why = can_run_containers()
-    need(ok, why)
-    registry = Registry(tmp_path / "registry").start()
-    try:
-        image = registry.push_busybox("dstack-test/lambda-box:1")
-        stack.vms.vm_env.update(registry.env)
-        stack.vms.vm_loopback_ports.append(registry.port)
+    with registry_with_busybox(tmp_path / "registry", "dstack-test/lambda-box:1") as (registry, image):
+        registry.serve_vms(stack.vms)
         stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
         (stack.repo / ".dstack.yml").write_text(
             f"type: task\nname: lam-box\nimage: {image}\ncommands:\n  - echo \"boxed on lambda in $(pwd)\"\n"
@@ -296,5 +291,3 @@ def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> 
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
         assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
-    finally:
-        registry.stop()
