@@ -1,10 +1,11 @@
 """How a host job (the local backend, no `image`) is kept away from the machine it runs on.
 
 The job runs under bubblewrap (`bwrap`) in its own user, PID, IPC, UTS and mount namespaces:
-- the whole file system read-only, with the server's state, the server user's HOME, /tmp,
-  /run and /dev/shm hidden behind empty tmpfs mounts;
+- a root of its own (tmpfs) with only the system's directories bound read-only (SYSTEM_DIRS): no
+  /root, /home, /var, /srv or /mnt, so neither the server's state nor anybody's HOME; /tmp and /run
+  empty; the server's paths hidden even where they lie inside a system directory;
 - its own code at /workflow (read-write), a HOME of its own at /home/dstack, and the Python it
-  asked for (bound back read-only where it lives under a hidden path);
+  asked for (bound back read-only where it lives outside the system directories, e.g. pyenv);
 - only its own processes in /proc, so no other environment or PID can be read or signalled;
 - as an unprivileged user (`nobody`) when the server runs as root, with no capabilities;
 - an environment that is exactly the job's: the variables are handed to bwrap through a file
