@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System services and packages some tests need (as root, in CI): PostgreSQL up at 127.0.0.1:5432,
 # iproute2 and util-linux for the VM hosts (network namespaces), openssh for SSH, bubblewrap for the
-# local backend's job sandbox, podman, a registry and busybox for `image` jobs, and Debian's chromium for the browser tests (Playwright drives it;
+# local backend's job sandbox, podman, a registry and busybox for `image` jobs, debootstrap for the VM
+# hosts' stock OS tree (tests/stock_tree.py), and Debian's chromium for the browser tests (Playwright drives it;
 # `playwright install` cannot download here). On a user's machine without them, those tests skip
 # with the reason; with CI=true they fail. When an install fails, apt's own error is shown.
 set -uo pipefail
@@ -30,6 +31,7 @@ if [ "$(id -u)" = "0" ]; then
   command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
   [ -x /bin/busybox ] || missing="$missing busybox-static"
   command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+  command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
   if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
     log=$(mktemp)
     wait_for_dpkg_lock

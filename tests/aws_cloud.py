@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.aws_harness import MotoAWS
-from tests.vmhost import VMHost, stock_image_path
+from tests.vmhost import VMHost
 
 MOTO_ROLE_WORKAROUND = {
     # moto wrongly denies Logs and Secrets Manager resource ARNs; the role's own policy is checked
@@ -54,6 +54,7 @@ class FakeEC2Cloud:
         self._stop.set()
         self._thread.join(timeout=10)
         for booted in self.booted.values():
+            booted.host.snapshot()  # left in the test's tmp dir, for a failure's post-mortem
             booted.host.destroy()
 
     def _loop(self) -> None:
@@ -80,7 +81,7 @@ class FakeEC2Cloud:
         if not raw:
             return
         script = base64.b64decode(raw).decode()
-        env = {"PATH": stock_image_path(), "HOME": "/root",
+        env = {"HOME": "/root",
                "AWS_EC2_METADATA_DISABLED": "true", "LANG": "C.UTF-8"}
         profile = (inst.get("IamInstanceProfile") or {}).get("Arn", "")
         if profile:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.aws_harness import MotoAWS
 from tests.lambda_fake import FakeLambda
-from tests.vmhost import VMHost, stock_image_path
+from tests.vmhost import VMHost
 
 
 class LambdaVMs:
@@ -26,7 +26,7 @@ class LambdaVMs:
 
     def on_active(self, inst: dict[str, Any]) -> str:
         host = VMHost(self.workdir / inst["id"]).start()
-        env = {"PATH": stock_image_path(), "HOME": "/root",
+        env = {"HOME": "/root",
                "LANG": "C.UTF-8"}
         # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]

@@ -92,7 +92,8 @@ class Registry:
 
     def serve_vms(self, vms: object) -> None:
         """Make this registry reachable from the VM hosts of a cloud stand-in (its VMs' own 127.0.0.1)."""
-        vms.vm_env.update(self.env)  # type: ignore[attr-defined]
+        # Their runtime (Docker's API, served by podman) has its settings in the VM's containers.conf.
+        vms.vm_env["CONTAINERS_REGISTRIES_CONF"] = self.env["CONTAINERS_REGISTRIES_CONF"]  # type: ignore[attr-defined]
         vms.vm_loopback_ports.append(self.port)  # type: ignore[attr-defined]
 
     def stop(self) -> None:

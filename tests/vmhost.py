@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -31,29 +32,14 @@ def can_run_vm_hosts() -> tuple[bool, str]:
         return False, "VM hosts need iproute2 and util-linux (ip, unshare)"
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
         return False, "VM hosts need sshd (apt-get install openssh-server)"
-    return True, ""
+    from tests.stock_tree import can_use_stock_tree
+
+    return can_use_stock_tree()
 
 
-STOCK_BIN = Path("/tmp/dstack-test-stock-image/bin")
-
-
-def stock_image_path() -> str:
-    """PATH of a stock cloud image's shell: its `python3` is a Python 3.9 with no site-packages at all
-    (run with -I -S: no pip, boto3 or psutil are importable), the rest is the system's. The agent must
-    start and run with nothing more (Debian bullseye and the ECS-optimized AL2023 AMIs ship 3.9)."""
-    if not (STOCK_BIN / "python3").exists():
-        from dstack.agent.sandbox import find_python
-
-        try:
-            python = find_python("3.9").executable
-        except RuntimeError:  # no 3.9 on this machine: the oldest other Python still shows missing packages
-            python = "/usr/bin/python3"
-        STOCK_BIN.mkdir(parents=True, exist_ok=True)
-        wrapper = STOCK_BIN / "python3.tmp"
-        wrapper.write_text(f'#!/bin/sh\nexec {python} -I -S "$@"\n')
-        wrapper.chmod(0o755)
-        wrapper.rename(STOCK_BIN / "python3")
-    return f"{STOCK_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where a VM's /run is also mounted, in its own mount namespace (an empty directory here).
+VM_RUN = "/run/dstack-test-vm-run"
+STOCK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 HOST_CGROUPS = "/run/dstack-test-host-cgroups"
@@ -131,32 +117,51 @@ class VMHost:
         self.forwarders.append(forwarder)
         return forwarder.port
 
-    def run_user_data(self, script: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        path = self.workdir / "user-data.sh"
-        path.write_text(script)
-        Path("/opt/dstack").mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "cloud-init.log", "ab")  # noqa: SIM115 - the child writes to it
-        # As cloud-init would: as root, with a private /opt/dstack (a tmpfs in its own mount namespace).
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private", "--",
-             "bash", "-c", f"mount -t tmpfs tmpfs /opt/dstack && exec bash {path}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        return self.proc
-
     def boot(self, script: str, env: dict[str, str], *, sshd: bool = False,
              loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = ()
              ) -> subprocess.Popen[bytes]:
-        """Boot like a cloud VM: optional sshd (user `ubuntu`, keys from its ~/.ssh), forwarders from
-        the VM's 127.0.0.1:PORT to services here, then the user data — all in the VM's own mount
-        namespace, where /opt/dstack is a tmpfs and `ubuntu` exists only inside."""
+        """Boot like a cloud VM from a stock image: the user data runs as root, chrooted into a private
+        overlay of the stock OS tree (tests/stock_tree.py), with /opt/dstack a tmpfs of the VM's own,
+        Docker's client and socket as the ECS AMI has them (served by a podman service in the VM's
+        namespaces, with a storage of its own that also reads the host's images), optional sshd (user
+        `ubuntu`, keys from its ~/.ssh), and forwarders from the VM's 127.0.0.1:PORT to services here."""
+        from tests.stock_tree import docker_client, stock_tree
+
         w = self.workdir
         w.mkdir(parents=True, exist_ok=True)
+        root = w / "root"
+        for sub in ("root", "upper", "overlay-work", "storage", "runroot"):
+            (w / sub).mkdir(exist_ok=True)
         (w / "user-data.sh").write_text(script)
-        lines = ["set -e", "mount -t tmpfs tmpfs /opt/dstack"]
+        (w / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n')
+        host_store = Path("/var/lib/containers/storage")
+        (w / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{w}/storage"\nrunroot = "{w}/runroot"\n'
+            + (f'[storage.options]\nadditionalimagestores = ["{host_store}"]\n' if host_store.is_dir() else ""))
+        lines = [
+            "set -e", f"export PATH={STOCK_PATH}",
+            f"mount -t overlay overlay -o lowerdir={stock_tree()},upperdir={w}/upper,workdir={w}/overlay-work {root}",
+            "mount -t tmpfs tmpfs /opt/dstack",
+            f"mkdir -p {root}/opt/dstack && mount --bind /opt/dstack {root}/opt/dstack",
+            f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && mount --rbind /sys {root}/sys",
+            # The image's /run, also at a short path here (a socket's path must fit in 108 bytes).
+            f"mount -t tmpfs -o mode=755 tmpfs {root}/run && mount --bind {root}/run {VM_RUN}",
+            f"touch {root}/usr/bin/docker && mount --bind {docker_client()} {root}/usr/bin/docker",
+            f"cp {w}/user-data.sh {root}/var/lib/user-data.sh",
+        ]
         if host_cgroups():  # `ip netns exec` remounts /sys: give the VM the host's cgroups (for containers)
-            lines.append(f"mount --rbind {HOST_CGROUPS} /sys/fs/cgroup")
+            lines.append(f"mount --rbind {HOST_CGROUPS} /sys/fs/cgroup && mount --rbind {HOST_CGROUPS} {root}/sys/fs/cgroup")
+        # The image's Docker daemon: outside the chroot, in the VM's namespaces, so the paths a job's
+        # container mounts (under /opt/dstack) are the VM's own. Its run-time state is the VM's own too
+        # (podman's exit files and events in /run/libpod: shared with the host's, `wait` never returns).
+        lines += [
+            "for d in /run/libpod /run/containers /run/netns; do mkdir -p $d && mount -t tmpfs tmpfs $d; done",
+            f"CONTAINERS_CONF={w}/containers.conf CONTAINERS_STORAGE_CONF={w}/storage.conf setsid podman "
+            f"system service --time 0 unix://{VM_RUN}/docker.sock > {w}/dockerd.log 2>&1 < /dev/null &",
+            f"for i in $(seq 300); do [ -S {VM_RUN}/docker.sock ] && break; sleep 0.05; done",
+        ]
         if sshd:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(w / "host_key")], check=True)
             (w / "sshd_config").write_text(
@@ -164,31 +169,38 @@ class VMHost:
                 "AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
                 "StrictModes no\n")
+            user = "ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash"
             lines += [
-                f"cp /etc/passwd {w}/passwd && echo 'ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash' >> {w}/passwd",
+                # `ubuntu` exists in the image (where the user data authorizes keys) and for the sshd,
+                # which runs outside the chroot and shares /opt/dstack with it.
+                f"echo '{user}' >> {root}/etc/passwd",
+                f"cp /etc/passwd {w}/passwd && echo '{user}' >> {w}/passwd",
                 f"cp /etc/shadow {w}/shadow && echo 'ubuntu:*:19000:0:99999:7:::' >> {w}/shadow",
                 f"mount --bind {w}/passwd /etc/passwd && mount --bind {w}/shadow /etc/shadow",
                 # The VM's own /etc/ssh, holding its host key, as a cloud image has after first boot.
                 f"mkdir -p {w}/etc-ssh && cp {w}/host_key.pub {w}/etc-ssh/ssh_host_ed25519_key.pub",
                 f"mount --bind {w}/etc-ssh /etc/ssh",
+                f"mkdir -p {root}/etc/ssh && cp {w}/host_key.pub {root}/etc/ssh/ssh_host_ed25519_key.pub",
                 "mkdir -p /opt/dstack/home/ubuntu/.ssh /run/sshd",
                 *[f"echo '{key}' >> /opt/dstack/home/ubuntu/.ssh/authorized_keys" for key in authorized_keys],
                 f"/usr/sbin/sshd -f {w}/sshd_config -E {w}/sshd.log",
             ]
         forwarder = Path(__file__).with_name("netns_forward.py")
         for vm_port, host_port in loopback_forwards:
-            lines.append(f"setsid python3 {forwarder} 127.0.0.1 {vm_port} {self.host_ip} {self.forward(host_port)} "
-                         f">>{w}/forward.log 2>&1 < /dev/null &")
-            lines.append(f"python3 -c 'import socket,time\nfor _ in range(100):\n    try:\n        "
+            lines.append(f"setsid {sys.executable} {forwarder} 127.0.0.1 {vm_port} {self.host_ip} "
+                         f"{self.forward(host_port)} >>{w}/forward.log 2>&1 < /dev/null &")
+            lines.append(f"{sys.executable} -c 'import socket,time\nfor _ in range(100):\n    try:\n        "
                          f"socket.create_connection((\"127.0.0.1\", {vm_port}), 0.2).close(); break\n    "
                          f"except OSError: time.sleep(0.05)'")
-        lines.append(f"exec bash {w}/user-data.sh")
+        lines.append(f"exec chroot {root} /bin/bash /var/lib/user-data.sh")
         (w / "init.sh").write_text("\n".join(lines) + "\n")
         Path("/opt/dstack").mkdir(parents=True, exist_ok=True)
+        Path(VM_RUN).mkdir(parents=True, exist_ok=True)
         log = open(w / "cloud-init.log", "ab")  # noqa: SIM115 - the child writes to it
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private", "--",
-             "bash", str(w / "init.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "bash", str(w / "init.sh")], env={"PATH": STOCK_PATH, **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         log.close()
         return self.proc
 

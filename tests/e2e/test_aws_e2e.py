@@ -19,7 +19,8 @@ from tests.aws_cloud import FakeEC2Cloud
 from tests.aws_harness import ACCOUNT, MotoAWS, seed_policy_user
 from tests.harness import Env, Server, need, wait_for
 from tests.iam_eval import violations
-from tests.vmhost import STOCK_BIN, can_run_vm_hosts
+from tests.stock_tree import stock_tree
+from tests.vmhost import can_run_vm_hosts
 
 BUCKET = "dstack-e2e-bucket"
 REGION = "us-east-1"
@@ -160,12 +161,12 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     # ...and it ran on the stock image's Python 3.9 with no site-packages (no pip, boto3 or psutil),
     # fetched by user data that installs nothing.
     started = next(e["message"] for e in runner_events if e["message"].startswith("started on"))
-    stock_python = str(STOCK_BIN / "python3")
-    version = subprocess.run([stock_python, "-c", "import platform; print(platform.python_version())"],
+    stock_python = ["chroot", str(stock_tree()), "python3"]  # the tree the VM host booted from
+    version = subprocess.run([*stock_python, "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert f"Python {version})" in started and version.startswith("3.9"), started
     for module in ("pip", "boto3", "psutil", "pydantic"):
-        assert subprocess.run([stock_python, "-c", f"import {module}"], capture_output=True).returncode != 0
+        assert subprocess.run([*stock_python, "-c", f"import {module}"], capture_output=True).returncode != 0
     user_data = (booted.host.workdir / "user-data.sh").read_text()
     assert "pip" not in user_data and "boto3" not in user_data and len(user_data.encode()) < 16 * 1024
     # Only the host's agent may get the role's credentials: IMDSv2 with a hop limit of 1.
@@ -305,7 +306,7 @@ resources:
   cpu: 2..
   memory: 4GB..
 """)
-        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
+        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=120)
         out = result.stdout
         assert result.returncode == 0, out + result.stderr
         assert f"dstack: pulled image {image}" in out and "in the container at /workflow" in out

@@ -96,8 +96,10 @@ class Runtime:
         return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
     def run_command(self, spec: ContainerSpec, *, repo_dir: str, env_file: str) -> list[str]:
-        """`run` in the foreground: its output is the job's output, its exit code the job's."""
-        args = [self.binary, "run", "--rm", "--name", spec.name, "--env-file", env_file,
+        """`run -d`: the container starts detached, its output is followed with `logs -f` and its exit
+        code read with `inspect` (see `start`). A foreground `run` would tie the job to one API
+        connection's `wait`, which some daemons (Podman's Docker API) never answer."""
+        args = [self.binary, "run", "-d", "--name", spec.name, "--env-file", env_file,
                 "-v", f"{repo_dir}:{WORKFLOW_DIR}", "--init", *spec.run_args]
         workdir = spec.working_dir
         if workdir is None and spec.commands:
@@ -125,6 +127,27 @@ class Runtime:
         else:
             args.append(spec.image)  # the image's own entrypoint and cmd
         return args
+
+    def start(self, spec: ContainerSpec, *, repo_dir: str, env_file: str) -> None:
+        """Create and start the container; the runtime's reason, in one line, if it cannot."""
+        result = subprocess.run(self.run_command(spec, repo_dir=repo_dir, env_file=env_file),
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            lines = [line for line in (result.stderr + result.stdout).strip().splitlines() if line.strip()]
+            raise RuntimeError(f"cannot start the container: {lines[-1][:300] if lines else 'no reason given'}")
+
+    def logs_command(self, name: str) -> list[str]:
+        """Everything the container wrote, from its start, until it ends."""
+        return [self.binary, "logs", "-f", name]
+
+    def state(self, name: str) -> tuple[bool, int | None]:
+        """(running, exit code). Asking also makes a daemon notice an exit it missed."""
+        out = subprocess.run([self.binary, "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            return False, None  # gone
+        running, _, code = out.stdout.strip().partition(" ")
+        return running == "true", int(code) if code.lstrip("-").isdigit() else None
 
     def stop(self, name: str, grace: float) -> None:
         subprocess.run([self.binary, "stop", "-t", str(max(0, int(grace))), name], capture_output=True, timeout=120)

@@ -178,13 +178,12 @@ class JobRunner:
         self.write_status("running")
         self.event(f"job running (pid {self.proc.pid})")
         assert self.proc.stdout is not None
+        if self.container is not None:  # the log follower ends when the daemon notices the exit: ask it
+            threading.Thread(target=self._poll_container, daemon=True).start()
         for raw in iter(self.proc.stdout.readline, b""):
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        exit_code = self.proc.wait()
+        exit_code = self._container_exit_code() if self.container is not None else self.proc.wait()
         logs.close()
-        if self.container is not None:
-            for leftover in self.workdir.glob(".env-*"):
-                leftover.unlink()
         if self.stop_request is None or not self.stop_request.get("abort"):
             self._upload_artifacts(cwd)
         if self.stop_request is not None:
@@ -239,7 +238,38 @@ class JobRunner:
         env = {k: v for k, v in (self.spec.get("env") or {}).items() if v is not None}
         env.update({"PYTHONUNBUFFERED": "1", **secrets})
         self.container = (runtime, spec.name)
-        return {"args": runtime.run_command(spec, repo_dir=str(repo_dir), env_file=env_file(env, str(self.workdir)))}
+        env_path = env_file(env, str(self.workdir))
+        try:
+            runtime.remove(spec.name)  # a container of an earlier attempt of this agent
+            runtime.start(spec, repo_dir=str(repo_dir), env_file=env_path)
+        finally:
+            os.unlink(env_path)  # read by the runtime's client: the secrets stay on disk no longer
+        return {"args": runtime.logs_command(spec.name)}
+
+    def _container_exit_code(self) -> int:
+        """Once the container stops: its exit code (the log follower's ends with it), then remove it."""
+        assert self.container is not None and self.proc is not None
+        runtime, name = self.container
+        running, code = runtime.state(name)
+        while running:
+            time.sleep(0.5)
+            running, code = runtime.state(name)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        runtime.remove(name)
+        return code if code is not None else 137
+
+    def _poll_container(self) -> None:
+        assert self.container is not None and self.proc is not None
+        runtime, name = self.container
+        while self.proc.poll() is None and runtime.state(name)[0]:
+            time.sleep(1.0)
+        try:
+            self.proc.wait(timeout=5)  # the rest of the output
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
 
     def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
         """The interpreter the job asked for (which must exist), else this machine's python3 if any."""

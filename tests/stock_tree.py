@@ -1,0 +1,92 @@
+"""A stock cloud image's root file system for the VM hosts: Debian bullseye minbase (its `python3`
+is 3.9, with no pip, boto3 or psutil) built once per machine with debootstrap from the mirror apt is
+configured with, and cached. The VM hosts run the user data chrooted into a private overlay of it,
+so what a stock image lacks, the tests lack too.
+
+The container runtime is the one part a minbase tree cannot run nested here (Debian's podman needs
+the host's cgroups and runc): each VM gets the host's runtime the way the ECS-optimized AMI has
+Docker, a `docker` client in /usr/bin and a daemon socket at /var/run/docker.sock, served by a
+`podman system service` that runs in the VM's own network and mount namespaces (see tests/vmhost.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+CACHE = Path(os.environ.get("DSTACK_TEST_STOCK_TREE_CACHE", "/var/cache/dstack-test"))
+TREE = CACHE / "bullseye-minbase-python3"
+SUITE = "bullseye"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def apt_mirror() -> str:
+    """The Debian mirror apt is configured with (deb822 or one-line sources), else deb.debian.org."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for match in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)", text, re.M):
+            uri = match.group(1).rstrip("/")
+            if uri.startswith("http") and uri.endswith("/debian"):
+                return uri
+    return DEFAULT_MIRROR
+
+
+def docker_client() -> str | None:
+    """A statically linked `docker` client (it must run inside the tree, whose libraries differ)."""
+    for candidate in (shutil.which("docker"), "/usr/local/bin/docker", "/usr/bin/docker"):
+        if candidate and os.path.isfile(candidate):
+            with open(candidate, "rb") as f:
+                head = f.read(1 << 16)
+            if head[:4] == b"\x7fELF" and b"/lib64/ld-linux" not in head and b"ld-linux" not in head:
+                return candidate
+    return None
+
+
+def can_use_stock_tree() -> tuple[bool, str]:
+    if os.geteuid() != 0:
+        return False, "the stock OS tree needs root (debootstrap, chroot, overlay mounts)"
+    if not TREE.joinpath("usr/bin/python3").exists() and shutil.which("debootstrap") is None:
+        return False, "debootstrap is not installed (apt-get install debootstrap)"
+    if shutil.which("podman") is None:
+        return False, "podman is not installed (apt-get install podman runc): the VM hosts' container runtime"
+    if docker_client() is None:
+        return False, "no statically linked docker client (the VM hosts' /usr/bin/docker, as on the ECS AMI)"
+    return True, ""
+
+
+def stock_tree() -> Path:
+    """The cached tree, built on first use (about a minute; concurrent callers wait for one build)."""
+    if (TREE / ".complete").exists():
+        return TREE
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (TREE / ".complete").exists():
+            return TREE
+        building = CACHE / f"{TREE.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
+        result = subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(building), apt_mirror()],
+            capture_output=True, text=True, timeout=1200)
+        if result.returncode != 0:
+            raise RuntimeError(f"debootstrap {SUITE} failed: {(result.stdout + result.stderr)[-2000:]}")
+        probe = subprocess.run(["chroot", str(building), "python3", "-c",
+                                "import sys, importlib.util as u; print(sys.version_info[:2] == (3, 9), "
+                                "[m for m in ('pip', 'boto3', 'psutil') if u.find_spec(m)])"],
+                               capture_output=True, text=True)
+        if probe.stdout.strip() != "True []":
+            raise RuntimeError(f"the {SUITE} tree is not what a stock image is: {probe.stdout}{probe.stderr}")
+        shutil.rmtree(building / "var/cache/apt/archives", ignore_errors=True)
+        (building / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(TREE, ignore_errors=True)
+        building.rename(TREE)
+        (TREE / ".complete").touch()
+    return TREE
