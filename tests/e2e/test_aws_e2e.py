@@ -311,6 +311,11 @@ resources:
         assert result.returncode == 0, out + result.stderr
         assert f"dstack: pulled image {image}" in out and "in the container at /workflow" in out
         assert "token: ********" in out and SECRET not in out and "no agent files" in out
+        # The pull's progress is in the run's events (the instance has Docker's API: layer by layer).
+        with stack.server.api() as api:
+            history = api.get("/api/projects/cloud/runs/aws-box").json()["jobs"][0]["history"]
+        pulls = [e["reason"] for e in history if e["status"] == "provisioning" and e["reason"]]
+        assert any(r.startswith(f"pulling image {image} (") for r in pulls), history
         s3 = stack.aws.client("s3", REGION)
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))

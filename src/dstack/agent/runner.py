@@ -34,6 +34,10 @@ from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
 
 
+class StoppedBeforeStart(Exception):
+    """A stop request arrived before the job's process started."""
+
+
 class JobRunner:
     def __init__(self, storage: Storage, prefix: str, workdir: Path) -> None:
         self.storage = storage
@@ -44,6 +48,7 @@ class JobRunner:
         self.stop_request: dict[str, Any] | None = None
         self._done = threading.Event()
         self.container: tuple[Runtime, str] | None = None
+        self.events: list[dict[str, Any]] = []
         self._beat = 0
 
     # --- bucket I/O -------------------------------------------------------------------------
@@ -51,7 +56,10 @@ class JobRunner:
         return f"{self.prefix}/{name}"
 
     def write_status(self, status: str, **extra: Any) -> None:
-        self.storage.put_json(self._key("status.json"), {"status": status, "t": time.time(), **extra})
+        """The job's state for the server, with the run's events so far (an image pull's progress):
+        the server may read only some of the writes, so each carries the latest events."""
+        self.storage.put_json(self._key("status.json"), {"status": status, "t": time.time(),
+                                                         "events": self.events[-20:], **extra})
 
     def heartbeat(self) -> None:
         self._beat += 1
@@ -151,6 +159,10 @@ class JobRunner:
         if image:
             try:
                 popen_kwargs = self._container_command(repo_dir, secrets, logs)
+            except StoppedBeforeStart:
+                logs.close()
+                self.write_status("stopped")
+                return 0
             except (RuntimeError, PullError) as exc:
                 logs.close()
                 self.write_status("failed", reason=str(exc))
@@ -233,7 +245,15 @@ class JobRunner:
         if spec.gpus and not machine_has_nvidia_gpus():
             logs.write("dstack: this machine has no NVIDIA GPU device: the container gets none")
             spec.gpus = None
-        runtime.pull(spec, lambda message: logs.write(f"dstack: {message}"))
+
+        def pulling(message: str) -> None:  # in the job's log, and the run's events (through the status)
+            logs.write(f"dstack: {message}")
+            self.events.append({"t": time.time(), "message": message})
+            self.write_status("pulling")
+
+        runtime.pull(spec, pulling)
+        if self.stop_request is not None:  # stopped while pulling: nothing to start
+            raise StoppedBeforeStart
         # Exactly the job's variables: the image brings its own PATH and HOME.
         env = {k: v for k, v in (self.spec.get("env") or {}).items() if v is not None}
         env.update({"PYTHONUNBUFFERED": "1", **secrets})

@@ -73,6 +73,9 @@ def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
                 mark = "launched" if attempt.ok else f"failed: {attempt.reason}"
                 table.add_row("  attempt", attempt.backend, attempt.instance_type, attempt.region,
                               f"${attempt.price:.4f}", mark, ago(attempt.at), "")
+            for event in job.history:
+                if event.reason and event.status.value == "provisioning":  # e.g. an image pull's progress
+                    table.add_row("  event", "", "", "", "", event.reason, ago(event.at), "")
     return table
 
 

@@ -142,8 +142,8 @@ def status_text(status: JobStatus, reason: str | None, exit_code: int | None) ->
     text = status.value
     if status == JobStatus.FAILED and exit_code is not None:
         text += f" (exit code {exit_code})"
-    elif reason and status in FINISHED_STATUSES and status != JobStatus.DONE:
-        text += f" ({reason})"
+    elif reason and (status in FINISHED_STATUSES and status != JobStatus.DONE or status == JobStatus.PROVISIONING):
+        text += f" ({reason})"  # why it ended; while provisioning, what it is doing (pulling an image)
     return text
 
 

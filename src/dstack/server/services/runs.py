@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -222,6 +223,28 @@ def job_to_model(job: JobModel) -> Job:
         history=[StatusEvent.model_validate(e) for e in json.loads(job.history)],
         submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
     )
+
+
+def add_agent_events(job: JobModel, events: list[dict[str, Any]]) -> None:
+    """The agent's events (an image pull's progress) into the job's history, each once, in order;
+    recorded under the status the job had then (provisioning)."""
+    history = json.loads(job.history)
+    seen = {(e["at"], e.get("reason")) for e in history}
+    added = False
+    for event in events:
+        try:
+            at = datetime.fromtimestamp(float(event["t"]), UTC)
+            message = str(event["message"])[:500]
+        except (KeyError, TypeError, ValueError):
+            continue
+        record = StatusEvent(at=at, status=JobStatus.PROVISIONING, reason=message).model_dump(mode="json")
+        if (record["at"], record["reason"]) not in seen:
+            history.append(record)
+            seen.add((record["at"], record["reason"]))
+            added = True
+    if added:
+        history.sort(key=lambda e: e["at"])
+        job.history = json.dumps(history)
 
 
 def set_job_status(

@@ -20,7 +20,7 @@ from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.runs import new_job, set_job_status
+from dstack.server.services.runs import add_agent_events, new_job, set_job_status
 from dstack.server.workers.common import for_each, release_lease, try_lease
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -133,6 +133,7 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             job.heartbeat_seq = int(state.heartbeat["seq"])
             job.heartbeat_at = now
         agent_status = (state.status or {}).get("status")
+        add_agent_events(job, (state.status or {}).get("events") or [])
 
         if agent_status in ("done", "failed", "stopped"):
             _finish_from_agent(job, run, state.status or {})
