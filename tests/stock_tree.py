@@ -90,3 +90,19 @@ def stock_tree() -> Path:
         building.rename(TREE)
         (TREE / ".complete").touch()
     return TREE
+
+
+STOCK_PYTHON_IMAGE = "localhost/dstack-test/python:3.9"
+
+
+def default_image_env() -> dict[str, str]:
+    """Server settings that make the cloud jobs without `image` run in the stock tree as an image
+    (Python 3.9), imported once into the host's store, which every VM host reads: cached, as the
+    default image is after an instance's first job."""
+    if subprocess.run(["podman", "image", "exists", STOCK_PYTHON_IMAGE]).returncode != 0:
+        tar = subprocess.Popen(["tar", "-C", str(stock_tree()), "--exclude=./.complete", "-c", "."],
+                               stdout=subprocess.PIPE)
+        subprocess.run(["podman", "import", "--change", 'CMD ["python3"]', "-", STOCK_PYTHON_IMAGE],
+                       stdin=tar.stdout, capture_output=True, check=True)
+        tar.wait()
+    return {"DSTACK_DEFAULT_IMAGE": STOCK_PYTHON_IMAGE.replace(":3.9", ":{python}"), "DSTACK_DEFAULT_PYTHON": "3.9"}

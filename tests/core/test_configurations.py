@@ -68,7 +68,8 @@ def test_dev_environment() -> None:
         ("type: task\ncommands: []\n", r":2: commands: this field is required"),
         ("a: [\n", r"\.dstack\.yml:2: invalid YAML"),
         ("- just\n- a list\n", r"expected a mapping"),
-        ("type: task\ncommands: [x]\npython: 3.10\n", r":3: python: quote the Python version"),
+        ("type: task\ncommands: [x]\npython: '3.8'\n", r":3: python: expected a Python version among 3\.9, 3\.10"),
+        ("type: task\ncommands: [x]\npython: 3.2\n", r":3: python: expected a Python version among .* got '3\.2'"),
         ("type: task\ncommands: [x]\nmax_duration: forever\n", r":3: max_duration: expected a duration"),
         ("type: task\ncommands: [x]\nspot_policy: sometimes\n", r":3: spot_policy: Input should be 'spot', 'on-demand' or 'auto'"),
         ("type: task\ncommands: [x]\nname: My_Run\n", r":3: name: 'My_Run' is not a valid run name"),
@@ -84,6 +85,13 @@ def test_dev_environment() -> None:
 def test_errors_name_file_line_and_field(text: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         parse_configuration(text)
+
+
+@pytest.mark.parametrize(("text", "version"), [("3.12", "3.12"), ("3.1", "3.10"), ("3.10", "3.10"),
+                                               ("'3.13'", "3.13"), ("3.9", "3.9")])
+def test_python_versions_as_upstream_reads_them(text: str, version: str) -> None:
+    """Unquoted numbers too: YAML's 3.10 is the float 3.1, which upstream reads as 3.10."""
+    assert parse_configuration(f"type: task\ncommands: [x]\npython: {text}\n").python == version
 
 
 def test_error_carries_field_path() -> None:

@@ -19,7 +19,7 @@ from tests.aws_cloud import FakeEC2Cloud
 from tests.aws_harness import ACCOUNT, MotoAWS, seed_policy_user
 from tests.harness import Env, Server, need, wait_for
 from tests.iam_eval import violations
-from tests.stock_tree import stock_tree
+from tests.stock_tree import STOCK_PYTHON_IMAGE, default_image_env, stock_tree
 from tests.vmhost import can_run_vm_hosts
 
 BUCKET = "dstack-e2e-bucket"
@@ -61,7 +61,7 @@ def stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[St
     key_id, secret_key = seed_policy_user(aws, BUCKET)
     audit_log = env.home / "aws-calls.jsonl"
     env.extra.update(aws.server_env(str(audit_log)))
-    env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3"})
+    env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3", **default_image_env()})
     credentials: dict[str, str] = {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}
     if mode == "default-env":
         env.extra.update({"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key})
@@ -118,6 +118,8 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     assert "aws" in plan_row and REGION in plan_row and "t3.medium" in plan_row and "$0.0416" in plan_row
     # Logs streamed live through CloudWatch, the secret reached the job and was masked.
     assert "hello from the instance" in out
+    # No `image`: the job ran in the server's default image for its Python (the stock tree, cached).
+    assert f"dstack: image {STOCK_PYTHON_IMAGE} is cached" in out
     assert f"token sha {hashlib.sha256(SECRET.encode()).hexdigest()[:16]}" in out
     assert "leak attempt: ********" in out and SECRET not in out
 

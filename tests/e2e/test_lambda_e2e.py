@@ -16,6 +16,7 @@ from tests.aws_harness import MotoAWS
 from tests.harness import Env, Server, need, wait_for
 from tests.lambda_cloud import LambdaVMs
 from tests.lambda_fake import FakeLambda
+from tests.stock_tree import default_image_env
 from tests.vmhost import can_run_vm_hosts
 
 BUCKET = "dstack-lambda-bucket"
@@ -52,6 +53,7 @@ def stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stack]:
     keys = aws.create_user("lambda-storage", S3_ONLY)
     # moto cannot authenticate presigned requests under IAM enforcement, so it stays off here.
     env.extra.update(aws.server_env())
+    env.extra.update(default_image_env())
     env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20",
                       "DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "2"})
     vms = LambdaVMs(lambda_fake, aws, env.home / "vms")

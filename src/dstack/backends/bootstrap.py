@@ -10,6 +10,7 @@ import base64
 import functools
 import hashlib
 import io
+import os
 import shlex
 import zipfile
 import zlib
@@ -40,6 +41,20 @@ def agent_package() -> tuple[bytes, str]:
         zf.writestr(main, _MAIN)
     data = buffer.getvalue()
     return data, hashlib.sha256(data).hexdigest()
+
+
+# A cloud job without `image` runs in this one, for the job's `python` (or DSTACK_DEFAULT_PYTHON):
+# Debian with that CPython and pip. pip-installed PyTorch brings its own CUDA libraries, and the
+# NVIDIA container runtime adds the driver, so it runs as is on CPU and GPU instances.
+DEFAULT_IMAGE = "python:{python}-slim"
+DEFAULT_PYTHON = "3.12"
+
+
+def default_image(python: str | None) -> str:
+    """The image of a cloud job that names none (settings DSTACK_DEFAULT_IMAGE, a template with
+    `{python}`, and DSTACK_DEFAULT_PYTHON)."""
+    template = os.environ.get("DSTACK_DEFAULT_IMAGE") or DEFAULT_IMAGE
+    return template.replace("{python}", python or os.environ.get("DSTACK_DEFAULT_PYTHON") or DEFAULT_PYTHON)
 
 
 def agent_package_key(digest: str) -> str:

@@ -87,6 +87,10 @@ class RegistryAuth(StrictModel):
     password: str = Field(repr=False)
 
 
+# The versions `python` accepts (upstream's list): each has a default image (see docs/configuration.md).
+PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+
+
 class BaseRunConfiguration(StrictModel):
     name: str | None = Field(default=None, description="run name; generated when omitted")
     python: str | None = Field(default=None, description="Python version, e.g. '3.11'")
@@ -123,13 +127,14 @@ class BaseRunConfiguration(StrictModel):
     @field_validator("python", mode="before")
     @classmethod
     def _python(cls, value: Any) -> Any:
+        if value is None:
+            return None
         if isinstance(value, float):
-            # YAML reads `python: 3.10` as the float 3.1; refuse rather than guess.
-            raise ValueError(
-                f"quote the Python version, e.g. python: \"3.11\" (YAML reads an unquoted {value} as a number)"
-            )
-        if value is not None and not re.match(r"^3\.\d{1,2}\Z", str(value)):
-            raise ValueError(f"expected a Python version such as \"3.11\", got {value!r}")
+            # YAML reads `python: 3.10` as the float 3.1: as upstream, 3.1 means 3.10.
+            value = "3.10" if value == 3.1 else repr(value)
+        value = str(value)
+        if value not in PYTHON_VERSIONS:
+            raise ValueError(f"expected a Python version among {', '.join(PYTHON_VERSIONS)}, got {value!r}")
         return value
 
     @field_validator("env", mode="before")

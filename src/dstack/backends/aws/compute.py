@@ -27,7 +27,7 @@ from dstack.backends.base import (
     LaunchIntent,
     Requirements,
 )
-from dstack.backends.bootstrap import agent_package, agent_package_key, user_data
+from dstack.backends.bootstrap import agent_package, agent_package_key, default_image, user_data
 from dstack.core.gpus import normalize_gpu_name
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import LogEvent, Offer
@@ -172,6 +172,8 @@ class AWSCompute(Compute):
             "runner_logs": {"type": "cloudwatch", "group": runners, "stream": stream, "region": self.config.region},
             "terminate": {"type": "aws", "region": self.config.region},
         }
+        if not job.image:  # every cloud job runs in a container
+            extras["image"] = default_image(job.python)
         if ids:
             extras["secrets_source"] = {"type": "aws", "region": self.config.region, "ids": ids}
         return extras

@@ -27,7 +27,7 @@ from dstack.backends.base import (
     LaunchIntent,
     Requirements,
 )
-from dstack.backends.bootstrap import agent_package, agent_package_key
+from dstack.backends.bootstrap import agent_package, agent_package_key, default_image
 from dstack.backends.lambdacloud.api import LambdaAPI, LambdaAPIError
 from dstack.backends.lambdacloud.configurator import s3_client
 from dstack.backends.lambdacloud.models import LambdaBackendConfig
@@ -126,7 +126,10 @@ class LambdaCompute(Compute):
         except (ClientError, BotoCoreError) as exc:
             raise LaunchError(f"cannot write to bucket {self.config.bucket}: {describe(exc)}",
                               backend_wide=True) from exc
-        return {"publish_host_keys": True}
+        extras: dict[str, Any] = {"publish_host_keys": True}
+        if not job.image:  # every cloud job runs in a container
+            extras["image"] = default_image(job.python)
+        return extras
 
     def access(self, job: JobLaunch | dict[str, Any], expires_in: int) -> dict[str, Any]:
         """Presigned access to exactly what the agent of this job reads and writes."""
