@@ -180,8 +180,8 @@ def run_aws_benchmarks(tmp: Path) -> None:
         if ok:
             home = tmp / "boot-home"
             home.mkdir()
-            record("AWS: VM bootstrap on the stock tree, user-data start → job running in its container (image cached; median of 5)",
-                   bench_vm_bootstrap(aws, Env(home=home)), "s", 10)
+            record("AWS: VM bootstrap on the stock tree, user-data start → job running in its container "
+                   "(image cached; median of 5)", bench_vm_bootstrap(aws, Env(home=home)), "s", 10)
         else:
             RESULTS.append(("AWS: VM bootstrap", f"skipped: {why}", "≤ 10 s", True))
     finally:

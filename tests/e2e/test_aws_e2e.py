@@ -303,6 +303,7 @@ commands:
   - 'echo "token: $HF_TOKEN"'
   - test ! -e /opt/dstack && echo "no agent files"
   - mkdir -p out && echo boxed > out/a.txt
+  - exit 3
 artifacts: [out]
 resources:
   cpu: 2..
@@ -310,7 +311,7 @@ resources:
 """)
         result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=120)
         out = result.stdout
-        assert result.returncode == 0, out + result.stderr
+        assert result.returncode != 0 and "aws-box: failed (exit code 3)" in out, out + result.stderr
         assert f"dstack: pulled image {image}" in out and "in the container at /workflow" in out
         assert "token: ********" in out and SECRET not in out and "no agent files" in out
         # The pull's progress is in the run's events (the instance has Docker's API: layer by layer).

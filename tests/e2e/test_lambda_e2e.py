@@ -293,3 +293,13 @@ def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> 
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
         assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
+
+        # A stop mid-run stops the container (the runtime's stop), and the run ends `stopped`.
+        (stack.repo / ".dstack.yml").write_text(
+            f"type: task\nname: lam-sleeper\nimage: {image}\ncommands:\n  - echo sleeping\n  - sleep 600\n"
+            "resources:\n  gpu: A10\n")
+        assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+        wait_for(lambda: "sleeping" in stack.env.cli("logs", "lam-sleeper", cwd=stack.repo).stdout, 120,
+                 message="the container to run")
+        assert stack.env.cli("stop", "lam-sleeper", cwd=stack.repo).returncode == 0
+        wait_for(lambda: stack.run("lam-sleeper")["status"] == "stopped", 60, message="the run to stop")
