@@ -235,7 +235,9 @@ class JobRunner:
 
     def _container_command(self, repo_dir: Path, secrets: dict[str, str], logs: LogWriter) -> dict[str, Any]:
         """Pull the image (progress as `dstack:` lines of the job's log) and build its `run` command."""
-        binary = find_runtime(self.spec.get("container_runtime"))
+        # The local backend's server has probed its runtime already (same machine): no second probe.
+        named = self.spec.get("container_runtime")
+        binary = named if named and shutil.which(named) else find_runtime()
         if binary is None:
             raise RuntimeError("`image` needs Docker or Podman on this machine and neither is installed")
         runtime = Runtime(binary)

@@ -97,6 +97,9 @@ def attach(client: Client, run: Run) -> int:
                 run = client.runs.get(run.name)
                 if run.status not in (JobStatus.SUBMITTED, JobStatus.PROVISIONING):
                     break
+                # The job's first lines may come before the server has seen it running: show them then.
+                if client.runs.logs(run.name).events:
+                    break
                 status.update(f"{run.name}: {run.status.value}{f' ({run.reason})' if run.reason else ''}…")
                 time.sleep(0.2)
         for event in client.runs.follow_logs(run.name):

@@ -35,6 +35,25 @@ from dstack.storage.local import DirectoryStorage
 REGION = "local"
 
 
+def traversable_dirs(path: Path) -> None:
+    """`path` (0711) and its ancestors, each traversable by the job's unprivileged user. The server's
+    umask (077) would make missing parents 0700; a dstack directory of ours left so gets its x bits
+    back (other directories, such as a home, are the admin's to open)."""
+    missing = []
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            break
+        missing.append(parent)
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, 0o755)
+    os.chmod(path, 0o711)
+    for parent in path.parents:
+        info = parent.stat()
+        if info.st_uid == os.geteuid() and "dstack" in parent.name and not info.st_mode & 0o001:
+            os.chmod(parent, info.st_mode | 0o111)
+
+
 class LocalCompute(Compute):
     TYPE = "local"
 
@@ -107,8 +126,7 @@ class LocalCompute(Compute):
         workdir = self.workdirs / job.job_id
         try:
             # Traversable, not listable: the job's unprivileged user reaches only its own directory.
-            self.workdirs.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.workdirs, 0o711)
+            traversable_dirs(self.workdirs)
             workdir.mkdir(exist_ok=True)
             os.chmod(workdir, 0o711)
             # Secrets reach the agent through a 0600 file it reads once and deletes: never through the
