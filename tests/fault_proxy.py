@@ -1,0 +1,110 @@
+"""An HTTP proxy in front of a stand-in (moto) that behaves the way the real service sometimes does
+and the stand-in never does: transient 500s and connection resets, or an answer of the test's
+choosing for requests it picks (EC2's `InvalidInstanceID.NotFound` right after RunInstances, say).
+
+Requests are forwarded verbatim (method, path, headers, body), so signatures stay valid: the client
+must address the proxy by the same host:port it signed for (tests give the proxy moto's port on the
+VM side of a forwarder, or sign for the proxy's own address).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+# A rule sees each request: None forwards it; (status, body) answers it; "reset" drops the connection.
+Rule = Callable[[Request], "tuple[int, bytes] | str | None"]
+
+
+class FaultProxy:
+    def __init__(self, target_port: int, rule: Rule | None = None) -> None:
+        self.target_port = target_port
+        self.rule = rule
+        self.faults = 0
+        self.forwarded = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = Request(self.command, self.path, dict(self.headers.items()), body)
+                verdict = proxy.rule(request) if proxy.rule else None
+                if verdict == "reset":
+                    proxy.faults += 1
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if isinstance(verdict, tuple):
+                    proxy.faults += 1
+                    status, payload = verdict
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                proxy.forwarded += 1
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=120)
+                try:
+                    headers = {k: v for k, v in request.headers.items() if k.lower() != "connection"}
+                    conn.request(request.method, request.path, body=body or None, headers=headers)
+                    response = conn.getresponse()
+                    payload = response.read()
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length", "server",
+                                               "date"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def every_nth(n: int, verdict: tuple[int, bytes] | str, *, when: Callable[[Request], bool] = lambda r: True) -> Rule:
+    """A fault for every n-th request that `when` selects (the others pass)."""
+    counter = {"n": 0}
+    lock = threading.Lock()
+
+    def rule(request: Request) -> tuple[int, bytes] | str | None:
+        if not when(request):
+            return None
+        with lock:
+            counter["n"] += 1
+            return verdict if counter["n"] % n == 0 else None
+
+    return rule
+
+
+S3_INTERNAL_ERROR = (500, b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+                          b"<Message>We encountered an internal error. Please try again.</Message></Error>")
