@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.aws_harness import MotoAWS
+from tests.fault_proxy import FaultProxy
 from tests.vmhost import VMHost
 
 MOTO_ROLE_WORKAROUND = {
@@ -43,6 +44,9 @@ class FakeEC2Cloud:
         # services here that the VM reaches on its own 127.0.0.1 (e.g. a registry).
         self.vm_env: dict[str, str] = {}
         self.vm_loopback_ports: list[int] = []
+        # A FaultProxy (tests/fault_proxy.py) between the VMs and the AWS stand-in: the VMs still address
+        # 127.0.0.1:<moto's port>, which then reaches the proxy.
+        self.vm_aws_proxy: FaultProxy | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -92,7 +96,8 @@ class FakeEC2Cloud:
         self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
                                   profile)
         env.update(self.vm_env)
-        host.boot(script, env, loopback_forwards=[(p, p) for p in (self.aws.port, *self.vm_loopback_ports)])
+        host.boot(script, env, loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
+                                   *[(p, p) for p in self.vm_loopback_ports]])
 
     def _role_credentials(self, profile_name: str) -> dict[str, str]:
         """What IMDS would give the instance: temporary keys of its profile's role."""

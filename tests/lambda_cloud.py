@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.aws_harness import MotoAWS
+from tests.fault_proxy import FaultProxy
 from tests.lambda_fake import FakeLambda
 from tests.vmhost import VMHost
 
@@ -20,6 +21,9 @@ class LambdaVMs:
         # What a test adds to every VM: environment and ports of services here on the VM's 127.0.0.1.
         self.vm_env: dict[str, str] = {}
         self.vm_loopback_ports: list[int] = []
+        # A FaultProxy (tests/fault_proxy.py) between the VMs and the AWS stand-in: the VMs still address
+        # 127.0.0.1:<moto's port>, which then reaches the proxy.
+        self.vm_aws_proxy: FaultProxy | None = None
         self.snapshots: dict[str, Path] = {}
         fake.on_active = self.on_active
         fake.on_gone = self.on_gone
@@ -32,7 +36,8 @@ class LambdaVMs:
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]
         env.update(self.vm_env)
         host.boot(self.fake.user_data[inst["id"]], env, sshd=True,
-                  loopback_forwards=[(p, p) for p in (self.aws.port, *self.vm_loopback_ports)], authorized_keys=keys)
+                  loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
+                                   *[(p, p) for p in self.vm_loopback_ports]], authorized_keys=keys)
         self.hosts[inst["id"]] = host
         return host.vm_ip
 

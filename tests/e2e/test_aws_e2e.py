@@ -323,3 +323,38 @@ resources:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
         assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
+
+
+def _cloudwatch_batch_too_large(request: object) -> tuple[int, bytes] | None:
+    """CloudWatch refuses a PutLogEvents batch over 1,048,576 bytes (each message's UTF-8 bytes + 26);
+    moto does not."""
+    headers = {k.lower(): v for k, v in request.headers.items()}  # type: ignore[attr-defined]
+    if headers.get("x-amz-target") != "Logs_20140328.PutLogEvents":
+        return None
+    events = json.loads(request.body)["logEvents"]  # type: ignore[attr-defined]
+    if sum(len(e["message"].encode()) + 26 for e in events) <= 1_048_576:
+        return None
+    return 400, json.dumps({"__type": "InvalidParameterException", "message": "Upload too large"}).encode()
+
+
+def test_big_log_batches_and_transient_errors_lose_no_line(stack: Stack) -> None:
+    """1,000 lines of 1.1 KB (over CloudWatch's batch limit in one batch) while every 6th call of the
+    agent fails with a 500: the job ends `done` and every line is readable."""
+    from tests.fault_proxy import S3_INTERNAL_ERROR, FaultProxy, every_nth
+
+    errors = every_nth(6, S3_INTERNAL_ERROR)
+    proxy = FaultProxy(stack.aws.port, lambda r: _cloudwatch_batch_too_large(r) or errors(r))
+    stack.cloud.vm_aws_proxy = proxy
+    try:
+        (stack.repo / ".dstack.yml").write_text(
+            "type: task\nname: aws-chatty\ncommands:\n"
+            "  - python3 -c \"print(''.join('line %d %s\\\\n' % (i, 'x' * 1100) for i in range(1000)), end='')\"\n"
+            "resources:\n  cpu: 2..\n  memory: 4GB..\n")
+        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+        assert proxy.faults >= 3, proxy.faults
+        lines = stack.env.cli("logs", "aws-chatty", cwd=stack.repo, timeout=120).stdout.splitlines()
+        numbered = [line.split()[1] for line in lines if line.startswith("line ")]
+        assert numbered == [str(i) for i in range(1000)], len(numbered)
+    finally:
+        proxy.stop()

@@ -303,3 +303,25 @@ def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> 
                  message="the container to run")
         assert stack.env.cli("stop", "lam-sleeper", cwd=stack.repo).returncode == 0
         wait_for(lambda: stack.run("lam-sleeper")["status"] == "stopped", 60, message="the run to stop")
+
+
+def test_job_finishes_with_every_line_through_transient_bucket_errors(stack: Stack) -> None:
+    """S3 answers 500 now and then and drops connections (as it does, rarely, for real): the agent's
+    presigned calls retry, its heartbeats go on, and the job ends `done` with all its lines."""
+    from tests.fault_proxy import S3_INTERNAL_ERROR, FaultProxy, every_nth
+
+    errors, resets = every_nth(4, S3_INTERNAL_ERROR), every_nth(9, "reset")
+    proxy = FaultProxy(stack.aws.port, lambda r: errors(r) or resets(r))
+    stack.vms.vm_aws_proxy = proxy
+    try:
+        stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+        (stack.repo / ".dstack.yml").write_text(
+            "type: task\nname: lam-flaky\ncommands:\n"
+            "  - 'for i in $(seq 0 299); do echo \"line $i\"; sleep 0.01; done'\nresources:\n  gpu: A10\n")
+        result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert proxy.faults >= 5, proxy.faults
+        lines = stack.env.cli("logs", "lam-flaky", cwd=stack.repo).stdout.splitlines()
+        assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(300)]
+    finally:
+        proxy.stop()

@@ -13,6 +13,11 @@ from dstack.storage.layout import log_chunk_key
 
 FLUSH_INTERVAL_S = 0.1
 MAX_LINES_PER_CHUNK = 1000
+# CloudWatch's PutLogEvents: at most 1,048,576 bytes a batch, counted as each message's UTF-8 bytes
+# plus 26; at most 256 KB an event. Chunks in the bucket keep to the same bounds.
+MAX_CHUNK_BYTES = 1_000_000
+EVENT_OVERHEAD = 26
+MAX_MESSAGE_BYTES = 200_000
 MASK = "********"
 
 Sink = Callable[[int, list[dict[str, Any]]], None]
@@ -32,8 +37,8 @@ def cloudwatch_sink(group: str, stream: str, region: str) -> Sink:
     logs = AWSClient("logs", region)
 
     def write(seq: int, batch: list[dict[str, Any]]) -> None:
-        # CloudWatch rejects empty messages and events over 256 KB.
-        events = [{"timestamp": int(e["t"] * 1000), "message": (e["m"] or " ")[:200_000]} for e in batch]
+        # CloudWatch rejects empty messages (long ones were cut when written).
+        events = [{"timestamp": int(e["t"] * 1000), "message": e["m"] or " "} for e in batch]
         logs.json_call("Logs_20140328.PutLogEvents",
                        {"logGroupName": group, "logStreamName": stream, "logEvents": events})
 
@@ -56,6 +61,9 @@ class LogWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self.written = 0  # lines the sink accepted
+        self.errors = 0
+        self.last_error: str | None = None
         self._thread = threading.Thread(target=self._loop, name="log-flusher", daemon=True)
         self._thread.start()
 
@@ -63,6 +71,8 @@ class LogWriter:
         for secret in self._secrets:
             if secret in message:
                 message = message.replace(secret, MASK)
+        if len(message) > MAX_MESSAGE_BYTES // 4:  # may be over the limit in UTF-8: cut by bytes
+            message = message.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore")
         with self._lock:
             self._buffer.append({"t": round(time.time(), 3), "m": message})
             full = len(self._buffer) >= MAX_LINES_PER_CHUNK
@@ -70,25 +80,46 @@ class LogWriter:
             self._wake.set()
 
     def _loop(self) -> None:
+        """Flush until closed; a failing sink (network, throttling) is retried with backoff and never
+        ends the loop: the lines stay buffered, in order."""
+        failures = 0
         while not self._closed:
-            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.wait(FLUSH_INTERVAL_S if not failures else min(30.0, 0.5 * 2 ** failures))
             self._wake.clear()
-            self.flush()
+            failures = 0 if self.flush() else failures + 1
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write what is buffered, in chunks within the line and byte bounds. False if the sink
+        failed: the unwritten lines stay first in the buffer for the next try."""
         while True:
             with self._lock:
                 if not self._buffer:
-                    return
-                batch = self._buffer[:MAX_LINES_PER_CHUNK]
-                del self._buffer[:MAX_LINES_PER_CHUNK]
-                seq = self._seq
-                self._seq += 1
+                    return True
+                count, size = 0, 0
+                for event in self._buffer[:MAX_LINES_PER_CHUNK]:
+                    size += len(event["m"].encode()) + EVENT_OVERHEAD
+                    if count and size > MAX_CHUNK_BYTES:
+                        break
+                    count += 1
+                batch = self._buffer[:count]
                 # Write inside the lock so chunks land strictly in sequence order.
-                self._sink(seq, batch)
+                try:
+                    self._sink(self._seq, batch)
+                except Exception as exc:  # noqa: BLE001 - logging must never fail the job
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    return False
+                del self._buffer[:count]
+                self._seq += 1
+                self.written += count
 
-    def close(self) -> None:
+    def close(self, *, timeout: float = 120.0) -> None:
+        """Stop the flusher and write the rest, retrying for up to `timeout` seconds; never raises."""
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
-        self.flush()
+        deadline = time.monotonic() + timeout
+        delay = 0.5
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)

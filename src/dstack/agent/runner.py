@@ -327,17 +327,26 @@ class JobRunner:
                 self.storage.put_file(artifact_key(self.prefix, path.relative_to(cwd).as_posix()), str(path))
 
     def _watch(self) -> None:
-        """Heartbeats, and stop requests from the server, until the job ends."""
+        """Heartbeats, and stop requests from the server, until the job ends. Every call is remote: a
+        failed one (network, throttling, a 5xx) is tried again on the next turn and never ends the
+        loop, or the server would declare a healthy instance lost."""
         interval = float(self.spec.get("heartbeat_interval", 2.0))
         next_beat = time.monotonic() + interval
-        while not self._done.wait(0.25):
-            if time.monotonic() >= next_beat:
-                self.heartbeat()
-                next_beat = time.monotonic() + interval
-            if self.stop_request is None:
-                request = self.storage.get_json(self._key("stop.json"))
-                if request is not None:
-                    self.stop(request)
+        failures = 0
+        while not self._done.wait(0.25 if not failures else min(5.0, 0.25 * 2 ** failures)):
+            try:
+                if time.monotonic() >= next_beat:
+                    self.heartbeat()
+                    next_beat = time.monotonic() + interval
+                if self.stop_request is None:
+                    request = self.storage.get_json(self._key("stop.json"))
+                    if request is not None:
+                        self.stop(request)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - transient: the next turn tries again
+                failures += 1
+                if failures in (1, 10, 100):
+                    self.event(f"bucket call failed ({failures}x), retrying: {type(exc).__name__}: {exc}")
 
     def stop(self, request: dict[str, Any]) -> None:
         self.stop_request = request

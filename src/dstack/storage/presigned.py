@@ -7,16 +7,38 @@ The access file is re-read when it changes, so the server can renew access for l
 
 from __future__ import annotations
 
+import http.client
 import json
+import random
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dstack.storage.base import Storage
+
+T = TypeVar("T")
+RETRIES = 6
+# S3's answers worth another try: throttling, timeouts and server errors (an expired or refused URL is not).
+_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+
+
+def _with_retries(call: Callable[[], T]) -> T:
+    """`call`, again after transient failures (5xx, throttling, resets, timeouts), with backoff."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in _RETRY_STATUSES or attempt == RETRIES - 1:
+                raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            if attempt == RETRIES - 1:
+                raise
+        time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")
 
 
 class PresignedStorage(Storage):
@@ -37,13 +59,17 @@ class PresignedStorage(Storage):
         url = self._load()["get"].get(key)
         if url is None:
             raise PermissionError(f"no read access to {key}")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
+
+        def call() -> bytes | None:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    return response.read()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                raise
+
+        return _with_retries(call)
 
     def put(self, key: str, data: bytes) -> None:
         post = self._load()["post"]
@@ -52,14 +78,12 @@ class PresignedStorage(Storage):
         body, content_type = _multipart({**post["fields"], "key": key}, data)
         request = urllib.request.Request(post["url"], data=body, method="POST",
                                          headers={"Content-Type": content_type})
-        for attempt in range(5):
-            try:
-                with urllib.request.urlopen(request, timeout=120):
-                    return
-            except (urllib.error.URLError, TimeoutError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * 2**attempt)
+
+        def call() -> None:
+            with urllib.request.urlopen(request, timeout=120):
+                return
+
+        _with_retries(call)
 
     def size(self, key: str) -> int | None:
         data = self.get(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import random
@@ -128,7 +129,7 @@ class AWSClient:
                 if exc.code not in _RETRY_STATUSES and error.code not in _RETRY_CODES:
                     raise error from None
                 last = error
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # resets, cut bodies
                 last = exc
             if attempt < RETRIES - 1:
                 time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
