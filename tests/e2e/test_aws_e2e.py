@@ -8,7 +8,8 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from dstack.backends.aws.iam_policy import policy
 from tests.aws_cloud import FakeEC2Cloud
 from tests.aws_harness import ACCOUNT, MotoAWS, seed_policy_user
+from tests.fault_proxy import FaultProxy, Request
 from tests.harness import Env, Server, need, wait_for
 from tests.iam_eval import violations
 from tests.stock_tree import STOCK_PYTHON_IMAGE, default_image_env, stock_tree
@@ -35,6 +37,8 @@ class Stack:
     cloud: FakeEC2Cloud
     audit_log: Path
     repo: Path
+    # Between the server and moto: tests give it a rule to play EC2's documented misbehaviour.
+    proxy: FaultProxy
 
     def instances(self) -> list[dict]:
         ec2 = self.aws.client("ec2", REGION)
@@ -62,6 +66,8 @@ def stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[St
     audit_log = env.home / "aws-calls.jsonl"
     env.extra.update(aws.server_env(str(audit_log)))
     env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3", **default_image_env()})
+    proxy = FaultProxy(aws.port)
+    env.extra["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
     credentials: dict[str, str] = {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}
     if mode == "default-env":
         env.extra.update({"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key})
@@ -86,11 +92,12 @@ def stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[St
         repo = env.home / "repo"
         repo.mkdir()
         assert env.cli("init", "--project", "cloud", cwd=repo).returncode == 0
-        yield Stack(env, server, aws, cloud, audit_log, repo)
+        yield Stack(env, server, aws, cloud, audit_log, repo, proxy)
         assert cloud.errors == []
     finally:
         cloud.stop()
         server.stop()
+        proxy.stop()
 
 
 TASK = """\
@@ -358,3 +365,38 @@ def test_big_log_batches_and_transient_errors_lose_no_line(stack: Stack) -> None
         assert numbered == [str(i) for i in range(1000)], len(numbered)
     finally:
         proxy.stop()
+
+
+def _ec2_not_found_at_first(seconds: float) -> Callable[[Request], tuple[int, bytes] | None]:
+    """EC2's eventual consistency: Describe/TerminateInstances of an instance answer NotFound for a
+    while after it is first asked about (documented in the EC2 API reference, "Eventual consistency")."""
+    first_seen: dict[str, float] = {}
+
+    def rule(request: Request) -> tuple[int, bytes] | None:
+        form = urllib.parse.parse_qs(request.body.decode(errors="replace"))
+        if form.get("Action", [""])[0] not in ("DescribeInstances", "TerminateInstances"):
+            return None
+        ids = [v[0] for k, v in form.items() if k.startswith("InstanceId.")]
+        if not ids:
+            return None
+        now = time.monotonic()
+        if all(now - first_seen.setdefault(i, now) >= seconds for i in ids):
+            return None
+        body = (f"<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The instance ID "
+                f"'{ids[0]}' does not exist</Message></Error></Errors><RequestID>x</RequestID></Response>")
+        return 400, body.encode()
+
+    return rule
+
+
+def test_ec2_not_found_right_after_launch_is_not_instance_lost(stack: Stack) -> None:
+    """For its first seconds EC2 does not know the new instance: the job still runs to `done`
+    (today's code failed it as "instance lost" and left the instance running)."""
+    stack.proxy.rule = _ec2_not_found_at_first(8)
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-young\ncommands: [echo young, sleep 4]\nresources: {cpu: 2.., memory: 4GB..}\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0 and "aws-young: done" in result.stdout, result.stdout + result.stderr
+    assert stack.proxy.faults >= 1
+    wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 30,
+             message="the instance to be terminated")

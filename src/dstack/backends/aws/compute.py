@@ -41,6 +41,13 @@ CAPACITY_ERRORS = {
 }
 TYPES_TTL = 3600.0
 CHECK_INTERVAL = 5.0
+# EC2 is eventually consistent: for a while after RunInstances, Describe/TerminateInstances may answer
+# InvalidInstanceID.NotFound for an instance that exists. Within this many seconds of the launch,
+# NotFound means "not known yet", not "gone".
+NOT_FOUND_GRACE = 180.0
+# What EC2 answers while a new instance profile (or its role) has not propagated yet.
+_PROPAGATION_MESSAGES = ("iamInstanceProfile", "Invalid IAM Instance Profile", "has no associated IAM Roles",
+                         "is not authorized to perform: iam:PassRole")
 SPOT_TTL = 600.0
 DEFAULT_DISK_GB = 100
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -70,6 +77,11 @@ class _Clients:
 class _TypeInfo:
     name: str
     resources: InstanceResources
+
+
+def _young(instance: LaunchedInstance) -> bool:
+    launched = instance.data.get("launched_at")
+    return isinstance(launched, (int, float)) and time.time() - launched < NOT_FOUND_GRACE
 
 
 class AWSCompute(Compute):
@@ -236,19 +248,24 @@ class AWSCompute(Compute):
                                                                   "region": self.config.region})
         return LaunchedInstance(instance_id=instance_id, region=self.config.region, data={
             "instance_id": instance_id, "private_ip": instance.get("PrivateIpAddress"),
-            "subnet": instance.get("SubnetId"), "spot": offer.spot})
+            "subnet": instance.get("SubnetId"), "spot": offer.spot, "launched_at": time.time()})
 
     def _run_instances(self, request: dict[str, Any]) -> dict[str, Any]:
-        # A new instance profile takes a few seconds to be usable by EC2.
-        deadline = time.monotonic() + 60
+        # A new instance profile takes a few seconds to be usable by EC2: every documented propagation
+        # answer is retried with a bounded backoff (and is not the offer's failure).
+        deadline = time.monotonic() + 90
+        delay = 1.0
         while True:
             try:
                 return self.clients.ec2.run_instances(**request)["Instances"][0]
             except ClientError as exc:
-                propagating = error_code(exc) == "InvalidParameterValue" and "iamInstanceProfile" in str(exc)
-                if not propagating or time.monotonic() > deadline:
+                propagating = (error_code(exc) in ("InvalidParameterValue", "InvalidParameterCombination",
+                                                   "UnauthorizedOperation")
+                               and any(m in str(exc) for m in _PROPAGATION_MESSAGES))
+                if not propagating or time.monotonic() + delay > deadline:
                     raise
-                time.sleep(3)
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)
 
     def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
         # In any state: a short job may have run and its agent terminated the instance already; the
@@ -262,7 +279,7 @@ class AWSCompute(Compute):
         inst = max(found, key=lambda i: i["LaunchTime"])
         return LaunchedInstance(instance_id=inst["InstanceId"], region=self.config.region, data={
             "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
-            "subnet": inst.get("SubnetId"), "spot": intent.offer.spot})
+            "subnet": inst.get("SubnetId"), "spot": intent.offer.spot, "launched_at": inst["LaunchTime"].timestamp()})
 
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
@@ -275,14 +292,14 @@ class AWSCompute(Compute):
         try:
             reservations = self.clients.ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"]
         except ClientError as exc:
-            if error_code(exc) == "InvalidInstanceID.NotFound":
+            if error_code(exc) == "InvalidInstanceID.NotFound" and not _young(instance):
                 return InstanceCheck(failure="instance lost")
-            return InstanceCheck()
+            return InstanceCheck()  # not known yet (eventual consistency), or a transient error
         except BotoCoreError:
             return InstanceCheck()
         inst = reservations[0]["Instances"][0] if reservations else None
         if inst is None:
-            return InstanceCheck(failure="instance lost")
+            return InstanceCheck() if _young(instance) else InstanceCheck(failure="instance lost")
         state = inst["State"]["Name"]
         if state in ("shutting-down", "terminated", "stopping", "stopped"):
             reason = (inst.get("StateReason") or {}).get("Message") or state
@@ -291,11 +308,16 @@ class AWSCompute(Compute):
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:
+        """Raises until EC2 confirms (the reconciler tries again): a young instance's NotFound means EC2
+        does not know it yet, and swallowing it would leave the instance running unowned."""
         try:
             self.clients.ec2.terminate_instances(InstanceIds=[instance.instance_id])
         except ClientError as exc:
             if error_code(exc) != "InvalidInstanceID.NotFound":
                 raise
+            if _young(instance):
+                raise LaunchError(f"EC2 does not know instance {instance.instance_id} yet; "
+                                  "terminating it again shortly") from exc
 
     def reap(self, *, live_instance_ids: set[str]) -> list[str]:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.reaper_grace)
