@@ -400,3 +400,29 @@ def test_ec2_not_found_right_after_launch_is_not_instance_lost(stack: Stack) -> 
     assert stack.proxy.faults >= 1
     wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 30,
              message="the instance to be terminated")
+
+
+def test_instance_profile_propagation_is_retried_not_a_failed_offer(stack: Stack) -> None:
+    """A fresh instance profile: RunInstances answers that it has no roles yet (twice). The launch
+    waits and succeeds on the same offer; no attempt is recorded as failed."""
+    calls = {"n": 0}
+
+    def rule(request: Request) -> tuple[int, bytes] | None:
+        if b"Action=RunInstances" not in request.body:
+            return None
+        calls["n"] += 1
+        if calls["n"] > 2:
+            return None
+        body = ("<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>IAM Instance Profile "
+                f"\"arn:aws:iam::{ACCOUNT}:instance-profile/dstack_role_x\" has no associated IAM Roles</Message>"
+                "</Error></Errors><RequestID>x</RequestID></Response>")
+        return 400, body.encode()
+
+    stack.proxy.rule = rule
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-fresh\ncommands: [echo fresh]\nresources: {cpu: 2.., memory: 4GB..}\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0 and "fresh" in result.stdout, result.stdout + result.stderr
+    with stack.server.api() as api:
+        attempts = api.get("/api/projects/cloud/runs/aws-fresh").json()["jobs"][0]["attempts"]
+    assert [a["ok"] for a in attempts] == [True] and calls["n"] == 3, (attempts, calls)
