@@ -108,3 +108,17 @@ def every_nth(n: int, verdict: tuple[int, bytes] | str, *, when: Callable[[Reque
 
 S3_INTERNAL_ERROR = (500, b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
                           b"<Message>We encountered an internal error. Please try again.</Message></Error>")
+
+
+def s3_refuses_sigv2(request: Request) -> tuple[int, bytes] | None:
+    """S3 refuses Signature Version 2 on buckets created after June 2020 and for SSE-KMS objects (S3
+    docs, "Authenticating Requests (AWS Signature Version 2)"); moto accepts it. Presigned GETs carry
+    it in the query, presigned POSTs as form fields, signed requests in the Authorization header."""
+    auth = {k.lower(): v for k, v in request.headers.items()}.get("authorization", "")
+    sigv2 = ("AWSAccessKeyId=" in request.path and "Signature=" in request.path) or auth.startswith("AWS ") \
+        or (request.method == "POST" and b'name="AWSAccessKeyId"' in request.body)
+    if not sigv2:
+        return None
+    return 400, (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code><Message>The '
+                 b"authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+                 b"</Message></Error>")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.aws_harness import MotoAWS
-from tests.fault_proxy import FaultProxy
+from tests.fault_proxy import FaultProxy, s3_refuses_sigv2
 from tests.lambda_fake import FakeLambda
 from tests.vmhost import VMHost
 
@@ -23,7 +23,8 @@ class LambdaVMs:
         self.vm_loopback_ports: list[int] = []
         # A FaultProxy (tests/fault_proxy.py) between the VMs and the AWS stand-in: the VMs still address
         # 127.0.0.1:<moto's port>, which then reaches the proxy.
-        self.vm_aws_proxy: FaultProxy | None = None
+        # By default it is as strict as S3 where moto is not: SigV2 is refused.
+        self.vm_aws_proxy: FaultProxy | None = FaultProxy(aws.port, s3_refuses_sigv2)
         self.snapshots: dict[str, Path] = {}
         fake.on_active = self.on_active
         fake.on_gone = self.on_gone
@@ -48,6 +49,8 @@ class LambdaVMs:
             host.power_off()
 
     def stop(self) -> None:
+        if self.vm_aws_proxy is not None:
+            self.vm_aws_proxy.stop()
         for host in self.hosts.values():
             host.snapshot()  # left in the test's tmp dir, for a failure's post-mortem
             host.destroy()

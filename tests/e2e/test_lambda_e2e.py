@@ -308,10 +308,12 @@ def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> 
 def test_job_finishes_with_every_line_through_transient_bucket_errors(stack: Stack) -> None:
     """S3 answers 500 now and then and drops connections (as it does, rarely, for real): the agent's
     presigned calls retry, its heartbeats go on, and the job ends `done` with all its lines."""
-    from tests.fault_proxy import S3_INTERNAL_ERROR, FaultProxy, every_nth
+    from tests.fault_proxy import S3_INTERNAL_ERROR, FaultProxy, every_nth, s3_refuses_sigv2
 
     errors, resets = every_nth(4, S3_INTERNAL_ERROR), every_nth(9, "reset")
-    proxy = FaultProxy(stack.aws.port, lambda r: errors(r) or resets(r))
+    proxy = FaultProxy(stack.aws.port, lambda r: s3_refuses_sigv2(r) or errors(r) or resets(r))
+    assert stack.vms.vm_aws_proxy is not None
+    stack.vms.vm_aws_proxy.stop()
     stack.vms.vm_aws_proxy = proxy
     try:
         stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)

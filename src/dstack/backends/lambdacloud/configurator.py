@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dstack.backends.aws.configurator import _bucket_region, bucket_error
@@ -86,9 +87,16 @@ def partial_check(config: dict[str, Any]) -> BackendCheck:
     return result
 
 
+# SigV4 on the bucket's regional endpoint, virtual-hosted: what S3 accepts for every bucket (SigV2
+# is refused by buckets created after June 2020 and for SSE-KMS objects; the global endpoint answers
+# 307 for a young bucket outside us-east-1, which the agent's POST would not follow).
+_S3_CONFIG = Config(signature_version="s3v4", s3={"addressing_style": "virtual"},
+                    retries={"max_attempts": 4, "mode": "standard"})
+
+
 def s3_client(config: LambdaBackendConfig, region: str | None = None) -> Any:
     return boto3.client("s3", region_name=region or "us-east-1", aws_access_key_id=config.access_key_id,
-                        aws_secret_access_key=config.secret_access_key)
+                        aws_secret_access_key=config.secret_access_key, config=_S3_CONFIG)
 
 
 def _check_storage(config: LambdaBackendConfig, result: BackendCheck, *, check_bucket: bool = True) -> None:
