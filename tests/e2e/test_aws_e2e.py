@@ -426,3 +426,31 @@ def test_instance_profile_propagation_is_retried_not_a_failed_offer(stack: Stack
     with stack.server.api() as api:
         attempts = api.get("/api/projects/cloud/runs/aws-fresh").json()["jobs"][0]["attempts"]
     assert [a["ok"] for a in attempts] == [True] and calls["n"] == 3, (attempts, calls)
+
+
+def test_secrets_manager_gets_a_version_only_when_a_value_changes_and_loses_deleted_secrets(stack: Stack) -> None:
+    """Secrets Manager has a version quota: jobs with an unchanged secret write no new version; a
+    changed value writes one; a secret deleted in dstack is deleted there too (no recovery window)."""
+    sid = f"/dstack/{BUCKET}/secrets/cloud/HF_TOKEN"
+
+    def writes() -> list[str]:
+        return [c["operation"] for c in stack.calls()
+                if c["operation"] in ("CreateSecret", "PutSecretValue") and c["params"].get("Name", c["params"].get(
+                    "SecretId")) == sid]
+
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-sec\ncommands: ['echo \"t=$HF_TOKEN\"']\nresources: {cpu: 2.., memory: 4GB..}\n")
+    for _ in range(2):
+        assert stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180).returncode == 0
+    assert writes() == ["CreateSecret"]
+    with stack.server.api() as api:
+        api.put("/api/projects/cloud/secrets/HF_TOKEN", json={"value": "hf_rotated-value"}).raise_for_status()
+    assert stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180).returncode == 0
+    assert writes() == ["CreateSecret", "PutSecretValue"]
+    sm = stack.aws.client("secretsmanager", REGION)
+    assert sm.get_secret_value(SecretId=sid)["SecretString"] == "hf_rotated-value"
+    with stack.server.api() as api:
+        assert api.delete("/api/projects/cloud/secrets/HF_TOKEN").status_code == 204
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.get_secret_value(SecretId=sid)
+    assert violations(policy(BUCKET), stack.calls(), ACCOUNT, stack.instance_tags) == []

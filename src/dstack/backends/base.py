@@ -132,6 +132,10 @@ class Compute(abc.ABC):
     def terminate(self, *, instance: LaunchedInstance) -> None:
         """Tear the instance down; idempotent, safe to call on a gone instance."""
 
+    def delete_secret(self, *, project: str, name: str) -> None:
+        """Remove a deleted project secret from where the backend mirrored it (if anywhere)."""
+        return None
+
     def find_launched(self, *, intent: LaunchIntent) -> LaunchedInstance | None:
         """The live instance launched for `intent.job_id`, if the launch got that far (found by the
         tag or name the launch gave it); None if nothing runs for it."""

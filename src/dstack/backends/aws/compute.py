@@ -281,6 +281,14 @@ class AWSCompute(Compute):
             "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
             "subnet": inst.get("SubnetId"), "spot": intent.offer.spot, "launched_at": inst["LaunchTime"].timestamp()})
 
+    def delete_secret(self, *, project: str, name: str) -> None:
+        try:
+            sm.delete(self.clients.secretsmanager, bucket=self.config.bucket, project=project, name=name)
+        except (ClientError, BotoCoreError) as exc:
+            from dstack.core.errors import BackendError
+
+            raise BackendError(f"cannot delete the secret from Secrets Manager: {describe(exc)}") from exc
+
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:
         """A spot interruption (or any termination dstack did not ask for) fails the job at once,

@@ -15,15 +15,28 @@ def secret_id(bucket: str, project: str, name: str) -> str:
 
 
 def sync(client: Any, *, bucket: str, project: str, secrets: dict[str, str]) -> dict[str, str]:
-    """Create or update each secret; returns name -> secret id for the job spec."""
+    """Create each secret, or write a new version where the value changed (never one per job: Secrets
+    Manager has a version quota); returns name -> secret id for the job spec."""
     ids = {}
     for name, value in secrets.items():
         sid = secret_id(bucket, project, name)
         try:
-            client.put_secret_value(SecretId=sid, SecretString=value)
+            current = client.get_secret_value(SecretId=sid).get("SecretString")
         except ClientError as exc:
             if error_code(exc) != "ResourceNotFoundException":
                 raise
             client.create_secret(Name=sid, SecretString=value, Tags=[{"Key": "dstack_bucket", "Value": bucket}])
+        else:
+            if current != value:
+                client.put_secret_value(SecretId=sid, SecretString=value)
         ids[name] = sid
     return ids
+
+
+def delete(client: Any, *, bucket: str, project: str, name: str) -> None:
+    """At once, without the recovery window (a deleted dstack secret must not stay billed)."""
+    try:
+        client.delete_secret(SecretId=secret_id(bucket, project, name), ForceDeleteWithoutRecovery=True)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise

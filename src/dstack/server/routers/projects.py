@@ -100,6 +100,7 @@ async def set_secret(name: str, body: SetSecretRequest, project: ProjectAdmin, s
 
 
 @router.delete("/{project_name}/secrets/{name}", status_code=204)
-async def delete_secret(name: str, project: ProjectAdmin, session: Session) -> None:
-    await secrets_svc.delete_secret(session=session, project=project, name=name)
+async def delete_secret(name: str, project: ProjectAdmin, session: Session, ctx: Ctx) -> None:
+    await secrets_svc.delete_secret(session=session, project=project, name=name, settings=ctx.settings,
+                                    encryptor=ctx.encryptor)
 

@@ -3,6 +3,8 @@ there at launch. Values are never returned by the API."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 
 from sqlalchemy import select
@@ -11,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dstack.core.errors import ConfigurationError, ResourceNotFoundError
 from dstack.server.crypto import Encryptor
 from dstack.server.models import ProjectModel, SecretModel, utcnow
+from dstack.server.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 
@@ -35,13 +40,27 @@ async def list_secret_names(*, session: AsyncSession, project: ProjectModel) -> 
         select(SecretModel.name).where(SecretModel.project_id == project.id).order_by(SecretModel.name)))
 
 
-async def delete_secret(*, session: AsyncSession, project: ProjectModel, name: str) -> None:
+async def delete_secret(*, session: AsyncSession, project: ProjectModel, name: str,
+                        settings: Settings | None = None, encryptor: Encryptor | None = None) -> None:
+    """Delete it here and from every backend's secrets service that mirrors it (where instances
+    could still read it, and where it is billed)."""
     secret = await session.scalar(
         select(SecretModel).where(SecretModel.project_id == project.id, SecretModel.name == name))
     if secret is None:
         raise ResourceNotFoundError(f"project {project.name!r} has no secret {name!r}", field="name")
     await session.delete(secret)
     await session.commit()
+    if settings is None or encryptor is None:
+        return
+    from dstack.server.services.backends import compute_for
+
+    for backend in project.backends:
+        try:
+            compute = compute_for(settings=settings, encryptor=encryptor, project=project, backend_type=backend.type)
+            await asyncio.to_thread(compute.delete_secret, project=project.name, name=name)
+        except Exception as exc:  # noqa: BLE001 - the secret is gone here; say what is left there
+            logger.warning("secret %s of project %s is deleted, but not from the %s backend: %s",
+                           name, project.name, backend.type, exc)
 
 
 async def secret_values(*, session: AsyncSession, encryptor: Encryptor, project_id: str) -> dict[str, str]:
