@@ -85,8 +85,8 @@ class FakeEC2Cloud:
         if not raw:
             return
         script = base64.b64decode(raw).decode()
-        env = {"HOME": "/root",
-               "AWS_EC2_METADATA_DISABLED": "true", "LANG": "C.UTF-8"}
+        # As cloud-init runs user data: no HOME.
+        env = {"AWS_EC2_METADATA_DISABLED": "true", "LANG": "C.UTF-8"}
         profile = (inst.get("IamInstanceProfile") or {}).get("Arn", "")
         if profile:
             env.update(self._role_credentials(profile.rsplit("/", 1)[-1]))

@@ -31,8 +31,8 @@ class LambdaVMs:
 
     def on_active(self, inst: dict[str, Any]) -> str:
         host = VMHost(self.workdir / inst["id"]).start()
-        env = {"HOME": "/root",
-               "LANG": "C.UTF-8"}
+        # As cloud-init runs user data: no HOME.
+        env = {"LANG": "C.UTF-8"}
         # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]
         env.update(self.vm_env)

@@ -87,6 +87,7 @@ def user_data(*, storage_url: str, bucket: str, region: str, job_prefix: str, jo
     return f"""#!/bin/bash
 # dstack: start the agent of job {job_id}
 set -eu
+export HOME="${{HOME:-/root}}"  # cloud-init runs user data without one
 export AWS_DEFAULT_REGION={q(region)}
 mkdir -p /opt/dstack/jobs
 PY=$(command -v python3)

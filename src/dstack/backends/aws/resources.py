@@ -104,12 +104,11 @@ class AWSResources:
                                                       {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
         if found:
             return found[0]["GroupId"]
-        group_id = ec2.create_security_group(
-            GroupName=name, VpcId=vpc_id, Description="dstack instances: SSH in, anything out",
+        # Nothing in: the agent only calls out (to S3, CloudWatch, the registry). What `dstack attach`
+        # will need is opened then, to the addresses that need it.
+        return ec2.create_security_group(
+            GroupName=name, VpcId=vpc_id, Description="dstack instances: nothing in, anything out",
             TagSpecifications=[{"ResourceType": "security-group", "Tags": self.tags()}])["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-        return group_id
 
     def image(self, gpu: bool) -> tuple[str, str]:
         """(image id, its root device name): the root volume is sized through that device."""

@@ -21,6 +21,7 @@ def user_data(*, job_id: str, job_prefix: str, access: dict[str, Any], agent_url
     return f"""#!/bin/bash
 # dstack: start the agent of job {job_id}. No cloud keys: only presigned access to this job's prefix.
 set -eu
+export HOME="${{HOME:-/root}}"  # cloud-init runs user data without one
 umask 077
 mkdir -p {q(job_dir)}
 cat > {q(job_dir)}/access.json <<'DSTACK_ACCESS'
