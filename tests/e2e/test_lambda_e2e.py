@@ -55,6 +55,7 @@ def stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stack]:
     env.extra.update(aws.server_env())
     env.extra.update(default_image_env())
     env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20",
+                      "DSTACK_PROVISIONING_TIMEOUT": "12",
                       "DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "2"})
     vms = LambdaVMs(lambda_fake, aws, env.home / "vms")
     server = Server(env).start()
@@ -327,3 +328,14 @@ def test_job_finishes_with_every_line_through_transient_bucket_errors(stack: Sta
         assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(300)]
     finally:
         proxy.stop()
+
+
+def test_slow_boot_does_not_count_against_the_provisioning_timeout(stack: Stack) -> None:
+    """8-GPU Lambda instances boot for 10-15 minutes: the provisioning timeout (12 s here) counts from
+    `active`, so an instance booting for 20 s still runs its job (it failed "did not start in time")."""
+    stack.fake.boot_seconds = 20
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (stack.repo / ".dstack.yml").write_text("type: task\nname: lam-slow\ncommands: [echo booted]\n"
+                                            "resources:\n  gpu: A10\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0 and "booted" in result.stdout, result.stdout + result.stderr

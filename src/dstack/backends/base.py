@@ -78,6 +78,7 @@ class InstanceCheck(BaseModel):
 
     failure: str | None = Field(default=None, description="why the job must fail now (e.g. interrupted)")
     data: dict[str, Any] | None = Field(default=None, description="updated instance data (e.g. its IP)")
+    booting: bool = Field(default=False, description="the provider still boots it (the provisioning clock waits)")
 
 
 class LaunchedInstance(BaseModel):
@@ -112,6 +113,9 @@ class LaunchError(Exception):
 class Compute(abc.ABC):
     TYPE: str
     storage: Storage
+    # How long the provider may report an instance as booting before the job fails: the provisioning
+    # timeout (DSTACK_PROVISIONING_TIMEOUT) counts only from when it is up.
+    BOOT_TIMEOUT: float = 1200.0
 
     def unsupported(self, requirements: Requirements) -> str | None:
         """Why this backend can never serve `requirements` (None if it might)."""

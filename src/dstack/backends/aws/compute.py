@@ -85,6 +85,7 @@ def _young(instance: LaunchedInstance) -> bool:
 
 
 class AWSCompute(Compute):
+    BOOT_TIMEOUT = 900.0
     TYPE = "aws"
 
     def __init__(self, config: AWSBackendConfig, ctx: BackendContext) -> None:
@@ -312,7 +313,7 @@ class AWSCompute(Compute):
         if state in ("shutting-down", "terminated", "stopping", "stopped"):
             reason = (inst.get("StateReason") or {}).get("Message") or state
             return InstanceCheck(failure=f"interrupted: the instance is {state} ({reason})")
-        return InstanceCheck()
+        return InstanceCheck(booting=state == "pending")
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:

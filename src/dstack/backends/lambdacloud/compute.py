@@ -54,6 +54,8 @@ SSH_USER = "ubuntu"
 
 
 class LambdaCompute(Compute):
+    # 8-GPU instances take 10-15 minutes to boot.
+    BOOT_TIMEOUT = 1800.0
     TYPE = "lambda"
 
     def __init__(self, config: LambdaBackendConfig, ctx: BackendContext) -> None:
@@ -225,6 +227,8 @@ class LambdaCompute(Compute):
         data = None
         if info.get("ip") and info["ip"] != instance.data.get("ip"):
             data = {**instance.data, "ip": info["ip"]}
+        if status == "booting":
+            return InstanceCheck(data=data, booting=True)
         renewed = self._renew_access(instance, info)
         if renewed:
             data = {**(data or instance.data), "access_expires_at": renewed}

@@ -158,6 +158,14 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                     _finish_stopped(job, run)
             elif job.stop_sent and _seconds_since_stop(job, now) > settings.stop_grace + STOP_TIMEOUT_MARGIN:
                 _finish_stopped(job, run)
+            elif check.booting and not job.heartbeat_seq:
+                booting_for = (now - _launched_at(job, now)).total_seconds()
+                if booting_for > compute.BOOT_TIMEOUT:
+                    set_job_status(job, run, JobStatus.FAILED, reason=(
+                        f"the instance did not boot in {compute.BOOT_TIMEOUT / 60:.0f} minutes "
+                        f"({job.backend} still reports it booting)"))
+                else:
+                    job.heartbeat_at = now  # the provisioning timeout counts from when it is up
             else:
                 silent = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
                 timeout = settings.heartbeat_timeout if job.heartbeat_seq else settings.provisioning_timeout
@@ -236,6 +244,14 @@ def _spec_extras(compute: Any, prefix: str) -> dict[str, Any]:
 def _read_agent_state(storage: Any, prefix: str) -> AgentState:
     return AgentState(status=storage.get_json(f"{prefix}/status.json"),
                       heartbeat=storage.get_json(f"{prefix}/heartbeat.json"))
+
+
+def _launched_at(job: JobModel, now: datetime) -> datetime:
+    """When the job's instance was launched: its latest move to provisioning."""
+    for event in reversed(json.loads(job.history)):
+        if event["status"] == JobStatus.PROVISIONING.value and not event.get("reason"):
+            return datetime.fromisoformat(event["at"])
+    return now
 
 
 def _seconds_since_stop(job: JobModel, now: datetime) -> float:
