@@ -45,6 +45,11 @@ CHECK_INTERVAL = 5.0
 # InvalidInstanceID.NotFound for an instance that exists. Within this many seconds of the launch,
 # NotFound means "not known yet", not "gone".
 NOT_FOUND_GRACE = 180.0
+# GPU families the default GPU image (ECS-optimized AL2023 GPU AMI) supports: NVIDIA, Turing or newer.
+DEFAULT_GPU_IMAGE_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en"})
+# GPUs in the catalog that our images cannot drive: name -> what it is.
+UNDRIVEN_GPUS = {"V100": "V100 (p3, Volta)", "V100-32GB": "V100 (p3dn, Volta)",
+                 "Radeon Pro V520": "Radeon Pro V520 (g4ad, AMD)", "T4g": "T4g (g5g, arm64)"}
 # What EC2 answers while a new instance profile (or its role) has not propagated yet.
 _PROPAGATION_MESSAGES = ("iamInstanceProfile", "Invalid IAM Instance Profile", "has no associated IAM Roles",
                          "is not authorized to perform: iam:PassRole")
@@ -105,7 +110,17 @@ class AWSCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
+        gpu = requirements.resources.gpu
+        if gpu and gpu.name and self._default_gpu_image():
+            undriven = [n for n in gpu.name if n in UNDRIVEN_GPUS]
+            if undriven and len(undriven) == len(gpu.name):
+                return (f"{', '.join(UNDRIVEN_GPUS[n] for n in undriven)}: the default GPU image (ECS-optimized "
+                        "AL2023, NVIDIA Turing or newer, x86_64) cannot drive it; set gpu_ami_name to an image "
+                        "that can")
         return None
+
+    def _default_gpu_image(self) -> bool:
+        return self.config.gpu_ami_name == type(self.config).model_fields["gpu_ami_name"].default
 
     def get_offers(self, requirements: Requirements) -> list[Offer]:
         prices = catalog.load().get(self.config.region, {})
@@ -139,7 +154,9 @@ class AWSCompute(Compute):
                 filters = [{"Name": "instance-type", "Values": names[i:i + 100]},
                            {"Name": "processor-info.supported-architecture", "Values": ["x86_64"]}]
                 for page in paginator.paginate(Filters=filters):
-                    infos.extend(_type_info(t) for t in page["InstanceTypes"])
+                    for raw in page["InstanceTypes"]:
+                        if _drivable(raw, default_image=self._default_gpu_image()):
+                            infos.append(_type_info(raw))
         except (ClientError, BotoCoreError) as exc:
             from dstack.core.errors import BackendError
 
@@ -351,6 +368,21 @@ class AWSCompute(Compute):
         if not logs:
             return [], next_token or "", False
         return self.logs.read(logs["group"], logs["stream"], next_token)
+
+
+def _drivable(raw: dict[str, Any], *, default_image: bool) -> bool:
+    """Whether our images boot this type and drive its GPUs: x86_64 only (the images are), NVIDIA
+    GPUs only (the GPU image has NVIDIA's driver and toolkit), and with the default GPU image only
+    the families it supports (its driver needs Turing or newer: no p3's V100)."""
+    architectures = (raw.get("ProcessorInfo") or {}).get("SupportedArchitectures") or ["x86_64"]
+    if "x86_64" not in architectures:
+        return False
+    gpus = (raw.get("GpuInfo") or {}).get("Gpus") or []
+    if not gpus:
+        return True
+    if any((g.get("Manufacturer") or "NVIDIA").upper() != "NVIDIA" for g in gpus):
+        return False
+    return not default_image or raw["InstanceType"].split(".")[0] in DEFAULT_GPU_IMAGE_FAMILIES
 
 
 def _type_info(raw: dict[str, Any]) -> _TypeInfo:
