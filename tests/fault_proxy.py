@@ -29,9 +29,12 @@ Rule = Callable[[Request], "tuple[int, bytes] | str | None"]
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, rule: Rule | None = None) -> None:
+    def __init__(self, target_port: int, rule: Rule | None = None,
+                 transform: Callable[[Request, bytes], bytes] | None = None) -> None:
         self.target_port = target_port
         self.rule = rule
+        # Rewrites a forwarded answer's body (e.g. CloudWatch's search lag hides fresh events).
+        self.transform = transform
         self.faults = 0
         self.forwarded = 0
         proxy = self
@@ -68,6 +71,8 @@ class FaultProxy:
                     conn.request(request.method, request.path, body=body or None, headers=headers)
                     response = conn.getresponse()
                     payload = response.read()
+                    if proxy.transform is not None and response.status == 200:
+                        payload = proxy.transform(request, payload)
                     self.send_response(response.status)
                     for key, value in response.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length", "server",

@@ -458,3 +458,32 @@ def test_secrets_manager_gets_a_version_only_when_a_value_changes_and_loses_dele
     with pytest.raises(sm.exceptions.ResourceNotFoundException):
         sm.get_secret_value(SecretId=sid)
     assert violations(policy(BUCKET), stack.calls(), ACCOUNT, stack.instance_tags) == []
+
+
+def _cloudwatch_search_lag(seconds: float) -> Callable[[Request, bytes], bytes]:
+    """CloudWatch shows an event to FilterLogEvents only some time after it was written (ingestion and
+    indexing lag; documented as eventual consistency of the search APIs); moto shows it at once."""
+
+    def transform(request: Request, body: bytes) -> bytes:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
+            return body
+        page = json.loads(body)
+        cutoff = (time.time() - seconds) * 1000
+        page["events"] = [e for e in page.get("events", []) if e.get("ingestionTime", 0) <= cutoff]
+        return json.dumps(page).encode()
+
+    return transform
+
+
+def test_the_last_lines_arrive_despite_cloudwatch_search_lag(stack: Stack) -> None:
+    """The job's last lines (often the traceback) are searchable only seconds after the job ended: the
+    agent says how many lines it wrote and the server's reader waits for them all."""
+    stack.proxy.transform = _cloudwatch_search_lag(4)
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-lag\ncommands: ['for i in $(seq 1 30); do echo \"lag line $i\"; done']\n"
+        "resources: {cpu: 2.., memory: 4GB..}\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("lag line ")]
+    assert lines == [f"lag line {i}" for i in range(1, 31)], result.stdout[-1500:]

@@ -62,6 +62,7 @@ class LogWriter:
         self._wake = threading.Event()
         self._closed = False
         self.written = 0  # lines the sink accepted
+        self.total = 0  # lines given
         self.errors = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._loop, name="log-flusher", daemon=True)
@@ -75,6 +76,7 @@ class LogWriter:
             message = message.encode()[:MAX_MESSAGE_BYTES].decode(errors="ignore")
         with self._lock:
             self._buffer.append({"t": round(time.time(), 3), "m": message})
+            self.total += 1
             full = len(self._buffer) >= MAX_LINES_PER_CHUNK
         if full:
             self._wake.set()

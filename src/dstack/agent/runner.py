@@ -49,6 +49,7 @@ class JobRunner:
         self._done = threading.Event()
         self.container: tuple[Runtime, str] | None = None
         self.events: list[dict[str, Any]] = []
+        self.log_events: int | None = None
         self._beat = 0
 
     # --- bucket I/O -------------------------------------------------------------------------
@@ -57,7 +58,10 @@ class JobRunner:
 
     def write_status(self, status: str, **extra: Any) -> None:
         """The job's state for the server, with the run's events so far (an image pull's progress):
-        the server may read only some of the writes, so each carries the latest events."""
+        the server may read only some of the writes, so each carries the latest events. A final one
+        says how many log lines were written, so readers know when they have them all."""
+        if self.log_events is not None:
+            extra = {"log_events": self.log_events, **extra}
         self.storage.put_json(self._key("status.json"), {"status": status, "t": time.time(),
                                                          "events": self.events[-20:], **extra})
 
@@ -196,6 +200,9 @@ class JobRunner:
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
         exit_code = self._container_exit_code() if self.container is not None else self.proc.wait()
         logs.close()
+        self.log_events = logs.written
+        if logs.errors and logs.written < logs.total:
+            self.event(f"{logs.total - logs.written} log lines could not be written: {logs.last_error}")
         if self.stop_request is None or not self.stop_request.get("abort"):
             self._upload_artifacts(cwd)
         if self.stop_request is not None:

@@ -185,4 +185,6 @@ class JobModel(Base):
     lock_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # How many log lines the agent wrote (from its final status): readers wait until they have them all.
+    log_events: Mapped[int | None] = mapped_column(Integer, nullable=True)
     run: Mapped[RunModel] = relationship(back_populates="jobs")

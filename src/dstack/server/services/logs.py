@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 
 from dstack.backends.base import Compute, LaunchedInstance
 from dstack.core.errors import ResourceNotFoundError
 from dstack.core.runs import FINISHED_STATUSES, Artifact, JobStatus, LogPage
 from dstack.server.context import ServerContext
-from dstack.server.models import JobModel, RunModel
+from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.storage.layout import artifact_key
 
@@ -31,18 +32,40 @@ def _compute(ctx: ServerContext, run: RunModel, job: JobModel) -> Compute | None
     return compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=run.project, backend_type=job.backend)
 
 
+# How long after a job ended its reader waits for lines the agent wrote but the log store does not
+# show yet (CloudWatch indexes events for search with a lag).
+INGESTION_WAIT = timedelta(seconds=60)
+
+
+def _split_token(token: str | None) -> tuple[int | None, str | None]:
+    """Our token: "c{lines read so far}|{the backend's token}" (a bare backend token: count unknown)."""
+    if token and token.startswith("c") and "|" in token:
+        count, _, inner = token[1:].partition("|")
+        if count.isdigit():
+            return int(count), inner or None
+    return (0, None) if not token else (None, token)
+
+
 async def get_logs(*, ctx: ServerContext, run: RunModel, next_token: str | None,
                    submission: int | None = None) -> LogPage:
     job = _job(run, submission)
     # Read the status before the logs: the agent writes its last log line before its final status,
-    # so if the job had finished by now, what we read next is complete.
+    # so if the job had finished by now, what we read next is complete, once the store shows all the
+    # lines the agent says it wrote (or after INGESTION_WAIT).
     finished = JobStatus(job.status) in FINISHED_STATUSES
+    count, inner = _split_token(next_token)
     compute = _compute(ctx, run, job)
     if compute is None:
         return LogPage(events=[], next_token=next_token or "", finished=finished)
     extras = LaunchedInstance.model_validate_json(job.instance).data.get("spec_extras", {}) if job.instance else {}
     events, token, more = await asyncio.to_thread(
-        compute.read_logs, job_prefix=job.storage_prefix, spec_extras=extras, next_token=next_token)
+        compute.read_logs, job_prefix=job.storage_prefix, spec_extras=extras, next_token=inner)
+    if count is not None:
+        count += len(events)
+        if (finished and job.log_events is not None and count < job.log_events and job.finished_at
+                and utcnow() - job.finished_at < INGESTION_WAIT):
+            finished = False  # more lines are on their way
+        token = f"c{count}|{token}"
     return LogPage(events=events, next_token=token, finished=finished and not more)
 
 

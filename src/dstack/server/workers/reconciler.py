@@ -264,6 +264,8 @@ def _seconds_since_stop(job: JobModel, now: datetime) -> float:
 def _finish_from_agent(job: JobModel, run: RunModel, status: dict[str, Any]) -> None:
     agent_status = status["status"]
     exit_code = status.get("exit_code")
+    if isinstance(status.get("log_events"), int):
+        job.log_events = status["log_events"]
     if agent_status == "done":
         set_job_status(job, run, JobStatus.DONE, exit_code=0)
     elif agent_status == "failed":
