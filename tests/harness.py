@@ -70,6 +70,11 @@ class Env:
         return subprocess.run([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd or self.home,
                               env=self.vars, capture_output=True, text=True, timeout=timeout, input=input)
 
+    def popen_cli(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        """The CLI in the background (several at once), output captured."""
+        return subprocess.Popen([sys.executable, "-m", "dstack.cli.main", *args], cwd=cwd or self.home,
+                                env=self.vars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     def token(self) -> str:
         config = yaml.safe_load((self.home / ".dstack" / "config.yml").read_text())
         return config["projects"][0]["token"]

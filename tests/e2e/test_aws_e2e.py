@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -39,6 +40,10 @@ class Stack:
     repo: Path
     # Between the server and moto: tests give it a rule to play EC2's documented misbehaviour.
     proxy: FaultProxy
+
+    def run_status(self, name: str) -> str:
+        with self.server.api() as api:
+            return api.get(f"/api/projects/cloud/runs/{name}").json()["status"]
 
     def instances(self) -> list[dict]:
         ec2 = self.aws.client("ec2", REGION)
@@ -487,3 +492,42 @@ def test_the_last_lines_arrive_despite_cloudwatch_search_lag(stack: Stack) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("lag line ")]
     assert lines == [f"lag line {i}" for i in range(1, 31)], result.stdout[-1500:]
+
+
+def _filter_log_events_rate_limit(per_second: int) -> Callable[[Request], tuple[int, bytes] | None]:
+    """CloudWatch allows FilterLogEvents 5 times a second per account and region, then answers
+    ThrottlingException (CloudWatch Logs quotas); moto has no limit."""
+    calls: list[float] = []
+    lock = threading.Lock()
+
+    def rule(request: Request) -> tuple[int, bytes] | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
+            return None
+        with lock:
+            now = time.monotonic()
+            calls[:] = [t for t in calls if now - t < 1.0]
+            if len(calls) >= per_second:
+                return 400, json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+            calls.append(now)
+        return None
+
+    return rule
+
+
+def test_several_followers_share_the_filter_log_events_quota(stack: Stack) -> None:
+    """Three followers of one run under CloudWatch's 5 requests/s: the server keeps all of them under
+    the quota (one shared reader, a rate limit), none is aborted, each sees every line."""
+    stack.proxy.rule = _filter_log_events_rate_limit(5)
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-followed\ncommands: ['for i in $(seq 1 40); do echo \"f line $i\"; sleep 0.1; done']\n"
+        "resources: {cpu: 2.., memory: 4GB..}\n")
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo).returncode == 0
+    wait_for(lambda: stack.run_status("aws-followed") == "running", 60, message="the run to start")
+    followers = [stack.env.popen_cli("logs", "-f", "aws-followed", cwd=stack.repo) for _ in range(3)]
+    outs = [f.communicate(timeout=120)[0] for f in followers]
+    for follower, out in zip(followers, outs, strict=True):
+        assert follower.returncode == 0, out
+        assert [line for line in out.splitlines() if line.startswith("f line ")] == \
+            [f"f line {i}" for i in range(1, 41)], out[-800:]
+    assert stack.proxy.faults == 0, f"the server went over the quota {stack.proxy.faults} times"

@@ -8,6 +8,7 @@ filter events, nothing more (no PutLogEvents, no GetLogEvents).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -16,6 +17,11 @@ from dstack.backends.aws.session import error_code
 from dstack.core.runs import LogEvent
 
 MAX_EVENTS_PER_PAGE = 10_000
+# FilterLogEvents is limited to 5 requests/s per account and region: the server stays under it for
+# every follower together, and answers a follower it cannot serve now with "nothing new yet".
+FILTER_RATE = 3.0
+# Followers of one stream asking with the same token within this long share one request.
+SHARED_READ_S = 1.0
 
 
 def job_group(bucket: str, project: str) -> str:
@@ -26,11 +32,39 @@ def runner_group(bucket: str, project: str) -> str:
     return f"/dstack/runners/{bucket}/{project}"
 
 
+class _RateLimiter:
+    """Evenly spaced requests, no bursts: `take()` is True when one may go now."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.at = rate, 1.0, time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(1.0, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
+_LIMITERS: dict[str, _RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
 class CloudWatchLogs:
     def __init__(self, client: Any) -> None:
         self._logs = client
         self._groups: set[str] = set()
         self._lock = threading.Lock()
+        # One limiter per region for the whole server (the quota is per account and region; several
+        # projects may share an account).
+        region = getattr(getattr(client, "meta", None), "region_name", None) or ""
+        with _LIMITERS_LOCK:
+            self._limiter = _LIMITERS.setdefault(region, _RateLimiter(FILTER_RATE))
+        self._recent: dict[tuple[str, str, str | None], tuple[float, tuple[list[LogEvent], str, bool]]] = {}
 
     def ensure_stream(self, group: str, stream: str) -> None:
         with self._lock:
@@ -50,6 +84,28 @@ class CloudWatchLogs:
                 raise
 
     def read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
+        """Events after the token; what another follower just read is shared, and a follower the
+        rate limit cannot serve now (or a throttled one) gets nothing new and the same token."""
+        key = (group, stream, next_token)
+        with self._lock:
+            cached = self._recent.get(key)
+            if cached and time.monotonic() - cached[0] < SHARED_READ_S:
+                return cached[1]
+        if not self._limiter.take():
+            return [], next_token or "", False
+        try:
+            result = self._read(group, stream, next_token)
+        except ClientError as exc:
+            if error_code(exc) in ("ThrottlingException", "Throttling", "RequestLimitExceeded"):
+                return [], next_token or "", False
+            raise
+        with self._lock:
+            now = time.monotonic()
+            self._recent = {k: v for k, v in self._recent.items() if now - v[0] < SHARED_READ_S}
+            self._recent[key] = (now, result)
+        return result
+
+    def _read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
         """Events after the token `"{timestamp_ms}:{events_seen_at_that_timestamp}"`."""
         start_ms, seen = 0, 0
         if next_token and ":" in next_token:
@@ -58,11 +114,17 @@ class CloudWatchLogs:
         kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": [stream], "startTime": start_ms}
         skip, last_ms, at_last = seen, start_ms, seen
         while True:
+            if "nextToken" in kwargs and not self._limiter.take():
+                more = True  # the rest on the next call
+                break
             try:
                 page = self._logs.filter_log_events(**kwargs)
             except ClientError as exc:
                 if error_code(exc) == "ResourceNotFoundException":
                     return [], next_token or "", False  # the stream is not there yet
+                if events and error_code(exc) in ("ThrottlingException", "Throttling"):
+                    more = True
+                    break
                 raise
             for event in page.get("events", []):
                 ts = int(event["timestamp"])
