@@ -136,6 +136,10 @@ class Compute(abc.ABC):
     def terminate(self, *, instance: LaunchedInstance) -> None:
         """Tear the instance down; idempotent, safe to call on a gone instance."""
 
+    def start_timeout_hint(self, *, instance: LaunchedInstance) -> str | None:
+        """What may have kept a launched instance from ever reporting (shown with the timeout)."""
+        return None
+
     def delete_secret(self, *, project: str, name: str) -> None:
         """Remove a deleted project secret from where the backend mirrored it (if anywhere)."""
         return None

@@ -45,6 +45,8 @@ CHECK_INTERVAL = 5.0
 # InvalidInstanceID.NotFound for an instance that exists. Within this many seconds of the launch,
 # NotFound means "not known yet", not "gone".
 NOT_FOUND_GRACE = 180.0
+# How long a type EC2 called Unsupported in the subnet's zone stays out of the offers.
+UNSUPPORTED_TTL = 6 * 3600
 # GPU families the default GPU image (ECS-optimized AL2023 GPU AMI) supports: NVIDIA, Turing or newer.
 DEFAULT_GPU_IMAGE_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en"})
 # GPUs in the catalog that our images cannot drive: name -> what it is.
@@ -103,6 +105,7 @@ class AWSCompute(Compute):
         self._types: tuple[float, list[_TypeInfo]] | None = None
         self._spot: tuple[float, dict[str, float]] | None = None
         self._published: set[str] = set()
+        self._unsupported_here: dict[str, float] = {}  # instance type -> when EC2 said Unsupported
         self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -129,7 +132,12 @@ class AWSCompute(Compute):
         # EBS volumes are sized to the request (at least DEFAULT_DISK_GB), so any size is on offer.
         disk = requirements.resources.disk
         disk_gb = max(DEFAULT_DISK_GB, disk.size.min or 0) if disk else DEFAULT_DISK_GB
+        with self._lock:
+            now = time.monotonic()
+            skipped = {t for t, at in self._unsupported_here.items() if now - at < UNSUPPORTED_TTL}
         for info in self._instance_types():
+            if info.name in skipped:
+                continue
             info = _TypeInfo(info.name, info.resources.model_copy(update={"disk_gb": disk_gb}))
             item = prices.get(info.name)
             if item is not None and item.price is not None and requirements.spot_policy != "spot":
@@ -222,6 +230,13 @@ class AWSCompute(Compute):
             return self._launch(job, offer)
         except ClientError as exc:
             code = error_code(exc)
+            if code == "Unsupported" and self.config.subnet:
+                # The subnet fixes the zone: this type is not there, today or for the next runs.
+                with self._lock:
+                    self._unsupported_here[offer.instance_type] = time.monotonic()
+                raise LaunchError(f"{offer.instance_type} is not offered in {self.resources.subnet_zone} "
+                                  f"(the zone of subnet {self.config.subnet}); not tried there again for "
+                                  f"{UNSUPPORTED_TTL // 3600:.0f} h") from exc
             if code in CAPACITY_ERRORS:
                 raise LaunchError(describe(exc)) from exc
             raise LaunchError(f"launch failed: {describe(exc)}") from exc
@@ -253,7 +268,7 @@ class AWSCompute(Compute):
         }
         if subnet:
             request["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group],
-                                             "AssociatePublicIpAddress": True}]
+                                             "AssociatePublicIpAddress": self.resources.subnet_public_ip}]
         else:
             request["SecurityGroupIds"] = [group]
         if offer.spot:
@@ -298,6 +313,12 @@ class AWSCompute(Compute):
         return LaunchedInstance(instance_id=inst["InstanceId"], region=self.config.region, data={
             "instance_id": inst["InstanceId"], "private_ip": inst.get("PrivateIpAddress"),
             "subnet": inst.get("SubnetId"), "spot": intent.offer.spot, "launched_at": inst["LaunchTime"].timestamp()})
+
+    def start_timeout_hint(self, *, instance: LaunchedInstance) -> str | None:
+        if not self.config.subnet:
+            return None
+        return (f"subnet {self.config.subnet} may give it no way out: the agent must reach S3 and CloudWatch "
+                "(a public IP and an internet gateway, a NAT gateway, or VPC endpoints)")
 
     def delete_secret(self, *, project: str, name: str) -> None:
         try:

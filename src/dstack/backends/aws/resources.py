@@ -29,6 +29,8 @@ class AWSResources:
         self._profile: str | None = None
         self._network: tuple[str, str | None] | None = None
         self._security_groups: dict[str, str] = {}
+        self.subnet_public_ip = True
+        self.subnet_zone: str | None = None
         self._images: dict[bool, str] = {}
 
     def tags(self) -> list[dict[str, str]]:
@@ -82,6 +84,10 @@ class AWSResources:
                 if self.config.subnet:
                     subnets = ec2.describe_subnets(SubnetIds=[self.config.subnet])["Subnets"]
                     self._network = (subnets[0]["VpcId"], self.config.subnet)
+                    # The subnet's own choice: a public IP only where it gives one (else the instance
+                    # reaches S3 and CloudWatch through a NAT or VPC endpoints).
+                    self.subnet_public_ip = bool(subnets[0].get("MapPublicIpOnLaunch"))
+                    self.subnet_zone = subnets[0].get("AvailabilityZone")
                 else:
                     subnets = ec2.describe_subnets(
                         Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]

@@ -171,7 +171,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 timeout = settings.heartbeat_timeout if job.heartbeat_seq else settings.provisioning_timeout
                 if silent > timeout:
                     reason = "instance lost" if job.heartbeat_seq else "the instance did not start in time"
-                    set_job_status(job, run, JobStatus.FAILED, reason=reason)
+                    hint = None if job.heartbeat_seq else compute.start_timeout_hint(instance=instance)
+                    set_job_status(job, run, JobStatus.FAILED, reason=f"{reason}: {hint}" if hint else reason)
 
         finished = JobStatus(job.status) in FINISHED_STATUSES
         session.add(job)
