@@ -117,3 +117,21 @@ def test_plan_picks_the_cheaper_backend_across_aws_and_lambda(env: Env, aws: Mot
         offers = plan({"cpu": "2..", "memory": "4GB.."})
         assert [o["backend"] for o in offers[:2]] == ["local", "aws"] and offers[1]["instance_type"] == "t3.medium"
         assert min(i for i, o in enumerate(offers) if o["backend"] == "lambda") > 1
+
+
+def test_presigned_urls_are_sigv4_on_the_buckets_regional_endpoint(monkeypatch) -> None:  # noqa: ANN001
+    """What the agent gets: SigV4, virtual-hosted on the bucket's own region (the global endpoint
+    answers 307 for a young bucket outside us-east-1, which a presigned POST does not follow)."""
+    from dstack.backends.lambdacloud.configurator import s3_client
+    from dstack.backends.lambdacloud.models import LambdaBackendConfig
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    config = LambdaBackendConfig(api_key="k", regions=["us-east-1"], storage="aws", access_key_id="AKIAEXAMPLE",
+                                 secret_access_key="secret", bucket="young-bucket")
+    s3 = s3_client(config, "eu-west-1")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "young-bucket", "Key": "a/b"}, ExpiresIn=60)
+    assert url.startswith("https://young-bucket.s3.eu-west-1.amazonaws.com/a/b?") and "X-Amz-Algorithm=AWS4" in url
+    post = s3.generate_presigned_post("young-bucket", "a/${filename}", ExpiresIn=60)
+    assert post["url"] == "https://young-bucket.s3.eu-west-1.amazonaws.com/"
+    assert post["fields"]["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and "AWSAccessKeyId" not in post["fields"]
