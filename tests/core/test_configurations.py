@@ -117,3 +117,35 @@ def test_json_schema_is_exported_and_current() -> None:
     assert json.loads(committed.read_text()) == json.loads(json.dumps(schema)), (
         "docs/schemas/configuration.json is stale: regenerate it with `dstack schema > docs/schemas/configuration.json`"
     )
+
+
+@pytest.mark.parametrize(("gpu", "vendor", "names", "count"), [
+    ("nvidia:1..8", "nvidia", None, "1..8"),
+    ("nvidia:B200:8", "nvidia", ["B200"], "8"),
+    ("amd:MI300X:8", "amd", ["MI300X"], "8"),
+    ("tpu:v5litepod-8", "tpu", ["v5litepod-8"], "1"),
+    ("H100NVL:2", "nvidia", ["H100NVL"], "2"),
+    ("RTX5090", "nvidia", ["RTX5090"], "1"),
+    ("Gaudi3:8", "intel", ["Gaudi3"], "8"),
+    ("MI355X", "amd", ["MI355X"], "1"),
+])
+def test_upstream_gpu_forms(gpu: str, vendor: str, names: list[str] | None, count: str) -> None:
+    conf = parse_configuration(f"type: task\ncommands: [x]\nresources:\n  gpu: {gpu}\n")
+    spec = conf.resources.gpu
+    assert spec is not None and spec.vendor == vendor and spec.name == names and str(spec.count) == count
+
+
+def test_gpu_mapping_cpu_arch_ports_and_ide_as_upstream() -> None:
+    conf = parse_configuration("type: task\ncommands: [x]\nresources:\n  gpu: {vendor: nvidia, compute_capability: '8.0'}\n"
+                               "  cpu: arm:8\nports: ['*:8080', 8000, '8001:80']\n")
+    assert conf.resources.gpu.vendor == "nvidia" and conf.resources.gpu.compute_capability == 8.0
+    assert conf.resources.cpu_arch == "arm" and str(conf.resources.cpu) == "8"
+    assert [(p.any_local_port, p.local_port, p.container_port) for p in conf.ports] == [
+        (True, None, 8080), (False, None, 8000), (False, 8001, 80)]
+    assert parse_configuration("type: task\ncommands: [x]\nresources:\n  cpu: x86:4..\n").resources.cpu_arch == "x86"
+    assert parse_configuration("type: dev-environment\n").ide is None  # SSH only, upstream's default
+    assert parse_configuration("type: dev-environment\nide: windsurf\n").ide == "windsurf"
+    with pytest.raises(ConfigurationError, match="H100 is not a amd GPU"):
+        parse_configuration("type: task\ncommands: [x]\nresources:\n  gpu: amd:H100\n")
+    with pytest.raises(ConfigurationError, match="architecture x86 or arm"):
+        parse_configuration("type: task\ncommands: [x]\nresources:\n  cpu: sparc:8\n")

@@ -39,8 +39,11 @@ def parse_duration(value: Any) -> int | None:
 
 
 class PortMapping(StrictModel):
+    """`8080` (the same port locally), `8000:80` (local:container), `*:8080` (any free local port)."""
+
     local_port: int | None = Field(default=None, ge=1, le=65535)
     container_port: int = Field(ge=1, le=65535)
+    any_local_port: bool = Field(default=False, description="`*:PORT`: a free local port is picked")
 
     @model_validator(mode="before")
     @classmethod
@@ -48,13 +51,15 @@ class PortMapping(StrictModel):
         if isinstance(value, int) and not isinstance(value, bool):
             return {"container_port": value}
         if isinstance(value, str):
-            local, sep, container = value.partition(":")
+            local, sep, container = value.strip().partition(":")
             try:
                 if not sep:
                     return {"container_port": int(local)}
+                if local.strip() == "*":
+                    return {"container_port": int(container), "any_local_port": True}
                 return {"local_port": int(local), "container_port": int(container)}
             except ValueError:
-                raise ValueError(f"expected a port such as 8080 or 8080:80, got {value!r}") from None
+                raise ValueError(f"expected a port such as 8080, 8000:80 or *:8080, got {value!r}") from None
         return value
 
 
@@ -211,7 +216,8 @@ class TaskConfiguration(BaseRunConfiguration):
 
 class DevEnvironmentConfiguration(BaseRunConfiguration):
     type: Literal["dev-environment"]
-    ide: Literal["vscode", "cursor"] = "vscode"
+    # As upstream: the IDE whose link `dstack apply` prints; none means SSH only.
+    ide: Literal["vscode", "cursor", "windsurf"] | None = None
     init: list[str] = Field(default_factory=list, description="commands to run before the IDE attaches")
 
 

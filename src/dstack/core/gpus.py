@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 # Name -> memory options in GB. Names are the short marketing names users write in
 # `.dstack.yml`; backends map their own labels (e.g. AWS "A100-80GB") onto these.
 KNOWN_GPUS: dict[str, tuple[float, ...]] = {
+    # NVIDIA
     "A10": (24,),
     "A10G": (24,),
     "A16": (16,),
@@ -16,30 +18,73 @@ KNOWN_GPUS: dict[str, tuple[float, ...]] = {
     "A5000": (24,),
     "A6000": (48,),
     "B200": (180,),
+    "B300": (288,),
+    "GB200": (186,),
+    "GB300": (288,),
     "GH200": (96,),
+    "H20": (96,),
     "H100": (80,),
+    "H100NVL": (94,),
     "H200": (141,),
     "K80": (12,),
     "L4": (24,),
     "L40": (48,),
     "L40S": (48,),
     "M60": (8,),
-    "MI300X": (192,),
     "P100": (16,),
     "RTX3090": (24,),
     "RTX4090": (24,),
+    "RTX5090": (32,),
     "RTX6000": (24, 48),
-    "RadeonProV520": (8,),
+    "RTXPRO6000": (96,),
     "T4": (16,),
     "T4G": (16,),
     "V100": (16, 32),
+    # AMD
+    "MI210": (64,),
+    "MI250": (128,),
+    "MI250X": (128,),
+    "MI300X": (192,),
+    "MI325X": (256,),
+    "MI355X": (288,),
+    "RadeonProV520": (8,),
+    # Intel
+    "Gaudi": (32,),
+    "Gaudi2": (96,),
+    "Gaudi3": (128,),
 }
+
+VENDORS = ("nvidia", "amd", "intel", "tpu", "tenstorrent")
+_AMD = {"MI210", "MI250", "MI250X", "MI300X", "MI325X", "MI355X", "RadeonProV520"}
+_INTEL = {"Gaudi", "Gaudi2", "Gaudi3"}
+# NVIDIA compute capabilities (for `compute_capability`).
+COMPUTE_CAPABILITY: dict[str, float] = {
+    "K80": 3.7, "M60": 5.2, "P100": 6.0, "V100": 7.0, "T4": 7.5, "T4G": 7.5, "A100": 8.0, "A10": 8.6, "A10G": 8.6,
+    "A16": 8.6, "A40": 8.6, "A4000": 8.6, "A5000": 8.6, "A6000": 8.6, "RTX3090": 8.6, "L4": 8.9, "L40": 8.9,
+    "L40S": 8.9, "RTX4090": 8.9, "RTX6000": 8.9, "H100": 9.0, "H100NVL": 9.0, "H200": 9.0, "H20": 9.0, "GH200": 9.0,
+    "B200": 10.0, "GB200": 10.0, "B300": 10.3, "GB300": 10.3, "RTX5090": 12.0, "RTXPRO6000": 12.0,
+}
+# Google TPU slices: v2-8, v3-32, v4-8, v5litepod-8, v5p-16, v6e-8.
+TPU_RE = re.compile(r"^v\d+[a-z]*(pod)?-\d+\Z")
+
+
+def vendor_of(name: str) -> str:
+    if name in _AMD:
+        return "amd"
+    if name in _INTEL:
+        return "intel"
+    if TPU_RE.match(name):
+        return "tpu"
+    return "nvidia"
 
 _BY_LOWER = {name.lower(): name for name in KNOWN_GPUS}
 
 
 def normalize_gpu_name(name: str) -> str:
-    """Return the canonical spelling of a known GPU name, or raise ValueError with suggestions."""
+    """Return the canonical spelling of a known GPU name (or TPU slice), or raise ValueError with
+    suggestions."""
+    if TPU_RE.match(name.strip().lower().removeprefix("tpu-")):
+        return name.strip().lower().removeprefix("tpu-")
     key = name.strip().replace(" ", "").replace("-", "").lower()
     if key in _BY_LOWER:
         return _BY_LOWER[key]

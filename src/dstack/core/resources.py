@@ -10,11 +10,11 @@ Accepted forms (see docs/configuration.md):
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dstack.core.gpus import KNOWN_GPUS, normalize_gpu_name
+from dstack.core.gpus import COMPUTE_CAPABILITY, KNOWN_GPUS, VENDORS, normalize_gpu_name, vendor_of
 
 _UNITS = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*\Z", re.IGNORECASE)
@@ -144,10 +144,12 @@ _SIZE_TOKEN_RE = re.compile(r"^[\d.\s]*(mb|gb|tb)?[\s.]*([\d.]+\s*(mb|gb|tb)?)?\
 
 
 class GPUSpec(StrictModel):
+    vendor: Literal["nvidia", "amd", "intel", "tpu", "tenstorrent"] | None = None
     name: list[str] | None = None
     memory: MemoryRange | None = None
     count: IntRange = Field(default_factory=lambda: IntRange(min=1, max=1))
     total_memory: MemoryRange | None = None
+    compute_capability: float | None = Field(default=None, description="NVIDIA compute capability, at least")
 
     @model_validator(mode="before")
     @classmethod
@@ -160,13 +162,27 @@ class GPUSpec(StrictModel):
             return _parse_gpu_string(value)
         if isinstance(value, dict) and isinstance(value.get("name"), str):
             value = {**value, "name": [n for n in value["name"].split(",") if n.strip()]}
+        if isinstance(value, dict) and isinstance(value.get("vendor"), str):
+            value = {**value, "vendor": value["vendor"].lower()}
+        if isinstance(value, dict) and isinstance(value.get("compute_capability"), str):
+            try:
+                value = {**value, "compute_capability": float(value["compute_capability"])}
+            except ValueError:
+                raise ValueError(f"expected a compute capability such as 8.0, got "
+                                 f"{value['compute_capability']!r}") from None
         return value
 
     @model_validator(mode="after")
     def _check_names(self) -> GPUSpec:
         if self.name is not None:
             self.name = [normalize_gpu_name(n) for n in self.name]
-            if self.memory is not None:
+            vendors = {vendor_of(n) for n in self.name}
+            if self.vendor is None and len(vendors) == 1:
+                self.vendor = vendors.pop()  # as upstream: the name implies the vendor
+            elif self.vendor is not None and vendors - {self.vendor}:
+                raise ValueError(f"{', '.join(n for n in self.name if vendor_of(n) != self.vendor)} "
+                                 f"is not a {self.vendor} GPU")
+            if self.memory is not None and all(n in KNOWN_GPUS for n in self.name):
                 sizes = {m for n in self.name for m in KNOWN_GPUS[n]}
                 if not any(self.memory.contains(m) for m in sizes):
                     raise ValueError(
@@ -179,6 +195,8 @@ class GPUSpec(StrictModel):
 
     def __str__(self) -> str:
         parts = []
+        if self.vendor and not self.name:
+            parts.append(self.vendor)
         if self.name:
             parts.append(",".join(self.name))
         if self.memory:
@@ -192,6 +210,10 @@ def _parse_gpu_string(text: str) -> dict[str, Any]:
     tokens = [t.strip() for t in text.split(":")]
     if not text.strip() or any(not t for t in tokens):
         raise ValueError(f"expected a GPU such as A100, A100:2, 24GB or A100:80GB:2, got {text!r}")
+    if tokens[0].lower() in VENDORS:  # nvidia:1..8, amd:MI300X:8, tpu:v5litepod-8
+        result["vendor"] = tokens.pop(0).lower()
+        if result["vendor"] == "tpu" and tokens and not _COUNT_RE.match(tokens[0]):
+            result["name"] = [tokens.pop(0).lower()]
     for token in tokens:
         if _COUNT_RE.match(token) and any(ch.isdigit() for ch in token):
             _set_once(result, "count", token, text)
@@ -224,7 +246,8 @@ class DiskSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    cpu: IntRange = Field(default_factory=lambda: IntRange(min=2), description="vCPUs: 4, 2..8, 4..")
+    cpu: IntRange = Field(default_factory=lambda: IntRange(min=2), description="vCPUs: 4, 2..8, 4.., arm:8, x86:4..")
+    cpu_arch: Literal["x86", "arm"] | None = Field(default=None, description="from `cpu: arm:8` / `cpu: {arch: arm}`")
     memory: MemoryRange = Field(
         default_factory=lambda: MemoryRange(min=8), description="RAM: 16GB, 8GB.., 16GB..64GB"
     )
@@ -237,10 +260,25 @@ class ResourcesSpec(StrictModel):
     def _parse_shm(cls, value: Any) -> Any:
         if isinstance(value, dict) and value.get("shm_size") is not None:
             value = {**value, "shm_size": parse_memory(value["shm_size"])}
+        if isinstance(value, dict):  # upstream's CPU forms: `arm:8`, `x86:4..`, `{arch: arm, count: 8}`
+            cpu = value.get("cpu")
+            arch = None
+            if isinstance(cpu, str) and ":" in cpu:
+                arch, _, count = cpu.partition(":")
+                value = {**value, "cpu": count.strip()}
+            elif isinstance(cpu, dict) and "arch" in cpu:
+                arch = cpu.get("arch")
+                value = {**value, "cpu": cpu.get("count", "2..")}
+            if arch is not None:
+                arch = {"amd64": "x86", "x86_64": "x86", "aarch64": "arm", "arm64": "arm"}.get(
+                    str(arch).strip().lower(), str(arch).strip().lower())
+                if arch not in ("x86", "arm"):
+                    raise ValueError(f"cpu: expected the architecture x86 or arm, got {arch!r}")
+                value = {**value, "cpu_arch": arch}
         return value
 
     def pretty(self) -> str:
-        parts = [f"cpu={self.cpu}", f"mem={self.memory}"]
+        parts = [f"cpu={self.cpu_arch + ':' if self.cpu_arch else ''}{self.cpu}", f"mem={self.memory}"]
         if self.gpu is not None and self.gpu.count.max != 0:
             parts.append(f"gpu={self.gpu}")
         if self.disk is not None:
@@ -295,8 +333,12 @@ def _unmet_gpu(gpu: GPUSpec | None, gpus: list[GPU]) -> list[str]:
     if not gpus:
         return []
     first = gpus[0]
+    if gpu.vendor and vendor_of(first.name) != gpu.vendor:
+        return [f"gpu {gpu} ({has})"]
     if gpu.name and first.name not in gpu.name:
         return [f"gpu {gpu} ({has})"]
+    if gpu.compute_capability and COMPUTE_CAPABILITY.get(first.name, 0) < gpu.compute_capability:
+        return [f"gpu {gpu} with compute capability {gpu.compute_capability}+ ({has})"]
     if gpu.memory and not gpu.memory.contains(first.memory_gb):
         return [f"gpu {gpu} ({has})"]
     if gpu.total_memory and not gpu.total_memory.contains(first.memory_gb * len(gpus)):

@@ -36,6 +36,10 @@ def test_one_gpu_lands_on_an_nvidia_x86_type_the_image_drives(aws, tmp_path: Pat
     # Asking for a GPU the image cannot drive says so, and how to get it.
     v100 = Requirements(resources=ResourcesSpec.model_validate({"gpu": "V100"}), spot_policy="on-demand")
     assert "cannot drive it; set gpu_ami_name" in (compute.unsupported(v100) or "")
+    amd = Requirements(resources=ResourcesSpec.model_validate({"gpu": "amd:MI300X:8"}), spot_policy="on-demand")
+    assert "NVIDIA GPUs only" in (compute.unsupported(amd) or "")
+    arm = Requirements(resources=ResourcesSpec.model_validate({"cpu": "arm:8"}), spot_policy="on-demand")
+    assert "Graviton" in (compute.unsupported(arm) or "")
     every = {o.instance_type.split(".")[0] for o in compute.get_offers(requirements) if o.resources.gpus}
     assert not every & {"g4ad", "g5g", "p3", "p3dn"}, every
     # An image of the user's own may drive Volta: then p3dn is offered (still NVIDIA, still x86_64).

@@ -50,8 +50,8 @@ UNSUPPORTED_TTL = 6 * 3600
 # GPU families the default GPU image (ECS-optimized AL2023 GPU AMI) supports: NVIDIA, Turing or newer.
 DEFAULT_GPU_IMAGE_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en"})
 # GPUs in the catalog that our images cannot drive: name -> what it is.
-UNDRIVEN_GPUS = {"V100": "V100 (p3, Volta)", "V100-32GB": "V100 (p3dn, Volta)",
-                 "Radeon Pro V520": "Radeon Pro V520 (g4ad, AMD)", "T4g": "T4g (g5g, arm64)"}
+UNDRIVEN_GPUS = {"V100": "V100 (p3/p3dn, Volta)", "RadeonProV520": "Radeon Pro V520 (g4ad, AMD)",
+                 "T4G": "T4g (g5g, arm64)"}
 # What EC2 answers while a new instance profile (or its role) has not propagated yet.
 _PROPAGATION_MESSAGES = ("iamInstanceProfile", "Invalid IAM Instance Profile", "has no associated IAM Roles",
                          "is not authorized to perform: iam:PassRole")
@@ -113,7 +113,11 @@ class AWSCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
+        if requirements.resources.cpu_arch == "arm":
+            return "the AWS backend's images are x86_64: Graviton (arm) types are not offered"
         gpu = requirements.resources.gpu
+        if gpu and gpu.vendor not in (None, "nvidia"):
+            return f"the AWS backend offers NVIDIA GPUs only (its images have NVIDIA's driver), not {gpu.vendor}"
         if gpu and gpu.name and self._default_gpu_image():
             undriven = [n for n in gpu.name if n in UNDRIVEN_GPUS]
             if undriven and len(undriven) == len(gpu.name):

@@ -88,6 +88,11 @@ class LambdaCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.spot_policy == "spot":
             return "Lambda Cloud has no spot instances (use spot_policy: auto or on-demand)"
+        gpu = requirements.resources.gpu
+        if gpu and gpu.vendor not in (None, "nvidia"):
+            return f"Lambda Cloud has NVIDIA GPUs only, not {gpu.vendor}"
+        if requirements.resources.cpu_arch == "arm" and not (gpu and gpu.name and "GH200" in gpu.name):
+            return "Lambda Cloud's arm machines are GH200 only (ask for gpu: GH200)"
         if requirements.regions and not set(requirements.regions) & set(self.config.regions):
             return f"the backend's regions are {', '.join(self.config.regions)}"
         return None

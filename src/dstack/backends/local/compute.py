@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import shlex
 import shutil
 import socket
@@ -77,6 +78,9 @@ class LocalCompute(Compute):
                 return str(exc)
         if requirements.regions and REGION not in requirements.regions:
             return f"the local backend has only region `{REGION}`"
+        machine = "arm" if platform.machine().lower() in ("aarch64", "arm64") else "x86"
+        if requirements.resources.cpu_arch and requirements.resources.cpu_arch != machine:
+            return f"this machine's CPU is {machine}, not {requirements.resources.cpu_arch}"
         why_not = self.isolation_unavailable()
         if why_not and not requirements.admin and not requirements.image:
             return (f"the local backend cannot isolate jobs from the server on this machine ({why_not}), "
