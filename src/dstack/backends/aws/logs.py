@@ -22,6 +22,8 @@ MAX_EVENTS_PER_PAGE = 10_000
 FILTER_RATE = 3.0
 # Followers of one stream asking with the same token within this long share one request.
 SHARED_READ_S = 1.0
+# How long a read waits for its turn under the rate limit before it answers "nothing new yet".
+READ_WAIT_S = 5.0
 
 
 def job_group(bucket: str, project: str) -> str:
@@ -39,15 +41,21 @@ class _RateLimiter:
         self.rate, self.tokens, self.at = rate, 1.0, time.monotonic()
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self.tokens = min(1.0, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-            if self.tokens < 1:
+    def take(self, wait: float = 0.0) -> bool:
+        """Take a turn, waiting up to `wait` seconds for one (readers run in worker threads)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self.tokens = min(1.0, self.tokens + (now - self.at) * self.rate)
+                self.at = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return True
+                delay = (1 - self.tokens) / self.rate
+            if now + delay > deadline:
                 return False
-            self.tokens -= 1
-            return True
+            time.sleep(delay)
 
 
 _LIMITERS: dict[str, _RateLimiter] = {}
@@ -91,7 +99,7 @@ class CloudWatchLogs:
             cached = self._recent.get(key)
             if cached and time.monotonic() - cached[0] < SHARED_READ_S:
                 return cached[1]
-        if not self._limiter.take():
+        if not self._limiter.take(wait=READ_WAIT_S):
             return [], next_token or "", False
         try:
             result = self._read(group, stream, next_token)
@@ -114,7 +122,7 @@ class CloudWatchLogs:
         kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": [stream], "startTime": start_ms}
         skip, last_ms, at_last = seen, start_ms, seen
         while True:
-            if "nextToken" in kwargs and not self._limiter.take():
+            if "nextToken" in kwargs and not self._limiter.take(wait=READ_WAIT_S):
                 more = True  # the rest on the next call
                 break
             try:
