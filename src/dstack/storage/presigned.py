@@ -7,38 +7,19 @@ The access file is re-read when it changes, so the server can renew access for l
 
 from __future__ import annotations
 
-import http.client
 import json
-import random
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from dstack.storage.base import Storage
+from dstack.storage.sigv4 import with_retries
 
-T = TypeVar("T")
-RETRIES = 6
 # S3's answers worth another try: throttling, timeouts and server errors (an expired or refused URL is not).
-_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-
-
-def _with_retries(call: Callable[[], T]) -> T:
-    """`call`, again after transient failures (5xx, throttling, resets, timeouts), with backoff."""
-    for attempt in range(RETRIES):
-        try:
-            return call()
-        except urllib.error.HTTPError as exc:
-            if exc.code not in _RETRY_STATUSES or attempt == RETRIES - 1:
-                raise
-        except (urllib.error.URLError, OSError, http.client.HTTPException):
-            if attempt == RETRIES - 1:
-                raise
-        time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
-    raise AssertionError("unreachable")
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class PresignedStorage(Storage):
@@ -69,7 +50,7 @@ class PresignedStorage(Storage):
                     return None
                 raise
 
-        return _with_retries(call)
+        return with_retries(call, statuses=_RETRY_STATUSES)
 
     def put(self, key: str, data: bytes) -> None:
         post = self._load()["post"]
@@ -83,7 +64,7 @@ class PresignedStorage(Storage):
             with urllib.request.urlopen(request, timeout=120):
                 return
 
-        _with_retries(call)
+        with_retries(call, statuses=_RETRY_STATUSES)
 
     def size(self, key: str) -> int | None:
         data = self.get(key)

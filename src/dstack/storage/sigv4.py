@@ -61,25 +61,30 @@ def _instance_role_credentials() -> tuple[str, str, str | None, float]:
         raise AWSError(0, "NoCredentials", "no AWS credentials in the environment and the metadata service is off")
     token_request = urllib.request.Request(f"{IMDS}/latest/api/token", method="PUT",
                                            headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
-    token = _with_retries(lambda: urllib.request.urlopen(token_request, timeout=5).read().decode())
+    token = with_retries(lambda: urllib.request.urlopen(token_request, timeout=5).read().decode())
     headers = {"X-aws-ec2-metadata-token": token}
     base = f"{IMDS}/latest/meta-data/iam/security-credentials/"
-    role = _with_retries(lambda: urllib.request.urlopen(
+    role = with_retries(lambda: urllib.request.urlopen(
         urllib.request.Request(base, headers=headers), timeout=5).read().decode().split()[0])
-    data = json.loads(_with_retries(lambda: urllib.request.urlopen(
+    data = json.loads(with_retries(lambda: urllib.request.urlopen(
         urllib.request.Request(base + role, headers=headers), timeout=5).read()))
     expires = _dt.datetime.strptime(data["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
     return data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"), expires.timestamp()
 
 
-def _with_retries(call: Any) -> Any:
+def with_retries(call: Any, *, statuses: frozenset[int] | None = None) -> Any:
+    """`call`, again after network failures (resets, timeouts, cut bodies) with backoff; an HTTP error
+    too unless `statuses` names the retryable ones (throttling, 5xx) and it is not among them."""
     for attempt in range(RETRIES):
         try:
             return call()
-        except (urllib.error.URLError, OSError):
+        except urllib.error.HTTPError as exc:
+            if (statuses is not None and exc.code not in statuses) or attempt == RETRIES - 1:
+                raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             if attempt == RETRIES - 1:
                 raise
-            time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+        time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
 
 
