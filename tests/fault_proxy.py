@@ -9,7 +9,9 @@ VM side of a forwarder, or sign for the proxy's own address).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +35,10 @@ class FaultProxy:
                  transform: Callable[[Request, bytes], bytes] | None = None) -> None:
         self.target_port = target_port
         self.rule = rule
-        # Rewrites a forwarded answer's body (e.g. CloudWatch's search lag hides fresh events).
+        # Rewrites a forwarded answer's body (e.g. CloudWatch's search lag hides fresh events); `normalize`
+        # first, for what the stand-in always gets wrong (see stable_cloudwatch_event_ids).
         self.transform = transform
+        self.normalize: Callable[[Request, bytes], bytes] | None = None
         self.faults = 0
         self.forwarded = 0
         proxy = self
@@ -71,8 +75,10 @@ class FaultProxy:
                     conn.request(request.method, request.path, body=body or None, headers=headers)
                     response = conn.getresponse()
                     payload = response.read()
-                    if proxy.transform is not None and response.status == 200:
-                        payload = proxy.transform(request, payload)
+                    if response.status == 200:
+                        for transform in (proxy.normalize, proxy.transform):
+                            if transform is not None:
+                                payload = transform(request, payload)
                     self.send_response(response.status)
                     for key, value in response.getheaders():
                         if key.lower() not in ("transfer-encoding", "connection", "content-length", "server",
@@ -127,3 +133,19 @@ def s3_refuses_sigv2(request: Request) -> tuple[int, bytes] | None:
     return 400, (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidRequest</Code><Message>The '
                  b"authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
                  b"</Message></Error>")
+
+
+def stable_cloudwatch_event_ids(request: Request, body: bytes) -> bytes:
+    """moto numbers FilterLogEvents' events by their place in each answer ("0", "1", …); CloudWatch's
+    event ids are unique and stable across queries (its API reference). Give them ids that are."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
+        return body
+    page = json.loads(body)
+    seen: dict[str, int] = {}
+    for event in page.get("events", []):
+        key = hashlib.sha1(f"{event.get('logStreamName')}/{event['timestamp']}/{event.get('ingestionTime')}/"
+                           f"{event['message']}".encode(), usedforsecurity=False).hexdigest()[:20]
+        seen[key] = seen.get(key, -1) + 1  # identical events at one instant: told apart by their order
+        event["eventId"] = f"{key}{seen[key]}"
+    return json.dumps(page).encode()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.aws_cloud import FakeEC2Cloud
 from tests.aws_harness import MotoAWS, seed_policy_user
-from tests.fault_proxy import FaultProxy
+from tests.fault_proxy import FaultProxy, stable_cloudwatch_event_ids
 from tests.harness import Env, Server, need
 from tests.stock_tree import default_image_env
 from tests.vmhost import can_run_vm_hosts
@@ -64,6 +64,7 @@ def make_stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterat
     env.extra.update(aws.server_env(str(audit_log)))
     env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3", **default_image_env()})
     proxy = FaultProxy(aws.port)
+    proxy.normalize = stable_cloudwatch_event_ids
     env.extra["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
     credentials: dict[str, str] = {"type": "access_key", "access_key_id": key_id, "secret_access_key": secret_key}
     if mode == "default-env":

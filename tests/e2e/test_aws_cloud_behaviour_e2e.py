@@ -97,9 +97,13 @@ def test_ec2_not_found_right_after_launch_is_not_instance_lost(stack: Stack) -> 
     assert stack.proxy.faults >= 1
     wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 30,
              message="the instance to be terminated")
-    # ...by the job's own teardown, retried until EC2 knew it, not left to the orphan reaper.
+    # ...by the job's own teardown, retried until EC2 knew it (the first answer was NotFound), not left
+    # to the orphan reaper.
     [instance] = stack.instances()
     assert f"orphaned aws instance {instance['InstanceId']}" not in stack.server.output()
+    wait_for(lambda: len([c for c in stack.calls() if c["operation"] == "TerminateInstances"
+                          and instance["InstanceId"] in c["params"].get("InstanceIds", [])]) >= 2, 30,
+             message="the server to terminate the instance again after EC2's NotFound")
 
 
 def test_instance_profile_propagation_is_retried_not_a_failed_offer(stack: Stack) -> None:
@@ -208,7 +212,8 @@ def _filter_log_events_rate_limit(per_second: int) -> Callable[[Request], tuple[
 
 def test_several_followers_share_the_filter_log_events_quota(stack: Stack) -> None:
     """Three followers of one run under CloudWatch's 5 requests/s: the server keeps all of them under
-    the quota (one shared reader, a rate limit), none is aborted, each sees every line."""
+    the quota (one rate limit for the region, each read waits its turn), none is aborted, each sees
+    every line."""
     stack.proxy.rule = _filter_log_events_rate_limit(5)
     (stack.repo / ".dstack.yml").write_text(
         "type: task\nname: aws-followed\ncommands: ['for i in $(seq 1 40); do echo \"f line $i\"; sleep 0.1; done']\n"
@@ -222,3 +227,33 @@ def test_several_followers_share_the_filter_log_events_quota(stack: Stack) -> No
         assert [line for line in out.splitlines() if line.startswith("f line ")] == \
             [f"f line {i}" for i in range(1, 41)], out[-800:]
     assert stack.proxy.faults == 0, f"the server went over the quota {stack.proxy.faults} times"
+
+
+def _cloudwatch_indexes_late(message: str, seconds: float) -> Callable[[Request, bytes], bytes]:
+    """CloudWatch may make an event searchable after later ones of the same stream (ingestion is
+    eventually consistent, per event); moto never does. Here one event shows up `seconds` late."""
+
+    def transform(request: Request, body: bytes) -> bytes:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
+            return body
+        page = json.loads(body)
+        cutoff = (time.time() - seconds) * 1000
+        page["events"] = [e for e in page.get("events", [])
+                          if e["message"] != message or e.get("ingestionTime", 0) <= cutoff]
+        return json.dumps(page).encode()
+
+    return transform
+
+
+def test_an_event_indexed_after_later_ones_is_not_skipped(stack: Stack) -> None:
+    """The reader looks back for events that became searchable late; the old `{ms}:{n}` position
+    skipped them for good."""
+    stack.proxy.transform = _cloudwatch_indexes_late("late 5", 3)
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: aws-late\ncommands: ['for i in $(seq 1 10); do echo \"late $i\"; sleep 0.1; done',"
+        " 'sleep 5']\nresources: {cpu: 2.., memory: 4GB..}\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("late ")]
+    assert sorted(lines, key=lambda line: int(line.split()[1])) == [f"late {i}" for i in range(1, 11)], "\n".join(lines)

@@ -7,8 +7,10 @@ filter events, nothing more (no PutLogEvents, no GetLogEvents).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+import uuid
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -18,12 +20,14 @@ from dstack.core.runs import LogEvent
 
 MAX_EVENTS_PER_PAGE = 10_000
 # FilterLogEvents is limited to 5 requests/s per account and region: the server stays under it for
-# every follower together, and answers a follower it cannot serve now with "nothing new yet".
+# every follower together (each waits its turn), and answers one it cannot serve in time with
+# "nothing new yet".
 FILTER_RATE = 3.0
-# Followers of one stream asking with the same token within this long share one request.
-SHARED_READ_S = 1.0
 # How long a read waits for its turn under the rate limit before it answers "nothing new yet".
 READ_WAIT_S = 5.0
+# CloudWatch may show an event after later ones: readers look this far back for such late events.
+LATE_WINDOW_MS = 5000
+READER_TTL_S = 600.0
 
 
 def job_group(bucket: str, project: str) -> str:
@@ -58,6 +62,14 @@ class _RateLimiter:
             time.sleep(delay)
 
 
+def _event_id(event: dict[str, Any]) -> str:
+    """CloudWatch's event id (a stand-in without one: what identifies the event otherwise)."""
+    if event.get("eventId"):
+        return str(event["eventId"])
+    digest = hashlib.sha1(event.get("message", "").encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"{event.get('timestamp')}/{event.get('ingestionTime')}/{digest}"
+
+
 _LIMITERS: dict[str, _RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
@@ -72,7 +84,8 @@ class CloudWatchLogs:
         region = getattr(getattr(client, "meta", None), "region_name", None) or ""
         with _LIMITERS_LOCK:
             self._limiter = _LIMITERS.setdefault(region, _RateLimiter(FILTER_RATE))
-        self._recent: dict[tuple[str, str, str | None], tuple[float, tuple[list[LogEvent], str, bool]]] = {}
+        # reader id -> (last use, event id -> timestamp of what it delivered in the late window)
+        self._readers: dict[str, tuple[float, dict[str, int]]] = {}
 
     def ensure_stream(self, group: str, stream: str) -> None:
         with self._lock:
@@ -92,35 +105,41 @@ class CloudWatchLogs:
                 raise
 
     def read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
-        """Events after the token; what another follower just read is shared, and a follower the
-        rate limit cannot serve now (or a throttled one) gets nothing new and the same token."""
-        key = (group, stream, next_token)
-        with self._lock:
-            cached = self._recent.get(key)
-            if cached and time.monotonic() - cached[0] < SHARED_READ_S:
-                return cached[1]
+        """Events after the token; a follower the rate limit cannot serve now (or a throttled one)
+        gets nothing new and the same token."""
         if not self._limiter.take(wait=READ_WAIT_S):
             return [], next_token or "", False
         try:
-            result = self._read(group, stream, next_token)
+            return self._read(group, stream, next_token)
         except ClientError as exc:
             if error_code(exc) in ("ThrottlingException", "Throttling", "RequestLimitExceeded"):
                 return [], next_token or "", False
             raise
-        with self._lock:
-            now = time.monotonic()
-            self._recent = {k: v for k, v in self._recent.items() if now - v[0] < SHARED_READ_S}
-            self._recent[key] = (now, result)
-        return result
 
     def _read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
-        """Events after the token `"{timestamp_ms}:{events_seen_at_that_timestamp}"`."""
-        start_ms, seen = 0, 0
+        """Events after the token `"{timestamp_ms}:{events_seen_at_that_timestamp}:{reader}"`.
+
+        CloudWatch may index an event after later ones: each reader re-reads the last LATE_WINDOW_MS
+        and skips the event ids it has delivered (kept here, per reader, for READER_TTL_S). A token
+        whose reader this server does not know (a restart, another replica) resumes without the
+        overlap, as before."""
+        start_ms, seen, reader = 0, 0, ""
         if next_token and ":" in next_token:
-            start_ms, seen = (int(x) for x in next_token.split(":", 1))
+            parts = next_token.split(":")
+            start_ms, seen = int(parts[0]), int(parts[1])
+            reader = parts[2] if len(parts) > 2 else ""
+        with self._lock:
+            now = time.monotonic()
+            self._readers = {k: v for k, v in self._readers.items() if now - v[0] < READER_TTL_S}
+            state = self._readers.get(reader) if reader else None
+            if state is None and not next_token:
+                reader, state = uuid.uuid4().hex[:12], (now, {})
+        delivered: dict[str, int] = dict(state[1]) if state else {}
+        overlap = state is not None and bool(next_token)
         events: list[LogEvent] = []
-        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": [stream], "startTime": start_ms}
-        skip, last_ms, at_last = seen, start_ms, seen
+        read_from = max(0, start_ms - LATE_WINDOW_MS) if overlap else start_ms
+        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": [stream], "startTime": read_from}
+        skip, last_ms, at_last = (0 if overlap else seen), start_ms, seen
         while True:
             if "nextToken" in kwargs and not self._limiter.take(wait=READ_WAIT_S):
                 more = True  # the rest on the next call
@@ -136,15 +155,24 @@ class CloudWatchLogs:
                 raise
             for event in page.get("events", []):
                 ts = int(event["timestamp"])
+                event_id = _event_id(event)
+                if overlap and event_id in delivered:
+                    continue
                 if ts == start_ms and skip > 0:
                     skip -= 1
                     continue
                 events.append(LogEvent(timestamp=ts / 1000, message=event["message"]))
-                at_last = at_last + 1 if ts == last_ms else 1
-                last_ms = ts
+                delivered[event_id] = ts
+                if ts >= last_ms:
+                    at_last = at_last + 1 if ts == last_ms else 1
+                    last_ms = ts
             token = page.get("nextToken")
             if not token or len(events) >= MAX_EVENTS_PER_PAGE:
                 more = bool(token)
                 break
             kwargs["nextToken"] = token
-        return events, f"{last_ms}:{at_last}", more
+        if reader:
+            with self._lock:
+                self._readers[reader] = (time.monotonic(), {k: v for k, v in delivered.items()
+                                                            if v >= last_ms - LATE_WINDOW_MS})
+        return events, f"{last_ms}:{at_last}" + (f":{reader}" if reader else ""), more

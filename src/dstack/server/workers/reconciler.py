@@ -183,10 +183,15 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         failpoint("after-running")
     if finished:
         failpoint("after-finish")
-        await _terminate(ctx, job)
+        try:
+            await _terminate(ctx, job)
+            terminated = True
+        except Exception:  # tried again on the next pass (the job stays not-terminated)
+            logger.warning("terminating the instance of job %s failed; trying again", job_id, exc_info=True)
+            terminated = False
         async with ctx.db.session() as session:
             job = await _load(session, job_id)
-            job.instance_terminated = True
+            job.instance_terminated = terminated
             _maybe_retry(session, job, job.run)
             await session.commit()
         ctx.scheduler_wake.set()
