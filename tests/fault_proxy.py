@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,3 +150,30 @@ def stable_cloudwatch_event_ids(request: Request, body: bytes) -> bytes:
         seen[key] = seen.get(key, -1) + 1  # identical events at one instant: told apart by their order
         event["eventId"] = f"{key}{seen[key]}"
     return json.dumps(page).encode()
+
+
+_SCOPE_RE = re.compile(r"(?:X-Amz-Credential=|Credential=|name=\"x-amz-credential\"\r\n\r\n)[^/&\s]+(?:/|%2F)\d{8}(?:/|%2F)"
+                       r"([a-z0-9-]+)(?:/|%2F)s3", re.IGNORECASE)
+
+
+def s3_checks_signing_region(bucket_region: Callable[[str], str | None]) -> Rule:
+    """S3 refuses a SigV4 request signed for another region than the bucket's
+    (`AuthorizationHeaderMalformed`, with the region it expects; the global endpoint redirects such a
+    young bucket with a 307 instead); moto accepts any region."""
+
+    def rule(request: Request) -> tuple[int, bytes] | None:
+        text = request.path + " " + request.headers.get("Authorization", request.headers.get("authorization", ""))
+        if request.method == "POST":
+            text += " " + request.body[:4096].decode(errors="replace")
+        match = _SCOPE_RE.search(text)
+        bucket = request.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+        if not match or not bucket:
+            return None
+        expected = bucket_region(bucket)
+        if expected is None or match.group(1) == expected:
+            return None
+        return 400, (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AuthorizationHeaderMalformed</Code>'
+                     f"<Message>The authorization header is malformed; the region '{match.group(1)}' is wrong; "
+                     f"expecting '{expected}'</Message><Region>{expected}</Region></Error>").encode()
+
+    return rule

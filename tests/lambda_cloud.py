@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.aws_harness import MotoAWS
-from tests.fault_proxy import FaultProxy, s3_refuses_sigv2
+from tests.fault_proxy import FaultProxy, s3_checks_signing_region, s3_refuses_sigv2
 from tests.lambda_fake import FakeLambda
 from tests.vmhost import VMHost
 
@@ -23,11 +23,23 @@ class LambdaVMs:
         self.vm_loopback_ports: list[int] = []
         # A FaultProxy (tests/fault_proxy.py) between the VMs and the AWS stand-in: the VMs still address
         # 127.0.0.1:<moto's port>, which then reaches the proxy.
-        # By default it is as strict as S3 where moto is not: SigV2 is refused.
-        self.vm_aws_proxy: FaultProxy | None = FaultProxy(aws.port, s3_refuses_sigv2)
+        # By default it is as strict as S3 where moto is not: SigV2 is refused, and so is a signature
+        # for another region than the bucket's.
+        regions = s3_checks_signing_region(self._bucket_region)
+        self.vm_aws_proxy: FaultProxy | None = FaultProxy(aws.port, lambda r: s3_refuses_sigv2(r) or regions(r))
+        self._regions: dict[str, str | None] = {}
         self.snapshots: dict[str, Path] = {}
         fake.on_active = self.on_active
         fake.on_gone = self.on_gone
+
+    def _bucket_region(self, bucket: str) -> str | None:
+        if bucket not in self._regions:
+            try:
+                location = self.aws.client("s3").get_bucket_location(Bucket=bucket).get("LocationConstraint")
+                self._regions[bucket] = location or "us-east-1"
+            except Exception:  # noqa: BLE001 - not a bucket (another path): no opinion
+                self._regions[bucket] = None
+        return self._regions[bucket]
 
     def on_active(self, inst: dict[str, Any]) -> str:
         host = VMHost(self.workdir / inst["id"]).start()

@@ -339,3 +339,39 @@ def test_slow_boot_does_not_count_against_the_provisioning_timeout(stack: Stack)
                                             "resources:\n  gpu: A10\n")
     result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
     assert result.returncode == 0 and "booted" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_bucket_outside_us_east_1_works_and_a_wrong_signing_region_is_refused(stack: Stack) -> None:
+    """A bucket in eu-west-1: the agent's presigned access is signed for the bucket's region (S3
+    refuses another region, and the global endpoint would redirect a young bucket; the stand-in
+    refuses as S3 does)."""
+    import boto3
+    import httpx
+
+    eu_bucket = "dstack-lambda-eu-bucket"
+    stack.aws.create_bucket(eu_bucket, "eu-west-1")
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{stack.aws.port}",
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      config=Config(signature_version="s3v4"))  # SigV4, but scoped to the wrong region
+    s3.put_object(Bucket=eu_bucket, Key="probe", Body=b"x")
+    wrong = s3.generate_presigned_url("get_object", Params={"Bucket": eu_bucket, "Key": "probe"}, ExpiresIn=60)
+    assert stack.vms.vm_aws_proxy is not None
+    refused = httpx.get(wrong.replace(f":{stack.aws.port}/", f":{stack.vms.vm_aws_proxy.port}/"))
+    assert refused.status_code == 400 and "expecting 'eu-west-1'" in refused.text
+
+    with stack.server.api() as api:
+        api.post("/api/projects", json={"name": "eu"}).raise_for_status()
+        api.delete("/api/projects/eu/backends/local").raise_for_status()
+        response = api.post("/api/projects/eu/backends",
+                            json=lambda_config(stack.fake, stack.keys, bucket=eu_bucket))
+        assert response.status_code == 201, response.text
+    repo = stack.env.home / "eu-repo"
+    repo.mkdir()
+    assert stack.env.cli("init", "--project", "eu", cwd=repo).returncode == 0
+    stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+    (repo / ".dstack.yml").write_text("type: task\nname: lam-eu\ncommands: [echo from the eu bucket]\n"
+                                      "resources:\n  gpu: A10\n")
+    result = stack.env.cli("apply", "-y", cwd=repo, timeout=180)
+    assert result.returncode == 0 and "from the eu bucket" in result.stdout, result.stdout + result.stderr
