@@ -52,7 +52,7 @@ def test_big_log_batches_and_transient_errors_lose_no_line(stack: Stack) -> None
         result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=240)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr
         assert proxy.faults >= 3, proxy.faults
-        lines = stack.env.cli("logs", "aws-chatty", cwd=stack.repo, timeout=120).stdout.splitlines()
+        lines = stack.env.cli("logs", "-f", "aws-chatty", cwd=stack.repo, timeout=120).stdout.splitlines()
         numbered = [line.split()[1] for line in lines if line.startswith("line ")]
         assert numbered == [str(i) for i in range(1000)], len(numbered)
     finally:
