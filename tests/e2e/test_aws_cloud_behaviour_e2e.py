@@ -160,20 +160,25 @@ def test_secrets_manager_gets_a_version_only_when_a_value_changes_and_loses_dele
     assert violations(policy(BUCKET), stack.calls(), ACCOUNT, stack.instance_tags) == []
 
 
-def _cloudwatch_search_lag(seconds: float) -> Callable[[Request, bytes], bytes]:
-    """CloudWatch shows an event to FilterLogEvents only some time after it was written (ingestion and
-    indexing lag; documented as eventual consistency of the search APIs); moto shows it at once."""
+def _hide_from_filter_log_events(hidden: Callable[[dict, float], bool]) -> Callable[[Request, bytes], bytes]:
+    """A transform of FilterLogEvents answers that leaves out the events `hidden(event, now_ms)` names."""
 
     def transform(request: Request, body: bytes) -> bytes:
         headers = {k.lower(): v for k, v in request.headers.items()}
         if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
             return body
         page = json.loads(body)
-        cutoff = (time.time() - seconds) * 1000
-        page["events"] = [e for e in page.get("events", []) if e.get("ingestionTime", 0) <= cutoff]
+        now_ms = time.time() * 1000
+        page["events"] = [e for e in page.get("events", []) if not hidden(e, now_ms)]
         return json.dumps(page).encode()
 
     return transform
+
+
+def _cloudwatch_search_lag(seconds: float) -> Callable[[Request, bytes], bytes]:
+    """CloudWatch shows an event to FilterLogEvents only some time after it was written (ingestion and
+    indexing lag; documented as eventual consistency of the search APIs); moto shows it at once."""
+    return _hide_from_filter_log_events(lambda e, now_ms: e.get("ingestionTime", 0) > now_ms - seconds * 1000)
 
 
 def test_the_last_lines_arrive_despite_cloudwatch_search_lag(stack: Stack) -> None:
@@ -232,18 +237,8 @@ def test_several_followers_share_the_filter_log_events_quota(stack: Stack) -> No
 def _cloudwatch_indexes_late(message: str, seconds: float) -> Callable[[Request, bytes], bytes]:
     """CloudWatch may make an event searchable after later ones of the same stream (ingestion is
     eventually consistent, per event); moto never does. Here one event shows up `seconds` late."""
-
-    def transform(request: Request, body: bytes) -> bytes:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        if headers.get("x-amz-target") != "Logs_20140328.FilterLogEvents":
-            return body
-        page = json.loads(body)
-        cutoff = (time.time() - seconds) * 1000
-        page["events"] = [e for e in page.get("events", [])
-                          if e["message"] != message or e.get("ingestionTime", 0) <= cutoff]
-        return json.dumps(page).encode()
-
-    return transform
+    return _hide_from_filter_log_events(
+        lambda e, now_ms: e["message"] == message and e.get("ingestionTime", 0) > now_ms - seconds * 1000)
 
 
 def test_an_event_indexed_after_later_ones_is_not_skipped(stack: Stack) -> None:
