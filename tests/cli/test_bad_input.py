@@ -40,9 +40,31 @@ def test_unknown_field_names_file_line_and_fix(env: Env, server: Server, repo: P
     assert runs_count(server) == 0
 
 
-def test_unknown_gpu_name(env: Env, server: Server, repo: Path) -> None:
-    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources:\n  gpu: A1OO\n")
-    assert_one_line_error(env.cli("apply", "-y", cwd=repo), ".dstack.yml:4: resources.gpu: unknown GPU name")
+def test_unknown_gpu_name_plans_to_no_offers_with_a_hint(env: Env, server: Server, repo: Path) -> None:
+    """As upstream, GPU names are matched against offers: a typo finds none, and the plan says what is close."""
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\nresources:\n  gpu: A1000\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), "no offers match",
+                          "A1000 is not a GPU dstack knows (did you mean A100")
+    assert runs_count(server) == 0
+
+
+def test_every_problem_on_its_own_line(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\npriority: 200\nresorces: {}\n")
+    result = env.cli("apply", "-y", cwd=repo)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: .dstack.yml:3: priority: Input should be less than or equal to 100"), lines
+    assert any(line.strip().startswith(".dstack.yml:4: resorces: unknown field `resorces`: did you mean "
+                                       "`resources`?") for line in lines), lines
+
+
+def test_not_supported_yet_is_one_line_naming_the_field(env: Env, server: Server, repo: Path) -> None:
+    (repo / ".dstack.yml").write_text("type: task\nnodes: 2\ncommands: [echo hi]\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), "not supported yet: `nodes` (multi-node tasks)")
+    (repo / "fleet.dstack.yml").write_text("type: fleet\nnodes: 2\n")
+    assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo),
+                          "not supported yet: `type: fleet` (fleets)")
+    assert runs_count(server) == 0
 
 
 def test_missing_file(env: Env, server: Server, repo: Path) -> None:

@@ -5,13 +5,8 @@ import zlib
 
 import pytest
 
-from dstack.core.configurations import (
-    DevEnvironmentConfiguration,
-    TaskConfiguration,
-    configuration_json_schema,
-    parse_configuration,
-    parse_duration,
-)
+from dstack.core.config_parser import configuration_json_schema, parse_configuration
+from dstack.core.configurations import DevEnvironmentConfiguration, TaskConfiguration, parse_duration
 from dstack.core.errors import ConfigurationError
 
 FULL = """\
@@ -60,10 +55,10 @@ def test_dev_environment() -> None:
     ("text", "message"),
     [
         ("type: task\ncommands: [x]\ncomands: [y]\n", r"\.dstack\.yml:3: comands: unknown field `comands`: did you mean `commands`\?"),
-        ("type: task\ncommands: [x]\nresources:\n  gpu: A1000\n", r"\.dstack\.yml:4: resources\.gpu: unknown GPU name 'A1000'"),
+        ("type: task\ncommands: [x]\nresources:\n  gpu: A100:24GB\n", r"\.dstack\.yml:4: resources\.gpu: no A100 has 24GB"),
         ("type: task\ncommands: [x]\nresources:\n  memroy: 8GB\n", r":4: resources\.memroy: unknown field `memroy`: did you mean `memory`\?"),
         ("type: task\ncommands: [x]\nresources:\n  cpu: 8..2\n", r":4: resources\.cpu: range 8\.\.2 is empty"),
-        ("type: tsk\n", r":1: type: expected one of task, dev-environment, got 'tsk'"),
+        ("type: tsk\n", r":1: type: expected one of task, dev-environment, service, fleet, volume, gateway, got 'tsk'"),
         ("type: task\n", r":1: commands: this field is required"),
         ("type: task\ncommands: []\n", r":2: commands: this field is required"),
         ("a: [\n", r"\.dstack\.yml:2: invalid YAML"),
@@ -96,7 +91,7 @@ def test_python_versions_as_upstream_reads_them(text: str, version: str) -> None
 
 def test_error_carries_field_path() -> None:
     with pytest.raises(ConfigurationError) as info:
-        parse_configuration("type: task\ncommands: [x]\nresources:\n  gpu: A1000\n", "my.yml")
+        parse_configuration("type: task\ncommands: [x]\nresources:\n  gpu: A100:24GB\n", "my.yml")
     assert info.value.field == "resources.gpu"
     assert str(info.value).startswith("my.yml:4:")
 

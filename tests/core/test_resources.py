@@ -83,10 +83,19 @@ def test_gpu_count_as_int_and_dict() -> None:
     assert spec.name == ["A100", "H100"] and spec.count.min == 2 and spec.count.max is None
 
 
+def test_unknown_gpu_names_parse_and_plan_to_no_offers_with_a_hint() -> None:
+    """As upstream: a name is matched against offers, not a list; the plan says what is close."""
+    from dstack.core.gpus import unknown_gpu_hint
+
+    assert GPUSpec.model_validate("A1000").name == ["A1000"]
+    assert GPUSpec.model_validate("amd:MI400X:8").vendor == "amd"
+    assert unknown_gpu_hint("A1000").startswith("A1000 is not a GPU dstack knows (did you mean A100")
+    assert unknown_gpu_hint("H100") is None and unknown_gpu_hint("v5litepod-8") is None
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("A1000", "unknown GPU name 'A1000': did you mean A100"),
         ("A100:24GB", "no A100 has 24GB of memory"),
         ("A100:2:4", "gives the count twice"),
         ("A100::2", "expected a GPU such as"),

@@ -71,10 +71,10 @@ def test_invalid_request_bodies_name_the_field(server: Server) -> None:
         assert response.status_code == 422
         assert response.json()["error"]["field"] == "name"
         response = api.post("/api/projects/main/runs/plan",
-                            json={"configuration": {**TASK, "resources": {"gpu": "A1000"}}, "repo_id": "x"})
+                            json={"configuration": {**TASK, "resources": {"gpu": "A100:24GB"}}, "repo_id": "x"})
         assert response.status_code == 422
         body = response.json()["error"]
-        assert "unknown GPU name" in body["message"] and body["field"].startswith("configuration")
+        assert "no A100 has 24GB" in body["message"] and body["field"].startswith("configuration")
 
 
 def test_openapi_page(server: Server) -> None:

@@ -18,7 +18,7 @@ import httpx
 
 from dstack.api.config import load_config
 from dstack.core.backends import BackendCheck
-from dstack.core.errors import AuthenticationError, DstackError, error_from_dict
+from dstack.core.errors import AuthenticationError, ConfigurationError, DstackError, error_from_dict
 from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunPlan, RunSpec
 
 
@@ -159,7 +159,9 @@ class RunsAPI:
 
     def prepare(self, configuration_path: str | Path, *, repo_dir: str | Path = ".", upload: bool) -> RunSpec:
         from dstack.api.code import build_archive, repo_id_for
-        from dstack.core.configurations import parse_configuration
+        from dstack.core.config_parser import parse_configuration
+        from dstack.core.configurations import RUN_TYPES
+        from dstack.core.infra_configurations import infra_not_supported
 
         path = Path(configuration_path)
         try:
@@ -168,6 +170,9 @@ class RunsAPI:
             raise DstackError(f"configuration file {path} not found",
                               fix="Pass the right path with -f, or create .dstack.yml") from None
         configuration = parse_configuration(text, str(path))
+        if configuration.type not in RUN_TYPES:
+            raise ConfigurationError(f"{path}: not supported yet: {infra_not_supported(configuration)[0]}",
+                                     field="type")
         from dstack.core.sshkeys import user_key
 
         repo = Path(repo_dir).resolve()

@@ -31,6 +31,13 @@ class Requirements(BaseModel):
     python: str | None = None
     image: str | None = None
     regions: list[str] | None = None
+    availability_zones: list[str] | None = None
+    instance_types: list[str] | None = None
+    reservation: str | None = None
+    # `docker: true` (a privileged Docker-in-Docker container) and `nvcc: true` (the CUDA compiler).
+    docker: bool = False
+    nvcc: bool = False
+    tags: dict[str, str] = Field(default_factory=dict)
     # The run's user is a global admin of the server (the only one a backend may trust with
     # the server's own machine when it cannot isolate jobs).
     admin: bool = False
@@ -71,6 +78,9 @@ class JobLaunch(BaseModel):
     gpu_count: int = 0
     # The Python version the job asked for (host jobs).
     python: str | None = None
+    # The run's `tags`, for the cloud resources (the backend's own tags win a conflict, as upstream).
+    tags: dict[str, str] = Field(default_factory=dict)
+    availability_zones: list[str] | None = None
 
 
 class InstanceCheck(BaseModel):
@@ -187,4 +197,10 @@ def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = Fa
         python=configuration.python,
         image=configuration.image,
         regions=configuration.regions,
+        availability_zones=getattr(configuration, "availability_zones", None),
+        instance_types=getattr(configuration, "instance_types", None),
+        reservation=getattr(configuration, "reservation", None),
+        docker=bool(getattr(configuration, "docker", False)),
+        nvcc=bool(getattr(configuration, "nvcc", False)),
+        tags=getattr(configuration, "tags", None) or {},
     )

@@ -111,7 +111,7 @@ def schema() -> None:
     """Print the JSON schema of .dstack.yml (for editor completion and validation)."""
     import json
 
-    from dstack.core.configurations import configuration_json_schema
+    from dstack.core.config_parser import configuration_json_schema
 
     print(json.dumps(configuration_json_schema(), indent=2))
 

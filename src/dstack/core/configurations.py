@@ -1,41 +1,30 @@
-"""The `.dstack.yml` configuration model and its parser.
+"""Run configurations (`type: task`, `dev-environment`, `service`) as upstream dstack documents them.
 
-`parse_configuration` turns YAML text into a typed configuration or raises a
-`ConfigurationError` whose message names the file, the line and the field.
+Parsing YAML text into these models, with errors naming file, line and field, is in
+`dstack.core.config_parser`; fleets, volumes and gateways are in `dstack.core.infra_configurations`.
 """
 
 from __future__ import annotations
 
-import difflib
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from dstack.core.errors import ConfigurationError
-from dstack.core.resources import ResourcesSpec, StrictModel
+from dstack.core.profiles import ProfileParams, RetrySpec, parse_duration  # noqa: F401 - re-exported
+from dstack.core.resources import IntRange, ResourcesSpec, StrictModel
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*\Z")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
+WORKFLOW_DIR = "/workflow"  # the default working directory and where the code is, as upstream
 
 
-def parse_duration(value: Any) -> int | None:
-    """`90`, `30s`, `15m`, `2h`, `1d`, `off` -> seconds (None for off)."""
-    if value is None or value == "off" or value is False:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30m, 2h or 1d, or `off`")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"duration must be positive, got {value}")
-        return value
-    match = _DURATION_RE.match(str(value))
-    if not match or int(match.group(1)) <= 0:
-        raise ValueError(f"expected a duration such as 30m, 2h or 1d, or `off`, got {value!r}")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} is out of range 1-65535")
+    return value
 
 
 class PortMapping(StrictModel):
@@ -63,61 +52,149 @@ class PortMapping(StrictModel):
         return value
 
 
-RetryEvent = Literal["no-capacity", "interruption", "error"]
+class RegistryAuth(StrictModel):
+    """Values may reference project secrets, `${{ secrets.NAME }}`, or the run's env, `${{ env.NAME }}`."""
+
+    username: str
+    password: str = Field(repr=False)
 
 
-class RetrySpec(StrictModel):
-    on_events: list[RetryEvent] = Field(default_factory=lambda: ["no-capacity", "interruption", "error"])
-    duration: int | None = Field(default=3600, description="how long to keep retrying, e.g. 1h")
+def _split_target(text: str) -> tuple[str, str | None]:
+    """`SOURCE[:TARGET]`: a TARGET is a container path (absolute, `~…`, or relative without a colon)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and tail and (tail.startswith(("/", "~", ".")) or "/" not in tail) and not tail.isdigit():
+        return head, tail
+    return text, None
+
+
+class RepoSpec(StrictModel):
+    """A git repo in the container: a local clone (`..`, its uncommitted changes included) or a URL."""
+
+    local_path: str | None = Field(default=None, description="a local git repo, relative to the configuration")
+    url: str | None = Field(default=None, description="a git URL (https://, ssh://, git@host:org/repo.git)")
+    branch: str | None = Field(default=None, description="the branch to check out (URL only)")
+    hash: str | None = Field(default=None, description="the commit to check out (URL only)")
+    path: str = Field(default=".", description="where in the container: relative to the working directory, "
+                                               "or absolute")
+    if_exists: Literal["error", "skip"] = Field(default="error", description="a non-empty `path`: fail, or "
+                                                                             "leave it as it is")
 
     @model_validator(mode="before")
     @classmethod
     def _parse(cls, value: Any) -> Any:
-        if value is True:
-            return {}
-        if value is False:
-            return {"on_events": [], "duration": None}
+        if isinstance(value, str):
+            text = value.strip()
+            if _URL_RE.match(text):
+                scheme_end = text.index("://") + 3 if "://" in text else text.index(":") + 1
+                source, target = _split_target(text[scheme_end:])
+                parsed: dict[str, Any] = {"url": text[:scheme_end] + source}
+            else:
+                source, target = _split_target(text)
+                parsed = {"local_path": source}
+            if target is not None:
+                parsed["path"] = target
+            return parsed
         return value
 
-    @field_validator("duration", mode="before")
+    @model_validator(mode="after")
+    def _one_source(self) -> RepoSpec:
+        if (self.local_path is None) == (self.url is None):
+            raise ValueError("give either `local_path` or `url`")
+        if self.local_path is not None and (self.branch or self.hash):
+            raise ValueError("`branch` and `hash` go with `url`; a local repo runs as it is checked out")
+        if self.hash is not None and not re.fullmatch(r"[0-9a-fA-F]{4,64}", self.hash):
+            raise ValueError(f"hash {self.hash!r} is not a commit hash")
+        return self
+
+
+class FilePathMapping(StrictModel):
+    """A local file or directory uploaded with the run: `local[:path in the container]`."""
+
+    local_path: str
+    path: str | None = Field(default=None, description="omitted: the same relative path under the working "
+                                                        "directory, or the same path for ~ and absolute ones")
+
+    @model_validator(mode="before")
     @classmethod
-    def _duration(cls, value: Any) -> int | None:
-        return parse_duration(value)
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            source, target = _split_target(value.strip())
+            return {"local_path": source, "path": target}
+        return value
+
+    def container_path(self) -> str:
+        """Where the files land: absolute, or `~/…` (the job's home), or relative to the working dir."""
+        if self.path is not None:
+            return self.path
+        local = self.local_path
+        if local.startswith(("/", "~")):
+            return local
+        norm = posixpath.normpath(local)
+        return posixpath.basename(norm) if norm.startswith("..") else norm
 
 
-class RegistryAuth(StrictModel):
-    """Values may reference project secrets: `${{ secrets.NAME }}`."""
+class VolumeMount(StrictModel):
+    """`name:/path` (a network volume) or `/instance/path:/path` (an instance directory)."""
 
-    username: str
-    password: str = Field(repr=False)
+    name: list[str] | None = Field(default=None, description="network volume name(s); one per region")
+    instance_path: str | None = None
+    path: str
+    optional: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            source, sep, target = value.partition(":")
+            if not sep or not target.startswith("/"):
+                raise ValueError(f"expected volume-name:/container/path or /instance/path:/container/path, "
+                                 f"got {value!r}")
+            return {"instance_path": source, "path": target} if source.startswith("/") else \
+                {"name": [source], "path": target}
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            return {**value, "name": [value["name"]]}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeMount:
+        if (self.name is None) == (self.instance_path is None):
+            raise ValueError("give either `name` (a volume) or `instance_path`")
+        return self
 
 
 # The versions `python` accepts (upstream's list): each has a default image (see docs/configuration.md).
 PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 
 
-class BaseRunConfiguration(StrictModel):
+class BaseRunConfiguration(ProfileParams):
     name: str | None = Field(default=None, description="run name; generated when omitted")
-    python: str | None = Field(default=None, description="Python version, e.g. '3.11'")
+    python: str | None = Field(default=None, description="Python version, e.g. 3.12")
     image: str | None = Field(default=None, max_length=1000,
                               description="an OCI image to run the job in (Docker or Podman on the instance)")
     entrypoint: str | None = Field(default=None, description="the image's entrypoint, replaced")
     user: str | None = Field(default=None, description="the user (and group) the container runs as, e.g. 1000:1000")
     privileged: bool = Field(default=False, description="run the container privileged")
-    shm_size: str | None = Field(default=None, description="the container's /dev/shm size, e.g. 8GB")
+    shm_size: str | None = Field(default=None, description="the container's /dev/shm size, e.g. 8GB "
+                                                           "(also resources.shm_size)")
     registry_auth: RegistryAuth | None = Field(default=None, description="credentials of a private registry")
+    nvcc: bool | None = Field(default=None, description="the default image with the CUDA compiler (nvcc)")
+    docker: bool | None = Field(default=None, description="Docker inside the job (a privileged Docker-in-Docker "
+                                                          "container); not with `image` or `python`")
+    shell: str | None = Field(default=None, description="the shell for `commands`: bash, sh or an absolute path "
+                                                        "(default: bash without `image`, sh with it)")
+    home_dir: str | None = Field(default=None, description="deprecated upstream and ignored")
     env: dict[str, str | None] = Field(default_factory=dict, description="environment variables")
+    setup: list[str] = Field(default_factory=list, description="deprecated: commands run before the others")
     working_dir: str | None = Field(
-        default=None, description="with `image`: an absolute path in the container, or relative to the repo; "
-                                  "without: relative to the repo")
+        default=None, description="an absolute path in the container (default /workflow, where the code is); a "
+                                  "relative one is under /workflow")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    spot_policy: Literal["spot", "on-demand", "auto"] = Field(default="on-demand")
-    max_price: float | None = Field(default=None, gt=0, description="max price per hour, USD")
-    max_duration: int | None = Field(default=None, description="stop the run after this long: 2h, 1d, off")
-    retry: RetrySpec | None = Field(default=None, description="resubmit on no-capacity/interruption/error")
-    backends: list[str] | None = Field(default=None, description="only use these backends")
-    regions: list[str] | None = Field(default=None, description="only use these regions")
-    ports: list[PortMapping] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=0, le=100, description="queue order: higher first (0-100)")
+    volumes: list[VolumeMount] = Field(default_factory=list, description="volumes to mount")
+    repos: list[RepoSpec] = Field(default_factory=list, description="a git repo to put in the container (at most "
+                                                                    "one)")
+    single_branch: bool | None = Field(default=None, description="clone only the repo's branch")
+    files: list[FilePathMapping] = Field(default_factory=list, description="local files uploaded with the run")
 
     @field_validator("name")
     @classmethod
@@ -149,6 +226,8 @@ class BaseRunConfiguration(StrictModel):
             parsed: dict[str, str | None] = {}
             for item in value:
                 key, sep, val = str(item).partition("=")
+                if key in parsed:
+                    raise ValueError(f"{key} is given twice")
                 parsed[key] = val if sep else None
             value = parsed
         if isinstance(value, dict):
@@ -159,24 +238,56 @@ class BaseRunConfiguration(StrictModel):
                     value[key] = str(val).lower() if isinstance(val, bool) else str(val)
         return value
 
-    @field_validator("max_duration", mode="before")
+    @field_validator("shell")
     @classmethod
-    def _max_duration(cls, value: Any) -> int | None:
-        return parse_duration(value)
+    def _shell(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("bash", "sh") and not value.startswith("/"):
+            raise ValueError(f"expected bash, sh or an absolute path such as /bin/zsh, got {value!r}")
+        return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"{value!r}: `..` is not allowed; give an absolute path such as /workflow/src")
+        return value
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, value: list[RepoSpec]) -> list[RepoSpec]:
+        if len(value) > 1:
+            raise ValueError("at most one repo per run (as upstream)")
+        return value
 
     @model_validator(mode="after")
-    def _working_dir(self) -> BaseRunConfiguration:
-        wd = self.working_dir
-        if wd is not None and not self.image and (wd.startswith("/") or ".." in wd.split("/")):
-            raise ValueError(f"working_dir: {wd!r} must be relative to the repo (an absolute path is a path in "
-                             "the container, so it needs `image`)")
-        return self
-
-    @model_validator(mode="after")
-    def _python_or_image(self) -> BaseRunConfiguration:
+    def _exclusive(self) -> BaseRunConfiguration:
         if self.python and self.image:
             raise ValueError("give either `python` or `image`, not both")
+        if self.docker and (self.python or self.image):
+            raise ValueError("`docker: true` runs its own Docker-in-Docker image: drop `python` and `image`")
+        if self.nvcc and self.image:
+            raise ValueError("`nvcc` picks the default image's CUDA variant: drop it with `image`")
+        if self.shm_size and self.resources.shm_size:
+            raise ValueError("give the shared memory size once: `resources.shm_size`")
         return self
+
+    def job_working_dir(self) -> str:
+        """The job's working directory in the container: absolute, `~` expanded by the job's shell."""
+        wd = self.working_dir
+        if wd is None:
+            return WORKFLOW_DIR
+        if wd.startswith(("/", "~")):
+            return posixpath.normpath(wd) if wd.startswith("/") else wd
+        return posixpath.normpath(f"{WORKFLOW_DIR}/{wd}")
+
+    def repo_relative_working_dir(self) -> str | None:
+        """The working directory relative to the code (/workflow), or None where it is outside it."""
+        wd = self.job_working_dir()
+        if wd == WORKFLOW_DIR:
+            return "."
+        if wd.startswith(WORKFLOW_DIR + "/"):
+            return wd[len(WORKFLOW_DIR) + 1:]
+        return None
 
 
 def _commands_are_strings(value: Any) -> Any:
@@ -188,8 +299,13 @@ def _commands_are_strings(value: Any) -> Any:
     return value
 
 
-class TaskConfiguration(BaseRunConfiguration):
+class _PortsMixin(StrictModel):
+    ports: list[PortMapping] = Field(default_factory=list, description="ports to forward: 8080, 8000:80, *:8080")
+
+
+class TaskConfiguration(BaseRunConfiguration, _PortsMixin):
     type: Literal["task"]
+    nodes: int = Field(default=1, ge=1, description="the number of nodes (multi-node tasks)")
     commands: list[str] = Field(default_factory=list, validate_default=True,
                                 description="shell commands to run, in order (with `image`: may be omitted "
                                             "to run the image's own entrypoint and cmd)")
@@ -214,115 +330,152 @@ class TaskConfiguration(BaseRunConfiguration):
         return value
 
 
-class DevEnvironmentConfiguration(BaseRunConfiguration):
+class DevEnvironmentConfiguration(BaseRunConfiguration, _PortsMixin):
     type: Literal["dev-environment"]
     # As upstream: the IDE whose link `dstack apply` prints; none means SSH only.
     ide: Literal["vscode", "cursor", "windsurf"] | None = None
+    version: str | None = Field(default=None, description="the IDE server's version")
     init: list[str] = Field(default_factory=list, description="commands to run before the IDE attaches")
+    inactivity_duration: int | None = Field(default=None, description="stop after no SSH connection for this "
+                                                                      "long: 2h, off")
+
+    @field_validator("inactivity_duration", mode="before")
+    @classmethod
+    def _inactivity(cls, value: Any) -> int | None:
+        return parse_duration(value)
+
+
+class ScalingSpec(StrictModel):
+    metric: Literal["rps"] = Field(description="requests per second per replica")
+    target: float = Field(gt=0)
+    scale_up_delay: int = 300
+    scale_down_delay: int = 600
+
+    @field_validator("scale_up_delay", "scale_down_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> int:
+        return parse_duration(value) or 0
+
+
+class ChatModel(StrictModel):
+    type: Literal["chat"] = "chat"
+    name: str
+    format: Literal["openai", "tgi"] = "openai"
+    prefix: str = "/v1"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class RateLimit(StrictModel):
+    prefix: str = "/"
+    key: dict[str, str] | None = None
+    rps: float = Field(gt=0)
+    burst: int = Field(default=0, ge=0)
+
+
+class Probe(StrictModel):
+    type: Literal["http"] = "http"
+    url: str = "/"
+    method: Literal["get", "post", "put", "delete", "patch", "head"] = "get"
+    headers: list[dict[str, str]] = Field(default_factory=list)
+    body: str | None = None
+    timeout: int = 10
+    interval: int = 15
+    ready_after: int = Field(default=1, ge=1)
+
+    @field_validator("timeout", "interval", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> int:
+        return parse_duration(value) or 1
+
+
+class ServiceConfiguration(BaseRunConfiguration):
+    type: Literal["service"]
+    commands: list[str] = Field(default_factory=list)
+    port: PortMapping = Field(description="the port the app listens on (or 80:8000)")
+    gateway: bool | str | None = Field(default=None, description="a gateway name, or false for the server's proxy")
+    strip_prefix: bool = True
+    model: ChatModel | None = None
+    https: bool | Literal["auto"] = "auto"
+    auth: bool = True
+    replicas: IntRange = Field(default_factory=lambda: IntRange(min=1, max=1),
+                               description="a number, or a range such as 0..4 with `scaling`")
+    scaling: ScalingSpec | None = None
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+    probes: list[Probe] = Field(default_factory=list)
+
+    _check_commands = field_validator("commands", mode="before")(classmethod(lambda cls, v: _commands_are_strings(v)))
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _service_port(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"local_port": 80, "container_port": _port(value)}
+        return value
+
+    @model_validator(mode="after")
+    def _service(self) -> ServiceConfiguration:
+        if not self.commands and not self.image:
+            raise ValueError("give `commands` or an `image` whose own command runs")
+        if self.replicas.max is None:
+            raise ValueError("replicas: give the maximum number, e.g. 0..4")
+        if self.replicas.min != self.replicas.max and self.scaling is None:
+            raise ValueError("replicas is a range: give `scaling` (metric: rps, target: N)")
+        if self.replicas.min == self.replicas.max and self.scaling is not None:
+            raise ValueError("`scaling` needs `replicas` to be a range, e.g. 1..4")
+        return self
 
 
 AnyRunConfiguration = Annotated[
-    TaskConfiguration | DevEnvironmentConfiguration, Field(discriminator="type")
+    TaskConfiguration | DevEnvironmentConfiguration | ServiceConfiguration, Field(discriminator="type")
 ]
-_ADAPTER: TypeAdapter[TaskConfiguration | DevEnvironmentConfiguration] = TypeAdapter(AnyRunConfiguration)
-_TYPES = ("task", "dev-environment")
+RUN_TYPES = ("task", "dev-environment", "service")
+
+# Fields parsed as upstream documents them whose runtime is still to come: a run using them is
+# refused at apply time with this reason (see `not_supported_yet`).
+_NOT_YET: dict[str, str] = {
+    "volumes": "volumes",
+    "fleets": "fleets",
+    "creation_policy": "fleets",
+    "idle_duration": "fleets",
+    "startup_order": "multi-node tasks",
+    "stop_criteria": "multi-node tasks",
+    "inactivity_duration": "dev environments' inactivity stop",
+}
 
 
-def configuration_json_schema() -> dict[str, Any]:
-    schema = _ADAPTER.json_schema()
-    schema["title"] = "dstack configuration (.dstack.yml)"
-    return schema
+def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
+    """(field, what it needs) for each field this server parses but cannot run yet."""
+    if conf.type == "service":
+        return [("type", "`type: service` (services)")]
+    reasons = []
+    if getattr(conf, "nodes", 1) > 1:
+        reasons.append(("nodes", "`nodes` (multi-node tasks)"))
+    for field_name, feature in _NOT_YET.items():
+        value = getattr(conf, field_name, None)
+        if value not in (None, [], False):
+            reasons.append((field_name, f"`{field_name}` ({feature})"))
+    return reasons
 
 
-def parse_configuration(text: str, filename: str = ".dstack.yml") -> TaskConfiguration | DevEnvironmentConfiguration:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{filename}:{mark.line + 1}" if mark else filename
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigurationError(f"{where}: invalid YAML: {problem}", fix="Fix the syntax on that line") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{filename}: expected a mapping with `type: task` or `type: dev-environment`")
-    if data.get("type") not in _TYPES:
-        line = _line_of(node, ("type",))
-        raise ConfigurationError(
-            f"{filename}:{line}: type: expected one of {', '.join(_TYPES)}, got {data.get('type')!r}",
-            field="type",
-        )
-    try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise _to_configuration_error(exc, node, filename, data) from None
+_SECRET_REF = re.compile(r"\$\{\{\s*(secrets|env)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-def _to_configuration_error(
-    exc: ValidationError, node: yaml.Node | None, filename: str, data: dict[str, Any]
-) -> ConfigurationError:
-    lines = []
-    first_field = None
-    for err in exc.errors():
-        # Drop the discriminator tag pydantic inserts (e.g. 'task') and validator names.
-        loc = [p for p in err["loc"] if p not in _TYPES and not (isinstance(p, str) and "[" in p)]
-        field = ".".join(str(p) for p in loc)
-        first_field = first_field or field
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = _unknown_field_message(loc, data)
-        elif err["type"] == "missing":
-            message = "this field is required"
-        line = _line_of(node, tuple(loc))
-        lines.append(f"{filename}:{line}: {field or '(top level)'}: {message}")
-    return ConfigurationError("; ".join(lines), field=first_field)
-
-
-def _unknown_field_message(loc: list[Any], data: dict[str, Any]) -> str:
-    from dstack.core.configurations import DevEnvironmentConfiguration, TaskConfiguration  # noqa: PLC0415
-
-    model = TaskConfiguration if data.get("type") == "task" else DevEnvironmentConfiguration
-    known: list[str] = list(model.model_fields)
-    if len(loc) == 2 and loc[0] == "resources":
-        known = list(ResourcesSpec.model_fields)
-    name = str(loc[-1])
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean `{close[0]}`?" if close else f"known fields: {', '.join(known)}"
-    return f"unknown field `{name}`: {hint}"
-
-
-def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int:
-    """Line (1-based) of the deepest YAML node along `path`."""
-    if node is None:
-        return 1
-    current = node
-    for key in path:
-        nxt = None
-        if isinstance(current, yaml.MappingNode):
-            for k, v in current.value:
-                if k.value == str(key):
-                    nxt = v if key != path[-1] else k
-                    break
-        elif isinstance(current, yaml.SequenceNode) and isinstance(key, int) and key < len(current.value):
-            nxt = current.value[key]
-        if nxt is None:
-            break
-        current = nxt
-    return current.start_mark.line + 1
-
-
-_SECRET_REF = re.compile(r"\$\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-
-def interpolate_secrets(value: str, secrets: dict[str, str], field: str) -> str:
-    """`${{ secrets.NAME }}` replaced by the project secret NAME (a missing one is an error naming it)."""
+def interpolate_secrets(value: str, secrets: dict[str, str], field: str, env: dict[str, str] | None = None) -> str:
+    """`${{ secrets.NAME }}` replaced by the project secret NAME, `${{ env.NAME }}` by the run's env
+    variable NAME (a missing one is an error naming it)."""
+    from dstack.core.errors import ConfigurationError  # noqa: PLC0415
 
     def lookup(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in secrets:
-            from dstack.core.errors import ConfigurationError
-
-            raise ConfigurationError(f"{field}: the project has no secret {name!r}", field=field,
-                                     fix=f"Set it with `dstack secrets set {name}`")
-        return secrets[name]
+        kind, name = match.group(1), match.group(2)
+        source = secrets if kind == "secrets" else (env or {})
+        if source.get(name) is None:
+            fix = f"Set it with `dstack secrets set {name}`" if kind == "secrets" else f"Add {name} to `env`"
+            where = "the project has no secret" if kind == "secrets" else "the run's env has no variable"
+            raise ConfigurationError(f"{field}: {where} {name!r}", field=field, fix=fix)
+        return str(source[name])
 
     return _SECRET_REF.sub(lookup, value)

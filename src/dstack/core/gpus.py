@@ -68,26 +68,36 @@ COMPUTE_CAPABILITY: dict[str, float] = {
 TPU_RE = re.compile(r"^v\d+[a-z]*(pod)?-\d+\Z")
 
 
-def vendor_of(name: str) -> str:
+def vendor_of(name: str) -> str | None:
+    """The vendor of a known GPU name or TPU slice (None for a name dstack does not know)."""
     if name in _AMD:
         return "amd"
     if name in _INTEL:
         return "intel"
     if TPU_RE.match(name):
         return "tpu"
-    return "nvidia"
+    return "nvidia" if name in KNOWN_GPUS else None
 
 _BY_LOWER = {name.lower(): name for name in KNOWN_GPUS}
 
 
 def normalize_gpu_name(name: str) -> str:
-    """Return the canonical spelling of a known GPU name (or TPU slice), or raise ValueError with
-    suggestions."""
+    """The canonical spelling of a known GPU name (or TPU slice); an unknown name as given.
+
+    As upstream, an unknown name is not a parse error: the plan finds no offers for it and says
+    which names are close (`unknown_gpu_hint`)."""
     if TPU_RE.match(name.strip().lower().removeprefix("tpu-")):
         return name.strip().lower().removeprefix("tpu-")
     key = name.strip().replace(" ", "").replace("-", "").lower()
-    if key in _BY_LOWER:
-        return _BY_LOWER[key]
+    return _BY_LOWER.get(key, name.strip())
+
+
+def unknown_gpu_hint(name: str) -> str | None:
+    """For a name no backend can offer: "A1000 is not a GPU dstack knows (did you mean A100?)"."""
+    if name in KNOWN_GPUS or TPU_RE.match(name):
+        return None
+    key = name.replace(" ", "").replace("-", "").lower()
     close = difflib.get_close_matches(key, list(_BY_LOWER), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(_BY_LOWER[c] for c in close)}? " if close else ""
-    raise ValueError(f"unknown GPU name {name!r}: {hint}known names are {', '.join(sorted(KNOWN_GPUS))}")
+    hint = f"did you mean {', '.join(_BY_LOWER[c] for c in close)}?" if close else \
+        f"known names are {', '.join(sorted(KNOWN_GPUS))}"
+    return f"{name} is not a GPU dstack knows ({hint})"

@@ -176,11 +176,11 @@ class GPUSpec(StrictModel):
     def _check_names(self) -> GPUSpec:
         if self.name is not None:
             self.name = [normalize_gpu_name(n) for n in self.name]
-            vendors = {vendor_of(n) for n in self.name}
+            vendors = {vendor_of(n) for n in self.name} - {None}
             if self.vendor is None and len(vendors) == 1:
                 self.vendor = vendors.pop()  # as upstream: the name implies the vendor
             elif self.vendor is not None and vendors - {self.vendor}:
-                raise ValueError(f"{', '.join(n for n in self.name if vendor_of(n) != self.vendor)} "
+                raise ValueError(f"{', '.join(n for n in self.name if vendor_of(n) not in (None, self.vendor))} "
                                  f"is not a {self.vendor} GPU")
             if self.memory is not None and all(n in KNOWN_GPUS for n in self.name):
                 sizes = {m for n in self.name for m in KNOWN_GPUS[n]}

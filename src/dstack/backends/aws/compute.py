@@ -113,6 +113,22 @@ class AWSCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
+        if requirements.reservation:
+            # Finding a reservation's type and zone needs ec2:DescribeCapacityReservations, and
+            # launching into it a CapacityReservation ARN in RunInstances' conditions: neither is in
+            # the seed's IAM policy, whose features must work with exactly that policy.
+            return ("`reservation` needs ec2:DescribeCapacityReservations, which the backend's IAM policy "
+                    "does not grant: not supported yet")
+        zones = requirements.availability_zones
+        if zones:
+            in_region = [z for z in zones if z.startswith(self.config.region)]
+            if not in_region:
+                return f"none of availability_zones ({', '.join(zones)}) is in the backend's region " \
+                       f"{self.config.region}"
+            if self.config.subnet:
+                zone = self.resources.subnet_zone_of_config()
+                if zone not in zones:
+                    return f"the backend's subnet {self.config.subnet} is in {zone}, not in availability_zones"
         if requirements.resources.cpu_arch == "arm":
             return "the AWS backend's images are x86_64: Graviton (arm) types are not offered"
         gpu = requirements.resources.gpu
@@ -258,6 +274,8 @@ class AWSCompute(Compute):
         tags = [*self.resources.tags(), {"Key": "dstack_project", "Value": job.project},
                 {"Key": "dstack_run", "Value": job.run_name}, {"Key": "dstack_job_id", "Value": job.job_id},
                 {"Key": "Name", "Value": f"dstack-{job.run_name}"}]
+        taken = {t["Key"] for t in tags}  # the backend's and dstack's own tags win a conflict (as upstream)
+        tags += [{"Key": k, "Value": v} for k, v in job.tags.items() if k not in taken]
         request: dict[str, Any] = {
             "ImageId": image_id, "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
             "IamInstanceProfile": {"Name": profile}, "UserData": script,
@@ -270,6 +288,9 @@ class AWSCompute(Compute):
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],
         }
+        zones = [z for z in job.availability_zones or [] if z.startswith(self.config.region)]
+        if zones and not subnet:  # with a subnet, its zone is checked at plan time (`unsupported`)
+            request["Placement"] = {"AvailabilityZone": zones[0]}
         if subnet:
             request["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group],
                                              "AssociatePublicIpAddress": self.resources.subnet_public_ip}]
@@ -414,10 +435,7 @@ def _type_info(raw: dict[str, Any]) -> _TypeInfo:
     gpus: list[GPU] = []
     for gpu in (raw.get("GpuInfo") or {}).get("Gpus", []):
         memory_gb = round(gpu["MemoryInfo"]["SizeInMiB"] / 1024)
-        try:
-            name = normalize_gpu_name(gpu["Name"])
-        except ValueError:
-            name = gpu["Name"]
+        name = normalize_gpu_name(gpu["Name"])
         gpus += [GPU(name=name, memory_gb=memory_gb)] * int(gpu["Count"])
     resources = InstanceResources(cpus=raw["VCpuInfo"]["DefaultVCpus"], memory_gb=raw["MemoryInfo"]["SizeInMiB"] / 1024,
                                   gpus=gpus, disk_gb=DEFAULT_DISK_GB)

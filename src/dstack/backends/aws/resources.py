@@ -97,6 +97,11 @@ class AWSResources:
                     self._network = (subnets[0]["VpcId"], None)
             return self._network
 
+    def subnet_zone_of_config(self) -> str | None:
+        """The configured subnet's availability zone (it fixes where instances go)."""
+        self.network()
+        return self.subnet_zone
+
     def security_group(self, vpc_id: str) -> str:
         with self._lock:
             if vpc_id not in self._security_groups:

@@ -40,6 +40,9 @@ from dstack.core.runs import Offer
 from dstack.core.sshkeys import server_key
 from dstack.storage.s3 import S3Storage
 
+# Lambda's RequestedTagEntry key (OpenAPI spec 1.8.3).
+LAMBDA_TAG_KEY = re.compile(r"^[a-z][a-z0-9-:]{1,54}\Z")
+
 KNOWN_REGIONS = [
     "europe-central-1", "asia-south-1", "australia-east-1", "me-west-1", "asia-northeast-1", "asia-northeast-2",
     "us-east-1", "us-west-2", "us-west-1", "us-south-1", "us-west-3", "us-midwest-1", "us-east-2", "us-south-2",
@@ -88,6 +91,14 @@ class LambdaCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.spot_policy == "spot":
             return "Lambda Cloud has no spot instances (use spot_policy: auto or on-demand)"
+        if requirements.availability_zones:
+            return "Lambda Cloud has no availability zones (choose with `regions`)"
+        if requirements.reservation:
+            return "Lambda Cloud has no capacity reservations to name (reserved instances appear as ordinary offers)"
+        bad_tags = [k for k, v in requirements.tags.items() if not LAMBDA_TAG_KEY.match(k) or len(v) > 128]
+        if bad_tags:
+            return (f"Lambda Cloud tags need keys of lowercase letters, digits, - and : (up to 55) and values of "
+                    f"up to 128 characters: {', '.join(bad_tags)}")
         gpu = requirements.resources.gpu
         if gpu and gpu.vendor not in (None, "nvidia"):
             return f"Lambda Cloud has NVIDIA GPUs only, not {gpu.vendor}"
@@ -179,7 +190,9 @@ class LambdaCompute(Compute):
                 region_name=offer.region, instance_type_name=offer.instance_type, ssh_key_names=[self._ssh_key()],
                 name=f"dstack-{job.run_name}"[:64], user_data=script,
                 tags=[{"key": "dstack-project", "value": job.project[:128]},
-                      {"key": "dstack-job", "value": job.job_id}])
+                      {"key": "dstack-job", "value": job.job_id},
+                      *({"key": k, "value": v} for k, v in job.tags.items()
+                        if k not in ("dstack-project", "dstack-job"))])
         except LambdaAPIError as exc:
             if exc.code == "global/quota-exceeded":
                 self._quota_exceeded[offer.instance_type] = time.monotonic()
@@ -311,10 +324,7 @@ def _resources(spec: dict[str, Any]) -> InstanceResources:
         match = re.match(r"^(.*?)\s*\((\d+)\s*GB", spec.get("gpu_description", ""))
         raw = match.group(1) if match else spec.get("gpu_description", "GPU")
         raw = raw.replace("Tesla ", "").replace("Quadro ", "").replace("RTX A", "A").strip()
-        try:
-            name = normalize_gpu_name(raw)
-        except ValueError:
-            name = raw
+        name = normalize_gpu_name(raw)
         gpus = [GPU(name=name, memory_gb=float(match.group(2)) if match else 0.0)] * specs["gpus"]
     return InstanceResources(cpus=specs["vcpus"], memory_gb=specs["memory_gib"], gpus=gpus,
                              disk_gb=specs["storage_gib"])

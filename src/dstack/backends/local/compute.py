@@ -71,6 +71,14 @@ class LocalCompute(Compute):
                     "(e.g. `apt-get install podman` or https://docs.docker.com/engine/install/)")
         if requirements.spot_policy == "spot":
             return "the local backend has no spot instances (use spot_policy: auto or on-demand)"
+        if requirements.availability_zones:
+            return "the local backend has no availability zones"
+        if requirements.reservation:
+            return "the local backend has no capacity reservations"
+        if requirements.docker and container.find_runtime() is None:
+            return "`docker: true` needs Docker or Podman on the server's machine and neither is installed"
+        if requirements.nvcc and not requirements.image and not shutil.which("nvcc"):
+            return "`nvcc: true`: this machine has no nvcc on its PATH (install the CUDA toolkit, or use `image`)"
         if requirements.python:
             try:
                 sandbox.find_python(requirements.python, self._job_ids())

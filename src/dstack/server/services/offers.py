@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from dstack.backends.base import Requirements
 from dstack.core.errors import DstackError, NoOffersError
+from dstack.core.gpus import unknown_gpu_hint
 from dstack.core.resources import unmet_requirements
 from dstack.core.runs import Offer
 from dstack.server.context import ServerContext
@@ -26,7 +27,9 @@ class OfferSearch:
             asked += f", max price ${requirements.max_price:g}/h"
         if requirements.spot_policy != "on-demand":
             asked += f", spot_policy {requirements.spot_policy}"
-        why = "; ".join(self.rejections) or (
+        gpu = requirements.resources.gpu
+        hints = [h for h in (unknown_gpu_hint(n) for n in (gpu.name or [])) if h] if gpu else []
+        why = "; ".join(hints + self.rejections) or (
             "the project has no backends: add one with `dstack backend add -f backend.yml` or on the project's "
             "Settings page")
         return NoOffersError(
@@ -77,6 +80,8 @@ def filter_offers(backend_type: str, candidates: list[Offer], requirements: Requ
             continue
         if requirements.regions and offer.region not in requirements.regions:
             continue
+        if requirements.instance_types and offer.instance_type not in requirements.instance_types:
+            continue
         missing = unmet_requirements(requirements.resources, offer.resources)
         if requirements.max_price is not None and offer.price > requirements.max_price:
             missing.append(f"price ${offer.price:g}/h is above max_price")
@@ -92,5 +97,6 @@ def filter_offers(backend_type: str, candidates: list[Offer], requirements: Requ
                 f"{', spot' if offer.spot else ''}), which lacks {', '.join(missing)}"
             )
         else:
-            search.rejections.append(f"{backend_type}: no instances match the spot policy and regions")
+            search.rejections.append(f"{backend_type}: no instances match the spot policy, regions and "
+                                     "instance_types")
     return search

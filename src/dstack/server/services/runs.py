@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import requirements_for
+from dstack.core.configurations import not_supported_yet
 from dstack.core.errors import ConfigurationError, InvalidStateError, ResourceNotFoundError
 from dstack.core.runs import (
     FINISHED_STATUSES,
@@ -39,24 +40,41 @@ _NOUNS = ["otter", "falcon", "panda", "tiger", "koala", "lynx", "heron", "bison"
 
 
 def backend_types_for(project: ProjectModel, run_spec: RunSpec) -> list[str]:
+    """The project's backends that the run's `backends` allows (all when it names none). A backend
+    the project lacks is not an error of the configuration: the plan finds no offers there and says
+    so (see `missing_backends`)."""
     types = [b.type for b in project.backends]
     wanted = run_spec.configuration.backends
-    if wanted:
-        unknown = [b for b in wanted if b not in types]
-        if unknown:
-            raise ConfigurationError(
-                f"backends: project {project.name!r} has no {', '.join(unknown)} backend "
-                f"(it has {', '.join(types) or 'none'})",
-                field="backends",
-            )
-        types = [t for t in types if t in wanted]
-    return types
+    return [t for t in types if t in wanted] if wanted else types
+
+
+def missing_backends(project: ProjectModel, run_spec: RunSpec) -> str | None:
+    wanted = run_spec.configuration.backends or []
+    types = [b.type for b in project.backends]
+    unknown = [b for b in wanted if b not in types]
+    if not unknown:
+        return None
+    return f"project {project.name!r} has no {', '.join(unknown)} backend (it has {', '.join(types) or 'none'})"
+
+
+def check_supported(run_spec: RunSpec) -> None:
+    """Fields parsed as upstream documents them whose runtime this server does not have yet."""
+    reasons = not_supported_yet(run_spec.configuration)
+    if reasons:
+        raise ConfigurationError(f"not supported yet: {'; '.join(text for _, text in reasons)}",
+                                 field=f"configuration.{reasons[0][0]}",
+                                 fix="Remove it from the configuration (see docs/configuration.md, "
+                                     "\"Not supported yet\")")
 
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
+    check_supported(run_spec)
     requirements = requirements_for(run_spec.configuration, admin=user.global_role == "admin")
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types_for(project, run_spec),
                                requirements=requirements)
+    missing = missing_backends(project, run_spec)
+    if missing:
+        search.rejections.insert(0, f"backends: {missing}")
     if not search.offers:
         raise search.no_offers_error(requirements)
     return RunPlan(run_spec=run_spec, offers=search.offers[:50], total_offers=len(search.offers),
@@ -68,6 +86,7 @@ async def submit_run(
     *, session: AsyncSession, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec
 ) -> Run:
     conf = run_spec.configuration
+    check_supported(run_spec)
     missing_env = [k for k, v in conf.env.items() if v is None]
     if missing_env:
         raise ConfigurationError(

@@ -141,7 +141,9 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        secrets=secrets, ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
                        read_keys=[k for k in [spec.get("code_key")] if k],
                        max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image,
-                       gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python)
+                       gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
+                       tags=run_spec.configuration.tags or {},
+                       availability_zones=run_spec.configuration.availability_zones)
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
