@@ -7,8 +7,10 @@ from dstack.agent.container import ContainerSpec, Runtime, pull_failure, registr
 
 
 def _cmd(binary: str, **fields: object) -> list[str]:
+    fields.setdefault("working_dir", "/workflow")
+    fields.setdefault("mounts", [("/w/repo", "/workflow")])
     spec = ContainerSpec(image="ghcr.io/org/img:1", name="dstack-j", **fields)  # type: ignore[arg-type]
-    return Runtime(binary).run_command(spec, repo_dir="/w/repo", env_file="/w/.env-x")
+    return Runtime(binary).run_command(spec, env_file="/w/.env-x")
 
 
 def test_gpus_only_those_given() -> None:
@@ -24,11 +26,18 @@ def test_working_dir_entrypoint_and_the_images_own_command() -> None:
     cmd = _cmd("podman", commands=["echo a", "echo b"])
     assert cmd[cmd.index("-w") + 1] == "/workflow" and cmd[-4:] == ["/bin/sh", "ghcr.io/org/img:1", "-c",
                                                                      "echo a\necho b"]
-    assert _cmd("podman", commands=["x"], working_dir="src")[_cmd("podman", commands=["x"], working_dir="src")
-                                                            .index("-w") + 1] == "/workflow/src"
     assert "/opt/app" in _cmd("podman", commands=["x"], working_dir="/opt/app")
     own = _cmd("docker")
     assert own[-1] == "ghcr.io/org/img:1" and "-w" not in own and "--entrypoint" not in own
+    # Without commands the image's own working directory stays, unless the configuration names one.
+    named = _cmd("docker", working_dir="/srv", working_dir_set=True)
+    assert named[named.index("-w") + 1] == "/srv"
+    bash = _cmd("docker", commands=["x"], shell="/bin/bash")
+    assert bash[-4:] == ["/bin/bash", "ghcr.io/org/img:1", "-c", "x"]
+    # Mounts in the order given (parents first): the code, then a file inside another path.
+    mounts = _cmd("docker", mounts=[("/w/repo", "/workflow"), ("/w/files/0", "/root/.ssh/id_rsa")])
+    assert [mounts[i + 1] for i, a in enumerate(mounts) if a == "-v"] == ["/w/repo:/workflow",
+                                                                          "/w/files/0:/root/.ssh/id_rsa"]
     assert _cmd("docker", entrypoint="/init")[-3:] == ["--entrypoint", "/init", "ghcr.io/org/img:1"]
     assert "-v" in own and "/w/repo:/workflow" in own and "--env-file" in own
 

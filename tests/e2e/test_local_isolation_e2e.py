@@ -103,7 +103,8 @@ def test_members_jobs_see_nothing_of_the_server(env: Env, isolated_server: Serve
         env_lines = logs.split("ENV-BEGIN\n", 1)[1].split("\nENV-END", 1)[0].splitlines()
         names = {line.split("=", 1)[0] for line in env_lines} - {"PWD", "SHLVL", "_", "OLDPWD"}
         assert names == {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED", "MINE", "MY_SECRET", "DSTACK_RUN_NAME",
-                         "DSTACK_RUN_ID", "DSTACK_JOB_ID", "DSTACK_REPO_ID"}, env_lines
+                         "DSTACK_RUN_ID", "DSTACK_JOB_ID", "DSTACK_REPO_ID", "DSTACK_WORKING_DIR", "DSTACK_GPUS_NUM",
+                         "DSTACK_GPUS_PER_NODE", "DSTACK_NODES_NUM", "DSTACK_NODE_RANK"}, env_lines
         pids = int(logs.split("PIDS ", 1)[1].split()[0])
         assert pids < 10, logs  # only the sandbox's own processes
         if os.geteuid() == 0:

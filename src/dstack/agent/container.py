@@ -24,8 +24,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-WORKFLOW_DIR = "/workflow"
-
 
 class PullError(Exception):
     """The image cannot be had: the registry's reason, in one line."""
@@ -53,11 +51,15 @@ class ContainerSpec:
     commands: list[str] = field(default_factory=list)
     entrypoint: str | None = None
     working_dir: str | None = None
+    working_dir_set: bool = False  # the configuration named it (else an image without commands keeps its own)
     user: str | None = None
     privileged: bool = False
     shm_size: str | None = None
     gpus: list[str] | None = None
     registry_auth: dict[str, str] | None = None
+    shell: str = "/bin/sh"
+    # (host path, path in the container): the code, a cloned repo, `files`; parents first.
+    mounts: list[tuple[str, str]] = field(default_factory=list)
     # Extra arguments of `run` that this machine's runtime needs (DSTACK_CONTAINER_RUN_ARGS).
     run_args: list[str] = field(default_factory=list)
 
@@ -105,19 +107,17 @@ class Runtime:
                              capture_output=True, text=True)
         return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
-    def run_command(self, spec: ContainerSpec, *, repo_dir: str, env_file: str) -> list[str]:
+    def run_command(self, spec: ContainerSpec, *, env_file: str) -> list[str]:
         """`run -d`: the container starts detached, its output is followed with `logs -f` and its exit
         code read with `inspect` (see `start`). A foreground `run` would tie the job to one API
         connection's `wait`, which some daemons (Podman's Docker API) never answer."""
-        args = [self.binary, "run", "-d", "--name", spec.name, "--env-file", env_file,
-                "-v", f"{repo_dir}:{WORKFLOW_DIR}", "--init", *spec.run_args]
-        workdir = spec.working_dir
-        if workdir is None and spec.commands:
-            workdir = WORKFLOW_DIR
-        elif workdir is not None and not workdir.startswith("/"):
-            workdir = f"{WORKFLOW_DIR}/{workdir}"  # relative: under the repo, as upstream
-        if workdir:
-            args += ["-w", workdir]
+        args = [self.binary, "run", "-d", "--name", spec.name, "--env-file", env_file, "--init", *spec.run_args]
+        for host, target in spec.mounts:
+            args += ["-v", f"{host}:{target}"]
+        # With `commands`, the working directory is the job's (created if missing); without, the image's
+        # own unless the configuration names one.
+        if spec.working_dir and (spec.commands or spec.working_dir_set):
+            args += ["-w", spec.working_dir]
         if spec.user:
             args += ["--user", spec.user]
         if spec.privileged:
@@ -131,16 +131,16 @@ class Runtime:
                 args += [a for g in spec.gpus for a in ("--device", f"nvidia.com/gpu={g}")]
         if spec.commands:
             script = "\n".join(spec.commands)
-            args += ["--entrypoint", spec.entrypoint or "/bin/sh", spec.image, "-c", script]
+            args += ["--entrypoint", spec.entrypoint or spec.shell, spec.image, "-c", script]
         elif spec.entrypoint:
             args += ["--entrypoint", spec.entrypoint, spec.image]
         else:
             args.append(spec.image)  # the image's own entrypoint and cmd
         return args
 
-    def start(self, spec: ContainerSpec, *, repo_dir: str, env_file: str) -> None:
+    def start(self, spec: ContainerSpec, *, env_file: str) -> None:
         """Create and start the container; the runtime's reason, in one line, if it cannot."""
-        result = subprocess.run(self.run_command(spec, repo_dir=repo_dir, env_file=env_file),
+        result = subprocess.run(self.run_command(spec, env_file=env_file),
                                 capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             lines = [line for line in (result.stderr + result.stdout).strip().splitlines() if line.strip()]
@@ -161,6 +161,12 @@ class Runtime:
 
     def stop(self, name: str, grace: float) -> None:
         subprocess.run([self.binary, "stop", "-t", str(max(0, int(grace))), name], capture_output=True, timeout=120)
+
+    def copy_out(self, name: str, path: str, dest: str) -> bool:
+        """Copy a path out of a (stopped) container: artifacts of a working directory that is the
+        image's own, not one of dstack's mounts."""
+        result = subprocess.run([self.binary, "cp", f"{name}:{path}", dest], capture_output=True, timeout=600)
+        return result.returncode == 0
 
     def remove(self, name: str) -> None:
         subprocess.run([self.binary, "rm", "-f", name], capture_output=True, timeout=120)
@@ -307,9 +313,11 @@ def env_file(env: dict[str, str], directory: str) -> str:
     return path
 
 
-def spec_from(job: dict[str, Any], name: str, run_args: list[str]) -> ContainerSpec:
+def spec_from(job: dict[str, Any], name: str, run_args: list[str], *, working_dir: str,
+              mounts: list[tuple[str, str]]) -> ContainerSpec:
     return ContainerSpec(
         image=job["image"], name=name, commands=list(job.get("commands") or []), entrypoint=job.get("entrypoint"),
-        working_dir=job.get("working_dir"), user=job.get("user"), privileged=bool(job.get("privileged")),
-        shm_size=job.get("shm_size"), gpus=job.get("gpus"), registry_auth=job.get("registry_auth"),
+        working_dir=working_dir, working_dir_set=bool(job.get("working_dir_set")), user=job.get("user"),
+        privileged=bool(job.get("privileged")), shm_size=job.get("shm_size"), gpus=job.get("gpus"),
+        registry_auth=job.get("registry_auth"), shell=job.get("shell") or "/bin/sh", mounts=mounts,
         run_args=run_args)

@@ -23,13 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstack.agent import workspace
 from dstack.agent.cloud import fetch_secrets, terminate_own_instance
 from dstack.agent.container import PullError, Runtime, env_file, find_runtime, machine_has_nvidia_gpus
 from dstack.agent.container import spec_from as container_spec
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
+from dstack.agent.metrics import Sampler
 from dstack.agent.process import create_time, kill_tree
 from dstack.agent.sandbox import JOB_HOME, SHIM_DIR, SYSTEM_PATH, PythonInstall, Sandbox, find_python, make_shims
 from dstack.agent.sandbox import prepare as sandbox_prepare
+from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
 
@@ -130,24 +133,13 @@ class JobRunner:
             self.finish()
 
     def _run_job(self) -> int:
-        repo_dir = self.workdir / "repo"
-        if repo_dir.exists():
-            shutil.rmtree(repo_dir)
-        repo_dir.mkdir(parents=True)
-        code_key = self.spec.get("code_key")
-        if code_key:
-            data = self.storage.get(code_key)
-            if data is None:
-                self.write_status("failed", reason=f"code archive {code_key} is missing from the bucket")
-                return 1
-            _unpack(data, repo_dir)
         image = self.spec.get("image")
-        cwd_rel = self.spec.get("working_dir") or "."
-        if image and cwd_rel.startswith("/"):
-            cwd_rel = "."  # a path in the container; artifacts are then relative to the repo
-        cwd = repo_dir / cwd_rel
-        cwd.mkdir(parents=True, exist_ok=True)
         secrets = self._secrets()
+        # The clone's git credentials: for the agent only, never in the job's environment.
+        reserved = [k for k in secrets if k.startswith(REPO_CREDENTIALS)]
+        credentials = json.loads(secrets.pop(reserved[0])) if reserved else None
+        for key in reserved[1:]:
+            secrets.pop(key)
         sandbox = Sandbox.from_spec(self.spec.get("sandbox"))
         try:
             python = None if image else self._python(sandbox)
@@ -158,11 +150,20 @@ class JobRunner:
             self.write_status("stopped")
             return 0
         logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
-        command = ["/bin/bash", "-e", "-c", "\n".join(self.spec["commands"])]
+        try:
+            ws = self._workspace(image=image, sandbox=sandbox, credentials=credentials, logs=logs)
+            cwd_job = ws.job_path(self.spec.get("working_dir") or WORKFLOW_DIR)
+        except WorkspaceError as exc:
+            logs.close()
+            self.write_status("failed", reason=str(exc))
+            return 1
+        shell = self.spec.get("shell") or "/bin/bash"
+        command = [shell, "-e", "-c", "\n".join(self.spec["commands"])]
         prepared = None
+        cwd_host = ws.host_path(cwd_job)
         if image:
             try:
-                popen_kwargs = self._container_command(repo_dir, secrets, logs)
+                popen_kwargs = self._container_command(ws, cwd_job, secrets, logs)
             except StoppedBeforeStart:
                 logs.close()
                 self.write_status("stopped")
@@ -172,13 +173,19 @@ class JobRunner:
                 self.write_status("failed", reason=str(exc))
                 return 1
         elif sandbox is not None:
-            env = {**self._job_env(sandboxed=True), **secrets}
-            prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd_rel=cwd_rel,
-                                       python=python)
+            env = {**self._job_env(sandboxed=True, cwd=cwd_job), **secrets}
+            prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd=cwd_job,
+                                       python=python, mounts=ws.sorted_mounts())
             popen_kwargs = prepared.popen_kwargs()
         else:
-            env = {**self._job_env(sandboxed=False), **secrets}
-            popen_kwargs = {"args": command, "cwd": cwd, "env": env}
+            if cwd_host is None:
+                logs.close()
+                self.write_status("failed", reason=f"working_dir: {cwd_job} needs `image` (or a machine that can "
+                                                   "sandbox jobs): a bare host job runs under /workflow or ~")
+                return 1
+            cwd_host.mkdir(parents=True, exist_ok=True)
+            env = {**self._job_env(sandboxed=False, cwd=str(cwd_host)), **secrets}
+            popen_kwargs = {"args": command, "cwd": cwd_host, "env": env}
         try:
             self.proc = subprocess.Popen(
                 **popen_kwargs,
@@ -198,13 +205,15 @@ class JobRunner:
             threading.Thread(target=self._poll_container, daemon=True).start()
         for raw in iter(self.proc.stdout.readline, b""):
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        exit_code = self._container_exit_code() if self.container is not None else self.proc.wait()
+        exit_code = self._container_exit_code(cwd_job if cwd_host is None else None) \
+            if self.container is not None else self.proc.wait()
         logs.close()
         self.log_events = logs.written
         if logs.errors and logs.written < logs.total:
             self.event(f"{logs.total - logs.written} log lines could not be written: {logs.last_error}")
         if self.stop_request is None or not self.stop_request.get("abort"):
-            self._upload_artifacts(cwd)
+            artifacts_dir = cwd_host if cwd_host is not None else self.workdir / "copied-out"
+            self._upload_artifacts(artifacts_dir)
         if self.stop_request is not None:
             self.write_status("stopped", exit_code=exit_code)
         elif exit_code == 0:
@@ -212,6 +221,26 @@ class JobRunner:
         else:
             self.write_status("failed", exit_code=exit_code, reason=f"exit code {exit_code}")
         return 0
+
+    def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
+                   logs: LogWriter) -> workspace.Workspace:
+        """The code (or the cloned repo) and the `files`, and where the job sees them."""
+        if image:
+            user = str(self.spec.get("user") or "root").split(":")[0]
+            home, home_host = ("/root" if user in ("root", "0") else None), None
+        elif sandbox is not None:
+            home, home_host = JOB_HOME, self.workdir / "home"
+        else:  # a bare host job: its HOME is a directory of its own on this machine
+            home_host = self.workdir / "home"
+            home = str(home_host)
+
+        def event(message: str) -> None:
+            logs.write(f"dstack: {message}")
+            self.events.append({"t": time.time(), "message": message})
+
+        return workspace.prepare(self.spec, workdir=self.workdir, home=home, home_host=home_host,
+                                 bare_host=not image and sandbox is None, fetch=self.storage.get, unpack=_unpack,
+                                 credentials=credentials, event=event)
 
     def _secrets(self) -> dict[str, str]:
         """Project secrets: from a file the launcher left (read once) or the cloud's secret store."""
@@ -240,7 +269,8 @@ class JobRunner:
             if info.get("instance_id"):
                 terminate_own_instance(terminate, info["instance_id"])
 
-    def _container_command(self, repo_dir: Path, secrets: dict[str, str], logs: LogWriter) -> dict[str, Any]:
+    def _container_command(self, ws: workspace.Workspace, cwd: str, secrets: dict[str, str],
+                           logs: LogWriter) -> dict[str, Any]:
         """Pull the image (progress as `dstack:` lines of the job's log) and build its `run` command."""
         # The local backend's server has probed its runtime already (same machine): no second probe.
         named = self.spec.get("container_runtime")
@@ -250,7 +280,8 @@ class JobRunner:
         runtime = Runtime(binary)
         # Extra `run` arguments this machine's runtime needs: from the backend, else the instance's setting.
         run_args = self.spec.get("container_run_args") or shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))
-        spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}", list(run_args))
+        spec = container_spec(self.spec, f"dstack-{self.prefix.rsplit('/', 1)[-1]}", list(run_args),
+                              working_dir=cwd, mounts=ws.sorted_mounts())
         if spec.gpus and not machine_has_nvidia_gpus():
             logs.write("dstack: this machine has no NVIDIA GPU device: the container gets none")
             spec.gpus = None
@@ -270,13 +301,14 @@ class JobRunner:
         env_path = env_file(env, str(self.workdir))
         try:
             runtime.remove(spec.name)  # a container of an earlier attempt of this agent
-            runtime.start(spec, repo_dir=str(repo_dir), env_file=env_path)
+            runtime.start(spec, env_file=env_path)
         finally:
             os.unlink(env_path)  # read by the runtime's client: the secrets stay on disk no longer
         return {"args": runtime.logs_command(spec.name)}
 
-    def _container_exit_code(self) -> int:
-        """Once the container stops: its exit code (the log follower's ends with it), then remove it."""
+    def _container_exit_code(self, copy_out: str | None) -> int:
+        """Once the container stops: its exit code (the log follower's ends with it), then remove it.
+        A working directory of the image's own (not a dstack mount) is copied out first, for artifacts."""
         assert self.container is not None and self.proc is not None
         runtime, name = self.container
         running, code = runtime.state(name)
@@ -287,6 +319,8 @@ class JobRunner:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if copy_out and self.spec.get("artifacts"):
+            runtime.copy_out(name, copy_out.rstrip("/") + "/.", str(self.workdir / "copied-out"))
         runtime.remove(name)
         return code if code is not None else 137
 
@@ -314,7 +348,7 @@ class JobRunner:
         make_shims(self.workdir / "bin", python)
         return python
 
-    def _job_env(self, *, sandboxed: bool) -> dict[str, str]:
+    def _job_env(self, *, sandboxed: bool, cwd: str) -> dict[str, str]:
         """Exactly the job's variables (the spec's, DSTACK_* included) plus PATH and HOME: nothing
         of the agent's or the server's own environment."""
         home = JOB_HOME if sandboxed else str(self.workdir / "home")
@@ -324,6 +358,8 @@ class JobRunner:
                # so print() lines reach the logs as they happen
                "PYTHONUNBUFFERED": "1"}
         env.update({k: v for k, v in (self.spec.get("env") or {}).items() if v is not None})
+        if not sandboxed:  # a bare host job: /workflow is its code directory on this machine
+            env["DSTACK_WORKING_DIR"] = cwd
         return env
 
     def _upload_artifacts(self, cwd: Path) -> None:
@@ -338,13 +374,19 @@ class JobRunner:
         failed one (network, throttling, a 5xx) is tried again on the next turn and never ends the
         loop, or the server would declare a healthy instance lost."""
         interval = float(self.spec.get("heartbeat_interval", 2.0))
+        metrics_interval = float(self.spec.get("metrics_interval", 10.0))
+        sampler = Sampler(min_gpu_utilization=self.spec.get("utilization_floor"))
         next_beat = time.monotonic() + interval
+        next_sample = time.monotonic() + min(metrics_interval, 1.0)
         failures = 0
         while not self._done.wait(0.25 if not failures else min(5.0, 0.25 * 2 ** failures)):
             try:
                 if time.monotonic() >= next_beat:
                     self.heartbeat()
                     next_beat = time.monotonic() + interval
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + metrics_interval
+                    self.storage.put_json(self._key("metrics.json"), sampler.sample())
                 if self.stop_request is None:
                     request = self.storage.get_json(self._key("stop.json"))
                     if request is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import posixpath
 import pwd
 import shutil
 import subprocess
@@ -79,14 +78,18 @@ class Prepared:
             f.close()
 
 
-def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdir: Path, cwd_rel: str,
-            python: PythonInstall | None) -> Prepared:
-    """The bwrap command that runs `command` with exactly `env`, in /workflow/`cwd_rel`."""
+def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdir: Path, cwd: str,
+            python: PythonInstall | None, mounts: list[tuple[str, str]]) -> Prepared:
+    """The bwrap command that runs `command` with exactly `env`, in `cwd` (a path in the sandbox), with
+    `mounts` (host path, sandbox path: the code at /workflow, HOME, a repo, `files`) bound read-write."""
     ids = sandbox.uid_gid()
-    for name in ("repo", "home", "bin"):
+    for name in ("home", "bin"):
         (workdir / name).mkdir(exist_ok=True)
         if ids is not None:
             _chown_tree(workdir / name, *ids)
+    if ids is not None:
+        for host, _ in mounts:
+            _chown_tree(Path(host), *ids)
     # The root is bwrap's own tmpfs with the system's top-level directories bound read-only onto it
     # (not /root, /home, /var, /mnt, /media, /srv, /boot, /tmp, /run: nothing of anybody's data).
     args: list[str] = []
@@ -105,14 +108,15 @@ def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdi
             args += ["--tmpfs", path]  # the server's state inside a system directory (e.g. /opt)
     if python is not None and not _under_any(python.prefix, [f"/{d}" for d in SYSTEM_DIRS]):
         args += ["--ro-bind", python.prefix, python.prefix]  # e.g. a pyenv Python under a HOME
-    args += ["--bind", str(workdir / "repo"), WORKFLOW_DIR, "--bind", str(workdir / "home"), JOB_HOME,
-             "--ro-bind", str(workdir / "bin"), SHIM_DIR]
+    args += ["--ro-bind", str(workdir / "bin"), SHIM_DIR]
+    for host, target in mounts:  # parents first (a file inside /workflow after /workflow); HOME among them
+        args += ["--bind", host, target]
     args += ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--hostname", "dstack-job", "--new-session", "--die-with-parent", "--cap-drop", "ALL",
              "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
-    args += ["--chdir", posixpath.normpath(f"{WORKFLOW_DIR}/{cwd_rel}")]
+    args += ["--dir", cwd, "--chdir", cwd]
     # The arguments (the job's environment, secrets included) travel through a file descriptor.
     args_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Prepared.close
     args_file.write(b"\0".join(a.encode() for a in args) + b"\0")
@@ -227,9 +231,11 @@ def available(user: str = DEFAULT_USER) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
+        (workdir / "repo").mkdir()
         try:
             prepared = prepare(Sandbox(user=user), command=["/bin/sh", "-c", "test -w /workflow"],
-                               env={"PATH": SYSTEM_PATH}, workdir=workdir, cwd_rel=".", python=None)
+                               env={"PATH": SYSTEM_PATH}, workdir=workdir, cwd=WORKFLOW_DIR, python=None,
+                               mounts=[(str(workdir / "repo"), WORKFLOW_DIR), (str(workdir / "home"), JOB_HOME)])
         except KeyError:
             return f"user {user!r} does not exist on this machine"
         try:

@@ -19,7 +19,7 @@ import httpx
 from dstack.api.config import load_config
 from dstack.core.backends import BackendCheck
 from dstack.core.errors import AuthenticationError, ConfigurationError, DstackError, error_from_dict
-from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunPlan, RunSpec
+from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunMetrics, RunPlan, RunSpec
 
 
 class Client:
@@ -134,6 +134,13 @@ class ReposAPI:
     def init(self, repo_id: str, info: dict[str, Any] | None = None) -> None:
         self._c.json("POST", self._c.project_path("/repos"), json={"repo_id": repo_id, "info": info or {}})
 
+    def set_credentials(self, url: str, *, token: str | None = None, username: str | None = None,
+                        private_key: str | None = None, known_hosts: list[str] | None = None) -> None:
+        """Git credentials for cloning a private repo URL in runs (`repos:`)."""
+        self._c.request("PUT", self._c.project_path("/repos/credentials"), json={
+            "url": url, "token": token, "username": username, "private_key": private_key,
+            "known_hosts": known_hosts or []})
+
     def upload_code(self, data: bytes, code_hash: str) -> None:
         path = self._c.project_path(f"/code/{code_hash}")
         if self._c.request("HEAD", path).status_code == 200:
@@ -155,10 +162,11 @@ class RunsAPI:
 
     def apply(self, configuration_path: str | Path, *, repo_dir: str | Path = ".") -> Run:
         """Parse a configuration, upload the directory's code and submit the run (no prompt)."""
-        return self.submit(self.prepare(configuration_path, repo_dir=repo_dir, upload=True))
+        run_spec = self.prepare(configuration_path, repo_dir=repo_dir, upload=False)
+        return self.submit(self.upload_sources(run_spec, repo_dir=repo_dir))
 
     def prepare(self, configuration_path: str | Path, *, repo_dir: str | Path = ".", upload: bool) -> RunSpec:
-        from dstack.api.code import build_archive, repo_id_for
+        from dstack.api.code import repo_id_for
         from dstack.core.config_parser import parse_configuration
         from dstack.core.configurations import RUN_TYPES
         from dstack.core.infra_configurations import infra_not_supported
@@ -176,13 +184,26 @@ class RunsAPI:
         from dstack.core.sshkeys import user_key
 
         repo = Path(repo_dir).resolve()
-        repo_id = repo_id_for(repo)
-        code_hash = None
-        if upload:
-            data, code_hash = build_archive(repo)
-            self._c.repos.upload_code(data, code_hash)
-        return RunSpec(configuration=configuration, configuration_path=str(path), repo_id=repo_id,
-                       code_hash=code_hash, ssh_key_pub=user_key()[1])
+        run_spec = RunSpec(configuration=configuration, configuration_path=str(path), repo_id=repo_id_for(repo),
+                           ssh_key_pub=user_key()[1])
+        return self.upload_sources(run_spec, repo_dir=repo) if upload else run_spec
+
+    def upload_sources(self, run_spec: RunSpec, *, repo_dir: str | Path = ".") -> RunSpec:
+        """Upload the code (the directory, or the local repo `repos` names; none for a repo URL) and
+        the `files`, and return the spec with their hashes."""
+        from dstack.api.code import build_archive, build_files_archive, code_root
+
+        conf = run_spec.configuration
+        config_dir = (Path(repo_dir) / run_spec.configuration_path).resolve().parent
+        root = code_root(conf, config_dir=config_dir, repo_dir=Path(repo_dir).resolve())
+        update: dict[str, Any] = {}
+        if root is not None:
+            data, update["code_hash"] = build_archive(root)
+            self._c.repos.upload_code(data, update["code_hash"])
+        if conf.files:
+            data, update["files_hash"] = build_files_archive(conf.files, config_dir=config_dir)
+            self._c.repos.upload_code(data, update["files_hash"])
+        return run_spec.model_copy(update=update)
 
     def list(self, *, all: bool = False, limit: int = 1000) -> list[Run]:
         data = self._c.json("GET", self._c.project_path("/runs"), params={"all": all, "limit": limit})
@@ -214,6 +235,9 @@ class RunsAPI:
 
     def attach_info(self, name: str) -> dict[str, Any]:
         return self._c.json("GET", self._c.project_path(f"/runs/{name}/attach"))
+
+    def metrics(self, name: str) -> RunMetrics:
+        return RunMetrics.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/metrics")))
 
     def artifacts(self, name: str) -> list[Artifact]:
         data = self._c.json("GET", self._c.project_path(f"/runs/{name}/artifacts"))

@@ -8,8 +8,11 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pathspec
+
+from dstack.core.errors import ConfigurationError
 
 IGNORE_FILES = (".gitignore", ".dstackignore")
 ALWAYS_IGNORED = {".git", ".venv", "__pycache__"}
@@ -71,5 +74,45 @@ def build_archive(root: Path) -> tuple[bytes, str]:
             else:
                 tar.addfile(info)
     # gzip separately with mtime=0: the gzip header would otherwise carry the current time.
+    data = gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def code_root(conf: Any, *, config_dir: Path, repo_dir: Path) -> Path | None:
+    """What the code archive holds: the local repo `repos` names (relative to the configuration's
+    directory), nothing for a repo URL (the instance clones it), else the directory `dstack apply`
+    runs in."""
+    if not conf.repos:
+        return repo_dir
+    repo = conf.repos[0]
+    if repo.url is not None:
+        return None
+    root = (config_dir / os.path.expanduser(repo.local_path)).resolve()
+    if not root.is_dir():
+        raise ConfigurationError(f"repos[0]: {repo.local_path} ({root}) is not a directory", field="repos",
+                                 fix="Give a local git repo's directory, relative to the configuration file")
+    return root
+
+
+def build_files_archive(files: list[Any], *, config_dir: Path) -> tuple[bytes, str]:
+    """Every `files` entry under its index (`0`, `1`/…): a file, or a directory honouring its
+    .gitignore and .dstackignore. Local paths are relative to the configuration's directory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for index, mapping in enumerate(files):
+            local = (config_dir / os.path.expanduser(mapping.local_path)).resolve()
+            if not local.exists():
+                raise ConfigurationError(f"files[{index}]: {mapping.local_path} ({local}) does not exist",
+                                         field=f"files.{index}", fix="Fix the local path, or remove the entry")
+            entries = [(local, str(index))] if local.is_file() else \
+                [(local, str(index))] + [(local / rel, f"{index}/{rel.as_posix()}") for rel in list_files(local)]
+            for path, arcname in entries:
+                info = tar.gettarinfo(str(path), arcname=arcname)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if info.isfile():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
     data = gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
     return data, hashlib.sha256(data).hexdigest()

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from dstack.api.client import Client
 from dstack.api.config import load_config
+from dstack.cli.overrides import Overrides
 from dstack.cli.ui import console, duration
 from dstack.core.errors import ConfigurationError, DstackError
 from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
@@ -18,35 +19,59 @@ from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
 OFFERS_SHOWN = 3
 
 
-def apply_configuration(*, file: str, yes: bool, detach: bool, project: str | None) -> int:
+def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, project: str | None,
+                        overrides: Overrides | None = None) -> int:
     repo = load_config().repo_for(Path.cwd())
     if repo is None:
         raise DstackError(f"{Path.cwd()} is not a dstack repo", fix="Run `dstack init` in it first")
     client = Client.from_config(project or repo.project)
     run_spec = client.runs.prepare(file, repo_dir=Path.cwd(), upload=False)
+    if overrides is not None:
+        run_spec = run_spec.model_copy(update={"configuration": overrides.apply(run_spec.configuration)})
     run_spec = _resolve_env(run_spec)
     plan = client.runs.plan(run_spec)
     _print_plan(plan, client)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise DstackError("cannot ask for confirmation: standard input is not a terminal",
-                              fix="Pass -y to submit without asking")
-        import typer
-
-        if not typer.confirm("Submit the run?", default=True):
-            console.print("Run not submitted")
-            return 0
-    from dstack.api.code import build_archive
-
+    active = _active_run(client, run_spec.configuration.name)
+    if active is not None and not (yes or force):
+        _confirm(f"Run {active.name} is {active.status.value}. Stop it and submit the new one?")
+    elif not yes:
+        _confirm("Submit the run?")
+    if active is not None:
+        client.runs.stop(active.name)
+        _wait_finished(client, active.name)
+        console.print(f"Stopped the active run {active.name}")
     with console.status("Uploading code…"):
-        data, code_hash = build_archive(Path.cwd())
-        client.repos.upload_code(data, code_hash)
-    run = client.runs.submit(run_spec.model_copy(update={"code_hash": code_hash}))
+        run_spec = client.runs.upload_sources(run_spec, repo_dir=Path.cwd())
+    run = client.runs.submit(run_spec)
     console.print(f"Run [bold]{run.name}[/] submitted")
+    if run.status == JobStatus.SUBMITTED and run.reason and run.reason.startswith("scheduled"):
+        console.print(f"{run.name}: {run.reason}. It runs on its schedule until `dstack stop {run.name}`")
+        return 0
     if detach:
         console.print(f"Detached. Follow it with `dstack logs -f {run.name}`, stop it with `dstack stop {run.name}`")
         return 0
     return attach(client, run)
+
+
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        raise DstackError("cannot ask for confirmation: standard input is not a terminal",
+                          fix="Pass -y to submit without asking")
+    import typer
+
+    if not typer.confirm(question, default=True):
+        console.print("Run not submitted")
+        raise typer.Exit(0)
+
+
+def _active_run(client: Client, name: str | None) -> Run | None:
+    if name is None:
+        return None
+    try:
+        run = client.runs.get(name)
+    except DstackError:
+        return None
+    return None if run.status.finished else run
 
 
 def _resolve_env(run_spec: RunSpec) -> RunSpec:

@@ -24,11 +24,39 @@ def server(
 
 
 @app.command()
-def init(project: Annotated[str | None, typer.Option(help="project to use (default: the config's)")] = None) -> None:
-    """Make the current directory a dstack repo of the project."""
-    from dstack.cli.runs import init_repo
+def init(
+    project: Annotated[str | None, typer.Option("-P", "--project", help="project to use (default: the config's)")
+                       ] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="a private repo URL to register credentials for "
+                                                            "(default: this git repo's origin)")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="a token that can read the repo (https URLs)")
+                     ] = None,
+    username: Annotated[str | None, typer.Option("--username", help="the token's user (default: oauth2)")] = None,
+    git_identity: Annotated[str | None, typer.Option("--git-identity", help="a private SSH key that can read the "
+                                                                            "repo (ssh URLs)")] = None,
+) -> None:
+    """Make the current directory a dstack repo of the project; with --token or --git-identity, register
+    the credentials that runs use to clone a private repo URL (`repos:`)."""
+    from dstack.cli.runs import init_repo, register_repo_credentials
 
     init_repo(project)
+    if token or git_identity:
+        register_repo_credentials(project=project, url=repo, token=token, username=username,
+                                  git_identity=git_identity)
+
+
+def _overrides(*, env: list[str] | None, name: str | None, gpu: str | None, cpu: str | None, memory: str | None,
+               disk: str | None, backend: list[str] | None, region: list[str] | None,
+               instance_type: list[str] | None, max_price: float | None, max_duration: str | None, spot: bool,
+               on_demand: bool, spot_auto: bool, spot_policy: str | None, retry: bool | None,
+               retry_duration: str | None) -> object:
+    from dstack.cli.overrides import Overrides, spot_policy_of
+
+    return Overrides(env=env or [], name=name, gpu=gpu, cpu=cpu, memory=memory, disk=disk, backends=backend or [],
+                     regions=region or [], instance_types=instance_type or [], max_price=max_price,
+                     max_duration=max_duration, retry=retry, retry_duration=retry_duration,
+                     spot_policy=spot_policy_of(spot=spot, on_demand=on_demand, spot_auto=spot_auto,
+                                                spot_policy=spot_policy))
 
 
 @app.command()
@@ -36,12 +64,96 @@ def apply(
     file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
     yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
     detach: Annotated[bool, typer.Option("-d", "--detach", help="submit and exit")] = False,
-    project: Annotated[str | None, typer.Option(help="project (default: the repo's)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="stop an active run of the same name and submit anew")
+                     ] = False,
+    name: Annotated[str | None, typer.Option("-n", "--name", help="the run name")] = None,
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (or KEY, from this shell)")
+                   ] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="e.g. A100:2, 24GB.., nvidia:1..8")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="e.g. 8, 4.., arm:8")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="e.g. 32GB..")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="e.g. 200GB..")] = None,
+    backend: Annotated[list[str] | None, typer.Option("-b", "--backend", help="only this backend (repeatable)")
+                       ] = None,
+    region: Annotated[list[str] | None, typer.Option("-r", "--region", help="only this region (repeatable)")
+                      ] = None,
+    instance_type: Annotated[list[str] | None, typer.Option("--instance-type", help="only this type (repeatable)")
+                             ] = None,
+    max_price: Annotated[float | None, typer.Option("--max-price", help="USD per hour")] = None,
+    max_duration: Annotated[str | None, typer.Option("--max-duration", help="e.g. 2h, off")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="spot instances only")] = False,
+    on_demand: Annotated[bool, typer.Option("--on-demand", help="on-demand instances only")] = False,
+    spot_auto: Annotated[bool, typer.Option("--spot-auto", help="spot if cheaper, else on-demand")] = False,
+    spot_policy: Annotated[str | None, typer.Option("--spot-policy", help="spot, on-demand or auto")] = None,
+    retry: Annotated[bool | None, typer.Option("--retry/--no-retry", help="resubmit on failure")] = None,
+    retry_duration: Annotated[str | None, typer.Option("--retry-duration", help="e.g. 1h")] = None,
+    project: Annotated[str | None, typer.Option("-P", "--project", help="project (default: the repo's)")] = None,
 ) -> None:
     """Show the plan, submit the run and stream its logs."""
     from dstack.cli.apply import apply_configuration
 
-    raise typer.Exit(apply_configuration(file=file, yes=yes, detach=detach, project=project))
+    overrides = _overrides(env=env, name=name, gpu=gpu, cpu=cpu, memory=memory, disk=disk, backend=backend,
+                           region=region, instance_type=instance_type, max_price=max_price,
+                           max_duration=max_duration, spot=spot, on_demand=on_demand, spot_auto=spot_auto,
+                           spot_policy=spot_policy, retry=retry, retry_duration=retry_duration)
+    raise typer.Exit(apply_configuration(file=file, yes=yes, detach=detach, force=force, project=project,
+                                         overrides=overrides))
+
+
+@app.command()
+def offer(
+    file: Annotated[str | None, typer.Option("-f", "--file", help="a configuration (else the flags alone)")
+                    ] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="e.g. A100:2, 24GB.., nvidia:1..8")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="e.g. 8, 4.., arm:8")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="e.g. 32GB..")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="e.g. 200GB..")] = None,
+    backend: Annotated[list[str] | None, typer.Option("-b", "--backend", help="only this backend (repeatable)")
+                       ] = None,
+    region: Annotated[list[str] | None, typer.Option("-r", "--region", help="only this region (repeatable)")
+                      ] = None,
+    instance_type: Annotated[list[str] | None, typer.Option("--instance-type", help="only this type (repeatable)")
+                             ] = None,
+    max_price: Annotated[float | None, typer.Option("--max-price", help="USD per hour")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="spot instances only")] = False,
+    on_demand: Annotated[bool, typer.Option("--on-demand", help="on-demand instances only")] = False,
+    spot_auto: Annotated[bool, typer.Option("--spot-auto", help="spot and on-demand")] = False,
+    max_offers: Annotated[int, typer.Option("--max-offers", help="how many to list")] = 50,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+) -> None:
+    """List the offers (instances and prices) for a configuration or for resource flags alone."""
+    from dstack.cli.offer import show_offers
+
+    overrides = _overrides(env=None, name=None, gpu=gpu, cpu=cpu, memory=memory, disk=disk, backend=backend,
+                           region=region, instance_type=instance_type, max_price=max_price, max_duration=None,
+                           spot=spot, on_demand=on_demand, spot_auto=spot_auto, spot_policy=None, retry=None,
+                           retry_duration=None)
+    show_offers(file=file, overrides=overrides, max_offers=max_offers, json_output=json_output, project=project)
+
+
+@app.command()
+def delete(
+    file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
+    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+) -> None:
+    """Delete what a configuration defines: a run configuration's active run (by its `name`) is stopped."""
+    from dstack.cli.runs import delete_configuration
+
+    delete_configuration(file=file, yes=yes, project=project)
+
+
+@app.command()
+def metrics(
+    run: Annotated[str, typer.Argument(help="run name")],
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="refresh until the run ends")] = False,
+    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+) -> None:
+    """CPU, memory and GPU use of a run's machine (the agent's latest sample)."""
+    from dstack.cli.runs import show_metrics
+
+    show_metrics(run, watch=watch, project=project)
 
 
 @app.command()
@@ -114,6 +226,20 @@ def schema() -> None:
     from dstack.core.config_parser import configuration_json_schema
 
     print(json.dumps(configuration_json_schema(), indent=2))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dstack import __version__
+
+        print(f"dstack {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """dstack: run ML tasks on your own machine, AWS or Lambda Cloud."""
 
 
 def _add_groups() -> None:

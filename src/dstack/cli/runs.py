@@ -137,3 +137,104 @@ def stop_run(run_name: str, *, abort: bool, project: str | None) -> None:
             return
         time.sleep(0.3)
     console.print(f"{run_name} is still stopping; see `dstack ps`")
+
+
+def delete_configuration(*, file: str, yes: bool, project: str | None) -> None:
+    """What `dstack delete -f` does with each configuration type."""
+    from dstack.core.config_parser import parse_configuration
+    from dstack.core.configurations import RUN_TYPES
+    from dstack.core.errors import ConfigurationError, DstackError
+    from dstack.core.infra_configurations import infra_not_supported
+
+    path = Path(file)
+    if not path.is_file():
+        raise DstackError(f"configuration file {path} not found", fix="Pass the right path with -f")
+    conf = parse_configuration(path.read_text(), str(path))
+    if conf.type not in RUN_TYPES:
+        raise ConfigurationError(f"{path}: not supported yet: {infra_not_supported(conf)[0]}", field="type")
+    if conf.name is None:
+        raise ConfigurationError(f"{path}: has no `name`, so it defines no run to delete",
+                                 field="name", fix="Stop a run by its name with `dstack stop NAME`")
+    client = client_for(project)
+    run = client.runs.get(conf.name)
+    if run.status.finished:
+        console.print(f"Run {run.name} has already finished ({run.status.value}); nothing to delete")
+        return
+    if not yes:
+        import typer
+
+        if not sys.stdin.isatty():
+            raise DstackError("cannot ask for confirmation: standard input is not a terminal", fix="Pass -y")
+        if not typer.confirm(f"Stop the run {run.name}?", default=True):
+            return
+    client.runs.stop(run.name)
+    console.print(f"Stopping {run.name}")
+
+
+def metrics_table(run: str, metrics: object) -> Table:
+    from dstack.core.runs import RunMetrics
+
+    assert isinstance(metrics, RunMetrics)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("RUN", "CPU", "MEMORY", "GPU", "GPU UTIL", "GPU MEMORY"):
+        table.add_column(column)
+    sample = metrics.samples[-1] if metrics.samples else None
+    if sample is None:
+        table.add_row(run, "-", "-", "-", "-", "-")
+        return table
+    cpu = f"{sample.cpu_percent:g}%" if sample.cpu_percent is not None else "-"
+    memory = f"{(sample.memory_used_mb or 0) / 1024:.1f}/{(sample.memory_total_mb or 0) / 1024:.1f} GB" \
+        if sample.memory_total_mb else "-"
+    if not sample.gpus:
+        table.add_row(run, cpu, memory, "-", "-", "-")
+    for i, gpu in enumerate(sample.gpus):
+        gpu_memory = f"{(gpu.memory_used_mb or 0) / 1024:.1f}/{(gpu.memory_total_mb or 0) / 1024:.1f} GB" \
+            if gpu.memory_total_mb else "-"
+        table.add_row(run if i == 0 else "", cpu if i == 0 else "", memory if i == 0 else "", str(i),
+                      f"{gpu.util:g}%" if gpu.util is not None else "-", gpu_memory)
+    return table
+
+
+def show_metrics(name: str, *, watch: bool, project: str | None) -> None:
+    client = client_for(project)
+    if not watch:
+        console.print(metrics_table(name, client.runs.metrics(name)))
+        return
+    from rich.live import Live
+
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(metrics_table(name, client.runs.metrics(name)), refresh=True)
+            if client.runs.get(name).status.finished:
+                return
+            time.sleep(2)
+
+
+def register_repo_credentials(*, project: str | None, url: str | None, token: str | None, username: str | None,
+                              git_identity: str | None) -> None:
+    """Credentials for cloning a private repo URL. An SSH identity goes with the host keys this machine
+    already trusts for that host (~/.ssh/known_hosts): the instance pins them, never accepts blindly."""
+    import subprocess
+
+    from dstack.core.errors import ConfigurationError
+
+    if url is None:
+        origin = subprocess.run(["git", "config", "--get", "remote.origin.url"], capture_output=True, text=True)
+        url = origin.stdout.strip()
+        if origin.returncode != 0 or not url:
+            raise ConfigurationError("--repo: this directory has no git origin", field="repo",
+                                     fix="Give the repo URL with --repo")
+    private_key, known_hosts = None, []
+    if git_identity:
+        private_key = Path(git_identity).expanduser().read_text()
+        host = url.split("@", 1)[-1].split(":", 1)[0] if "://" not in url else url.split("://", 1)[1].split("/")[0]
+        host = host.split("@")[-1]
+        found = subprocess.run(["ssh-keygen", "-F", host.split(":")[0]], capture_output=True, text=True)
+        known_hosts = [line for line in found.stdout.splitlines() if line and not line.startswith("#")]
+        if not known_hosts:
+            raise ConfigurationError(f"--git-identity: {host} is not in ~/.ssh/known_hosts, so its host key cannot "
+                                     "be pinned", field="git_identity", fix=f"Connect once: ssh -T git@{host}")
+    client = client_for(project)
+    client.repos.set_credentials(url, token=token, username=username, private_key=private_key,
+                                 known_hosts=known_hosts)
+    console.print(f"OK: credentials for {url} saved in project [bold]{client.project}[/]")

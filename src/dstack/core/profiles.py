@@ -42,6 +42,16 @@ def parse_duration(value: Any) -> int | None:
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def duration_text(seconds: int) -> str:
+    """3600 -> "1h", 5400 -> "1h 30m", 300 -> "5m", 45 -> "45s"."""
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts) or "0s"
+
+
 RetryEvent = Literal["no-capacity", "interruption", "error"]
 
 

@@ -37,6 +37,8 @@ class RunSpec(BaseModel):
     repo_id: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,100}$")
     code_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                   description="sha256 of the uploaded code archive")
+    files_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                   description="sha256 of the uploaded archive of the `files` entries")
     run_name: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,39}$",
                                  description="1-40 lowercase letters, digits and dashes, starting with a letter")
     ssh_key_pub: str | None = Field(default=None, max_length=16384,
@@ -131,6 +133,28 @@ class LogPage(BaseModel):
     events: list[LogEvent]
     next_token: str
     finished: bool = Field(description="the job has ended and every log line has been returned")
+
+
+class GPUMetrics(BaseModel):
+    util: float | None = Field(default=None, description="utilization, percent")
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+
+
+class MetricsSample(BaseModel):
+    t: float = Field(description="unix time of the sample")
+    cpu_percent: float | None = Field(default=None, description="the machine's CPU use, percent of all cores")
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    gpus: list[GPUMetrics] = Field(default_factory=list)
+
+
+class RunMetrics(BaseModel):
+    """The latest samples of the run's machine (the agent takes one every DSTACK_METRICS_INTERVAL)."""
+
+    samples: list[MetricsSample] = Field(default_factory=list)
+    gpu_low_for: float | None = Field(default=None, description="seconds some GPU has stayed under the "
+                                                                "utilization_policy floor")
 
 
 class Artifact(BaseModel):

@@ -116,6 +116,18 @@ class SecretModel(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RepoCredentialModel(Base):
+    """Git credentials for a repo URL (`dstack init --repo URL --token …`): a JSON object, encrypted."""
+
+    __tablename__ = "repo_credentials"
+    __table_args__ = (UniqueConstraint("project_id", "url"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(1000))
+    value: Mapped[str] = mapped_column(Text)  # encrypted JSON: token and username, or private_key and known_hosts
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class RepoModel(Base):
     __tablename__ = "repos"
     __table_args__ = (UniqueConstraint("project_id", "repo_id"),)
@@ -187,4 +199,7 @@ class JobModel(Base):
     price: Mapped[float | None] = mapped_column(Float, nullable=True)
     # How many log lines the agent wrote (from its final status): readers wait until they have them all.
     log_events: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The run's `priority` (queue order, higher first) and, for a `schedule`, when it may start.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     run: Mapped[RunModel] = relationship(back_populates="jobs")

@@ -22,7 +22,8 @@ class Settings:
     heartbeat_timeout: float = field(default_factory=lambda: _float("DSTACK_HEARTBEAT_TIMEOUT", 30))
     heartbeat_interval: float = field(default_factory=lambda: _float("DSTACK_HEARTBEAT_INTERVAL", 2))
     # How long a stopped job gets between SIGTERM and SIGKILL.
-    stop_grace: float = field(default_factory=lambda: _float("DSTACK_STOP_GRACE", 10))
+    # How often the agent samples CPU, memory and GPU use (`dstack metrics`, `utilization_policy`).
+    metrics_interval: float = field(default_factory=lambda: _float("DSTACK_METRICS_INTERVAL", 10))
     # How long a launched instance may take to send its first heartbeat.
     provisioning_timeout: float = field(default_factory=lambda: _float("DSTACK_PROVISIONING_TIMEOUT", 600))
     worker_interval: float = field(default_factory=lambda: _float("DSTACK_WORKER_INTERVAL", 1))

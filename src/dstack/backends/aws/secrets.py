@@ -1,5 +1,6 @@
-"""Project secrets mirrored to Secrets Manager as /dstack/{bucket}/secrets/{project}/{name},
-where the instance role may read them. Values never pass through the bucket."""
+"""Project secrets mirrored to Secrets Manager as /dstack/{bucket}/secrets/{project}/{name}, and
+repo URLs' git credentials as /dstack/{bucket}/credentials/{project}/{url hash} (both paths in the
+seed's IAM policy), where the instance role may read them. Values never pass through the bucket."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dstack.backends.aws.session import error_code
 
 
 def secret_id(bucket: str, project: str, name: str) -> str:
+    if name.startswith("__dstack_repo_credentials:"):  # git credentials of a repo URL (by its hash)
+        return f"/dstack/{bucket}/credentials/{project}/{name.split(':', 1)[1]}"
     return f"/dstack/{bucket}/secrets/{project}/{name}"
 
 

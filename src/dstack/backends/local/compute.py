@@ -151,6 +151,9 @@ class LocalCompute(Compute):
                    "DSTACK_AGENT_SECRETS_FILE": str(workdir / "secrets.json")}
             # The container runtime's own settings (registries, storage), for `image` jobs.
             env.update({k: v for k, v in os.environ.items() if k.startswith(("CONTAINERS_", "DOCKER_"))})
+            # Where GPU samples come from, if not nvidia-smi (see dstack/agent/metrics.py).
+            if os.environ.get("DSTACK_GPU_METRICS_FILE"):
+                env["DSTACK_GPU_METRICS_FILE"] = os.environ["DSTACK_GPU_METRICS_FILE"]
             log_fd = os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(log_fd, "ab") as log:
                 proc = subprocess.Popen(

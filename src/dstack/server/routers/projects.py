@@ -11,11 +11,13 @@ from dstack.server.schemas import (
     CreateProjectRequest,
     InitRepoRequest,
     ProjectInfo,
+    RepoCredentialsRequest,
     SetMemberRequest,
     SetSecretRequest,
 )
 from dstack.server.services import backends as backends_svc
 from dstack.server.services import projects as svc
+from dstack.server.services import repo_credentials as repo_credentials_svc
 from dstack.server.services import secrets as secrets_svc
 from dstack.server.services.repos import init_repo
 from dstack.server.services.users import get_user
@@ -85,6 +87,26 @@ async def delete_backend(backend_type: str, project: ProjectAdmin, session: Sess
 async def init_repository(body: InitRepoRequest, project: ProjectUser, session: Session) -> dict[str, str]:
     await init_repo(session=session, project=project, repo_id=body.repo_id, info=body.info)
     return {"repo_id": body.repo_id}
+
+
+@router.put("/{project_name}/repos/credentials", status_code=204)
+async def set_repo_credentials(body: RepoCredentialsRequest, project: ProjectUser, session: Session,
+                               ctx: Ctx) -> None:
+    """Git credentials for cloning a private repo URL (stored encrypted; never returned)."""
+    await repo_credentials_svc.set_credentials(
+        session=session, encryptor=ctx.encryptor, project=project, url=body.url, token=body.token,
+        username=body.username, private_key=body.private_key, known_hosts=body.known_hosts)
+
+
+@router.get("/{project_name}/repos/credentials")
+async def list_repo_credentials(project: ProjectReader, session: Session) -> list[str]:
+    """The URLs that have credentials (never the credentials)."""
+    return await repo_credentials_svc.list_urls(session=session, project=project)
+
+
+@router.delete("/{project_name}/repos/credentials", status_code=204)
+async def delete_repo_credentials(url: str, project: ProjectUser, session: Session) -> None:
+    await repo_credentials_svc.delete_credentials(session=session, project=project, url=url)
 
 
 @router.get("/{project_name}/secrets")

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dstack.core.runs import Artifact, LogPage, Run, RunPlan, RunSpec
+from dstack.core.runs import Artifact, LogPage, Run, RunMetrics, RunPlan, RunSpec
 from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectUser, Session
 from dstack.server.schemas import ERROR_RESPONSES, StopRunRequest, SubmitRunRequest
 from dstack.server.services import logs as logs_svc
@@ -67,6 +67,13 @@ async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx
                submission: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> LogPage:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
     return await logs_svc.get_logs(ctx=ctx, run=run, next_token=next_token, submission=submission)
+
+
+@router.get("/runs/{run_name}/metrics")
+async def metrics(run_name: str, project: ProjectReader, session: Session, ctx: Ctx) -> RunMetrics:
+    """CPU, memory and GPU use of the run's machine: the agent's latest samples (`dstack metrics`)."""
+    run = await svc.get_run_model(session=session, project=project, name=run_name)
+    return await logs_svc.get_metrics(ctx=ctx, run=run)
 
 
 @router.get("/runs/{run_name}/artifacts")

@@ -62,6 +62,15 @@ class InitRepoRequest(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
+class RepoCredentialsRequest(BaseModel):
+    url: str = Field(max_length=1000, description="the repo URL (or an org's URL prefix)")
+    token: str | None = Field(default=None, max_length=10000, description="for https URLs")
+    username: str | None = Field(default=None, max_length=200)
+    private_key: str | None = Field(default=None, max_length=20000, description="for ssh URLs")
+    known_hosts: list[str] = Field(default_factory=list, max_length=50,
+                                   description="the SSH host's keys, to pin (known_hosts lines)")
+
+
 class SubmitRunRequest(BaseModel):
     run_spec: RunSpec
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from dstack.backends.base import Compute, LaunchedInstance
 from dstack.core.errors import ResourceNotFoundError
-from dstack.core.runs import FINISHED_STATUSES, Artifact, JobStatus, LogPage
+from dstack.core.runs import FINISHED_STATUSES, Artifact, JobStatus, LogPage, RunMetrics
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
@@ -67,6 +67,18 @@ async def get_logs(*, ctx: ServerContext, run: RunModel, next_token: str | None,
             finished = False  # more lines are on their way
         token = f"c{count}|{token}"
     return LogPage(events=events, next_token=token, finished=finished and not more)
+
+
+async def get_metrics(*, ctx: ServerContext, run: RunModel) -> RunMetrics:
+    """The agent's latest samples (empty for a job that never started)."""
+    job = _job(run, None)
+    compute = _compute(ctx, run, job)
+    if compute is None:
+        return RunMetrics()
+    data = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/metrics.json")
+    if not isinstance(data, dict):
+        return RunMetrics()
+    return RunMetrics.model_validate({"samples": data.get("samples") or [], "gpu_low_for": data.get("gpu_low_for")})
 
 
 async def list_artifacts(*, ctx: ServerContext, run: RunModel, submission: int | None = None) -> list[Artifact]:

@@ -94,10 +94,12 @@ async def submit_run(
             fix="Set it in your shell before `dstack apply`, or give it a value in the configuration",
         )
     await check_repo(session=session, project=project, repo_id=run_spec.repo_id)
-    if run_spec.code_hash and not await code_exists(session=session, project=project,
-                                                     code_hash=run_spec.code_hash):
-        raise ConfigurationError("the code archive was not uploaded", field="code_hash",
-                                 fix="Upload it with PUT /api/projects/{project}/code/{sha256} first")
+    for field_name in ("code_hash", "files_hash"):
+        archive = getattr(run_spec, field_name)
+        if archive and not await code_exists(session=session, project=project, code_hash=archive):
+            raise ConfigurationError(f"the {'code' if field_name == 'code_hash' else 'files'} archive was not "
+                                     "uploaded", field=field_name,
+                                     fix="Upload it with PUT /api/projects/{project}/code/{sha256} first")
     # Fail fast with a clear message rather than queue a run nothing can ever serve.
     retry = conf.retry
     if not (retry and "no-capacity" in retry.on_events):
@@ -115,7 +117,10 @@ async def submit_run(
     run = RunModel(id=new_id(), project_id=project.id, user_id=user.id, name=name,
                    status=JobStatus.SUBMITTED.value, spec=run_spec.model_dump_json(), submitted_at=now)
     session.add(run)
-    session.add(new_job(run=run, project=project.name, submission=0, now=now))
+    not_before = conf.schedule.next_fire(now) if conf.schedule else None
+    if not_before is not None:
+        run.reason = scheduled_reason(not_before)
+    session.add(new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before))
     try:
         await session.commit()
     except IntegrityError:  # a parallel submit of the same name won (the DB allows one active run)
@@ -127,14 +132,39 @@ async def submit_run(
     return await get_run(session=session, project=project, name=name)
 
 
-def new_job(*, run: RunModel, project: str, submission: int, now: datetime) -> JobModel:
+def new_job(*, run: RunModel, project: str, submission: int, now: datetime,
+            not_before: datetime | None = None) -> JobModel:
     job_id = new_id()
+    conf = RunSpec.model_validate_json(run.spec).configuration
+    reason = scheduled_reason(not_before) if not_before else None
     return JobModel(
         id=job_id, run_id=run.id, name=f"{run.name}-0-{submission}", submission=submission,
         status=JobStatus.SUBMITTED.value, submitted_at=now, instance_terminated=True,
-        storage_prefix=job_prefix(project, run.id, job_id),
-        history=json.dumps([StatusEvent(at=now, status=JobStatus.SUBMITTED).model_dump(mode="json")]),
+        storage_prefix=job_prefix(project, run.id, job_id), priority=conf.priority, not_before=not_before,
+        reason=reason,
+        history=json.dumps([StatusEvent(at=now, status=JobStatus.SUBMITTED, reason=reason).model_dump(mode="json")]),
     )
+
+
+def scheduled_reason(at: datetime) -> str:
+    return f"scheduled: starts at {at:%Y-%m-%d %H:%M} UTC"
+
+
+def reschedule(session: AsyncSession, job: JobModel, run: RunModel) -> bool:
+    """After a scheduled run's job ends (and no retry took over): the next one, at the next cron time.
+    A stop request ends the schedule."""
+    if JobStatus(job.status) not in FINISHED_STATUSES or run.stop_requested or run.jobs[-1].id != job.id:
+        return False
+    schedule = RunSpec.model_validate_json(run.spec).configuration.schedule
+    if schedule is None:
+        return False
+    now = utcnow()
+    at = schedule.next_fire(now)
+    session.add(new_job(run=run, project=run.project.name, submission=job.submission + 1, now=now, not_before=at))
+    run.status = JobStatus.SUBMITTED.value
+    run.reason = scheduled_reason(at)
+    run.finished_at = None
+    return True
 
 
 async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:

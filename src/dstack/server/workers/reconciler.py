@@ -15,12 +15,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
+from dstack.core.profiles import duration_text
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.runs import add_agent_events, new_job, set_job_status
+from dstack.server.services.job_specs import stop_grace
+from dstack.server.services.runs import add_agent_events, new_job, reschedule, set_job_status
 from dstack.server.workers.common import for_each, release_lease, try_lease
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -35,6 +37,7 @@ MAX_INTERRUPTIONS = 3
 class AgentState:
     status: dict[str, Any] | None
     heartbeat: dict[str, Any] | None
+    metrics: dict[str, Any] | None = None  # read only for runs with a utilization_policy
 
 
 async def reconcile_once(ctx: ServerContext) -> None:
@@ -115,7 +118,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         compute = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
                               backend_type=job.backend)
         storage = compute.storage
-        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
+        policy = RunSpec.model_validate_json(run.spec).configuration.utilization_policy
+        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix, policy is not None)
         instance = LaunchedInstance.model_validate_json(job.instance)
         try:
             check = await asyncio.to_thread(compute.check_instance, instance=instance)
@@ -149,6 +153,10 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                     and (now - job.started_at).total_seconds() > max_duration):
                 run.stop_requested = True
                 run.stop_reason = "max duration exceeded"
+            low_usage = utilization_stop_reason(policy, state.metrics) if agent_status == "running" else None
+            if low_usage and not run.stop_requested:
+                run.stop_requested = True
+                run.stop_reason = low_usage
             if run.stop_requested and not job.stop_sent:
                 await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
                                         {"abort": run.stop_abort, "reason": run.stop_reason, "t": now.timestamp()})
@@ -156,7 +164,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 set_job_status(job, run, JobStatus.TERMINATING, reason=run.stop_reason)
                 if run.stop_abort:
                     _finish_stopped(job, run)
-            elif job.stop_sent and _seconds_since_stop(job, now) > settings.stop_grace + STOP_TIMEOUT_MARGIN:
+            elif job.stop_sent and \
+                    _seconds_since_stop(job, now) > stop_grace(spec.configuration) + STOP_TIMEOUT_MARGIN:
                 _finish_stopped(job, run)
             elif check.booting and not job.heartbeat_seq:
                 booting_for = (now - _launched_at(job, now)).total_seconds()
@@ -192,7 +201,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         async with ctx.db.session() as session:
             job = await _load(session, job_id)
             job.instance_terminated = terminated
-            _maybe_retry(session, job, job.run)
+            if not _maybe_retry(session, job, job.run):
+                reschedule(session, job, job.run)
             await session.commit()
         ctx.scheduler_wake.set()
 
@@ -247,9 +257,20 @@ def _spec_extras(compute: Any, prefix: str) -> dict[str, Any]:
     return {k: spec[k] for k in keys if k in spec}
 
 
-def _read_agent_state(storage: Any, prefix: str) -> AgentState:
+def _read_agent_state(storage: Any, prefix: str, metrics: bool = False) -> AgentState:
     return AgentState(status=storage.get_json(f"{prefix}/status.json"),
-                      heartbeat=storage.get_json(f"{prefix}/heartbeat.json"))
+                      heartbeat=storage.get_json(f"{prefix}/heartbeat.json"),
+                      metrics=storage.get_json(f"{prefix}/metrics.json") if metrics else None)
+
+
+def utilization_stop_reason(policy: Any, metrics: dict[str, Any] | None) -> str | None:
+    """Why the run must stop under its `utilization_policy`: some GPU has stayed under the floor for a
+    whole time window (measured by the agent's samples)."""
+    low_for = (metrics or {}).get("gpu_low_for")
+    if policy is None or low_for is None or float(low_for) < policy.time_window:
+        return None
+    return (f"utilization policy: a GPU stayed under {policy.min_gpu_utilization}% for "
+            f"{duration_text(policy.time_window)}")
 
 
 def _launched_at(job: JobModel, now: datetime) -> datetime:
@@ -295,21 +316,22 @@ async def _terminate(ctx: ServerContext, job: JobModel) -> None:
     await asyncio.to_thread(compute.terminate, instance=instance)
 
 
-def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> None:
+def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> bool:
     """Resubmit a failed job when the run's retry policy covers what happened."""
     if job.status != JobStatus.FAILED.value or run.stop_requested or run.jobs[-1].id != job.id:
-        return
+        return False
     retry = RunSpec.model_validate_json(run.spec).configuration.retry
     if retry is None:
-        return
+        return False
     reason = job.reason or ""
     event = "interruption" if reason == "instance lost" or reason.startswith("interrupted") else "error"
     elapsed = (utcnow() - run.submitted_at).total_seconds()
     if event not in retry.on_events or (retry.duration is not None and elapsed > retry.duration):
-        return
+        return False
     now = utcnow()
     resubmitted = new_job(run=run, project=run.project.name, submission=job.submission + 1, now=now)
     session.add(resubmitted)
     run.status = JobStatus.SUBMITTED.value
     run.reason = f"resubmitted after {event}: {job.reason}"
     run.finished_at = None
+    return True

@@ -19,16 +19,17 @@ from dstack.backends.base import (
     LaunchIntent,
     requirements_for,
 )
-from dstack.core.configurations import TaskConfiguration, interpolate_secrets
 from dstack.core.errors import ConfigurationError
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
+from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.offers import find_offers
+from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
-from dstack.server.services.runs import backend_types_for, set_job_status
+from dstack.server.services.runs import backend_types_for, reschedule, set_job_status
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.storage.layout import code_key
@@ -41,10 +42,14 @@ CAPACITY_RETRY_DELAY = timedelta(seconds=15)
 async def schedule_once(ctx: ServerContext) -> None:
     now = utcnow()
     async with ctx.db.session() as session:
+        # Higher `priority` first, then in submission order; a scheduled job once its time has come
+        # (or at once when its run is being stopped).
         ids = list(await session.scalars(
-            select(JobModel.id).where(JobModel.status == JobStatus.SUBMITTED.value,
-                                      (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now))
-            .order_by(JobModel.submitted_at).limit(50)
+            select(JobModel.id).join(RunModel, RunModel.id == JobModel.run_id)
+            .where(JobModel.status == JobStatus.SUBMITTED.value,
+                   (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now),
+                   JobModel.not_before.is_(None) | (JobModel.not_before <= now) | RunModel.stop_requested)
+            .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
         ))
     await for_each(ids, lambda job_id: _schedule(ctx, job_id))
 
@@ -118,9 +123,12 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             return
         run_spec = RunSpec.model_validate_json(run.spec)
         backend_types = backend_types_for(project, run_spec)
-        code = await get_code(session=session, project_id=project.id, code_hash=run_spec.code_hash) \
-            if run_spec.code_hash else None
+        archives = {h: await get_code(session=session, project_id=project.id, code_hash=h)
+                    for h in (run_spec.code_hash, run_spec.files_hash) if h}
         secrets = await secret_values(session=session, encryptor=ctx.encryptor, project_id=project.id)
+        repo = run_spec.configuration.repos[0] if run_spec.configuration.repos else None
+        credentials = await credentials_for(session=session, encryptor=ctx.encryptor, project=project,
+                                            url=repo.url) if repo and repo.url else None
         await session.commit()  # no transaction stays open across cloud calls
 
     requirements = requirements_for(run_spec.configuration, admin=run.user.global_role == "admin")
@@ -130,16 +138,21 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         return
 
     try:
-        spec = _job_spec(ctx, run_spec, run.name, run.id, job_id, secrets)
+        spec = build_job_spec(settings=ctx.settings, run_spec=run_spec, run_name=run.name, run_id=run.id,
+                              job_id=job_id, secrets=secrets)
     except ConfigurationError as exc:
         async with ctx.db.session() as session:
             job = await _load(session, job_id)
             set_job_status(job, job.run, JobStatus.FAILED, reason=str(exc))
             await session.commit()
         return
+    launch_secrets = dict(secrets)
+    if repo and repo.url and credentials:  # for the agent's clone only (see dstack/agent/workspace.py)
+        launch_secrets[secret_name(repo.url)] = json.dumps(credentials)
     launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
-                       secrets=secrets, ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
-                       read_keys=[k for k in [spec.get("code_key")] if k],
+                       secrets=launch_secrets,
+                       ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
+                       read_keys=[k for k in [spec.get("code_key"), spec.get("files_key")] if k],
                        max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image,
                        gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
                        tags=run_spec.configuration.tags or {},
@@ -154,7 +167,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=offer.backend)
         try:
-            extras = await asyncio.to_thread(_stage_job, compute, launch, spec, run_spec.code_hash, code)
+            extras = await asyncio.to_thread(_stage_job, compute, launch, spec, archives)
             await _record_intent(ctx, job_id, LaunchIntent(job_id=job_id, job_prefix=launch.job_prefix, offer=offer,
                                                            read_keys=launch.read_keys, at=time.time()))
             failpoint("before-launch")
@@ -217,15 +230,17 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
             await session.commit()
             return
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
+        reschedule(session, job, run)
         await session.commit()
 
 
-def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object], code_hash: str | None,
-               code: bytes | None) -> dict[str, object]:
+def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object],
+               archives: dict[str, bytes]) -> dict[str, object]:
     """Put what the agent needs into the bucket of the backend about to run the job."""
     storage = compute.storage
-    if code_hash and code is not None and not storage.exists(code_key(code_hash)):
-        storage.put(code_key(code_hash), code)
+    for archive_hash, data in archives.items():  # the code and the `files`, content-addressed
+        if not storage.exists(code_key(archive_hash)):
+            storage.put(code_key(archive_hash), data)
     extras = compute.prepare_job(launch)
     storage.put_json(f"{launch.job_prefix}/spec.json", {**spec, **extras, "secret_names": sorted(launch.secrets)})
     return extras
@@ -240,39 +255,3 @@ def _attempt(offer: Offer, *, ok: bool, reason: str | None = None) -> Provisioni
     return ProvisioningAttempt(at=utcnow(), backend=offer.backend, region=offer.region,
                                instance_type=offer.instance_type, price=offer.price, spot=offer.spot, ok=ok,
                                reason=reason)
-
-
-def _job_spec(ctx: ServerContext, run_spec: RunSpec, run_name: str, run_id: str, job_id: str,
-              secrets: dict[str, str]) -> dict[str, object]:
-    conf = run_spec.configuration
-    if isinstance(conf, TaskConfiguration):
-        commands, artifacts = conf.commands, conf.artifacts
-    else:  # a dev environment: run `init`, then stay up until stopped
-        commands = [*conf.init, "echo 'The dev environment is ready. Stop it with `dstack stop " + run_name + "`.'",
-                    "exec sleep infinity"]
-        artifacts = []
-    env = {k: interpolate_secrets(v, secrets, f"env.{k}") for k, v in conf.env.items() if v is not None}
-    env.update({"DSTACK_RUN_NAME": run_name, "DSTACK_RUN_ID": run_id, "DSTACK_JOB_ID": job_id,
-                "DSTACK_REPO_ID": run_spec.repo_id})
-    return {
-        "version": 1,
-        "run_name": run_name,
-        "commands": commands,
-        "env": env,
-        "working_dir": conf.working_dir,
-        "artifacts": artifacts,
-        "python": conf.python,
-        "image": conf.image,
-        # A cloud instance is the job's alone: all its GPUs. (The local backend narrows this to the
-        # count asked for; see LocalCompute.prepare_job.)
-        "gpus": ["all"] if conf.resources.gpu and conf.resources.gpu.count.max != 0 else None,
-        "entrypoint": conf.entrypoint,
-        "user": conf.user,
-        "privileged": conf.privileged,
-        "shm_size": conf.shm_size,
-        "registry_auth": {k: interpolate_secrets(v, secrets, f"registry_auth.{k}")
-                          for k, v in conf.registry_auth.model_dump().items()} if conf.registry_auth else None,
-        "code_key": code_key(run_spec.code_hash) if run_spec.code_hash else None,
-        "heartbeat_interval": ctx.settings.heartbeat_interval,
-        "stop_grace": ctx.settings.stop_grace,
-    }
