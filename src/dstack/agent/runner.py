@@ -30,7 +30,16 @@ from dstack.agent.container import spec_from as container_spec
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.metrics import Sampler
 from dstack.agent.process import create_time, kill_tree
-from dstack.agent.sandbox import JOB_HOME, SHIM_DIR, SYSTEM_PATH, PythonInstall, Sandbox, find_python, make_shims
+from dstack.agent.sandbox import (
+    JOB_HOME,
+    SHIM_DIR,
+    SYSTEM_DIRS,
+    SYSTEM_PATH,
+    PythonInstall,
+    Sandbox,
+    find_python,
+    make_shims,
+)
 from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage, storage_from_url
@@ -53,6 +62,7 @@ class JobRunner:
         self.container: tuple[Runtime, str] | None = None
         self.events: list[dict[str, Any]] = []
         self.log_events: int | None = None
+        self.started_at: float | None = None  # when the job's process started
         self._beat = 0
 
     # --- bucket I/O -------------------------------------------------------------------------
@@ -65,6 +75,8 @@ class JobRunner:
         says how many log lines were written, so readers know when they have them all."""
         if self.log_events is not None:
             extra = {"log_events": self.log_events, **extra}
+        if self.started_at is not None:
+            extra = {"started_at": self.started_at, **extra}
         self.storage.put_json(self._key("status.json"), {"status": status, "t": time.time(),
                                                          "events": self.events[-20:], **extra})
 
@@ -197,6 +209,7 @@ class JobRunner:
         finally:
             if prepared is not None:
                 prepared.close()
+        self.started_at = time.time()
         self.write_runner_info()
         self.write_status("running")
         self.event(f"job running (pid {self.proc.pid})")
@@ -240,7 +253,8 @@ class JobRunner:
 
         return workspace.prepare(self.spec, workdir=self.workdir, home=home, home_host=home_host,
                                  bare_host=not image and sandbox is None, fetch=self.storage.get, unpack=_unpack,
-                                 credentials=credentials, event=event)
+                                 credentials=credentials, event=event,
+                                 read_only=tuple(f"/{d}" for d in SYSTEM_DIRS) if sandbox is not None else ())
 
     def _secrets(self) -> dict[str, str]:
         """Project secrets: from a file the launcher left (read once) or the cloud's secret store."""
@@ -360,6 +374,9 @@ class JobRunner:
         env.update({k: v for k, v in (self.spec.get("env") or {}).items() if v is not None})
         if not sandboxed:  # a bare host job: /workflow is its code directory on this machine
             env["DSTACK_WORKING_DIR"] = cwd
+        gpus = self.spec.get("gpus")
+        if gpus and gpus != ["all"]:  # the GPUs this job was given on a machine it shares
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         return env
 
     def _upload_artifacts(self, cwd: Path) -> None:

@@ -32,6 +32,7 @@ class Workspace:
         self.bare_host = bare_host
         self.code_dir = workdir / "repo"
         self.mounts: list[tuple[str, str]] = []  # (host path, job path)
+        self.read_only: tuple[str, ...] = ()
 
     def job_path(self, target: str) -> str:
         if target == "~" or target.startswith("~/"):
@@ -60,8 +61,11 @@ class Workspace:
 
 def prepare(spec: dict[str, Any], *, workdir: Path, home: str | None, home_host: Path | None, bare_host: bool,
             fetch: Callable[[str], bytes | None], unpack: Callable[[bytes, Path], None],
-            credentials: dict[str, str] | None, event: Callable[[str], None]) -> Workspace:
+            credentials: dict[str, str] | None, event: Callable[[str], None],
+            read_only: tuple[str, ...] = ()) -> Workspace:
+    """`read_only`: the job's system directories, where nothing can be placed (the sandbox's)."""
     ws = Workspace(workdir, home=home, bare_host=bare_host)
+    ws.read_only = read_only
     if ws.code_dir.exists():
         shutil.rmtree(ws.code_dir)
     ws.code_dir.mkdir(parents=True)
@@ -101,6 +105,7 @@ def _place_files(spec: dict[str, Any], ws: Workspace, *, fetch: Callable[[str], 
     if files_dir.exists():
         shutil.rmtree(files_dir)
     files_dir.mkdir()
+    os.chmod(files_dir, 0o711)  # traversable by the job's user, who owns the entries bound from it
     unpack(data, files_dir)
     for index, entry in enumerate(entries):
         source = files_dir / str(index)
@@ -115,6 +120,10 @@ def _place_files(spec: dict[str, Any], ws: Workspace, *, fetch: Callable[[str], 
         elif ws.bare_host:
             raise WorkspaceError(f"files: {entry['path']} needs `image` (or a machine that can sandbox jobs): "
                                  "this job runs directly on the host, where only /workflow and ~ are its own")
+        elif any(target == d or target.startswith(d + "/") for d in ws.read_only):
+            raise WorkspaceError(f"files: {entry['path']} is in one of this machine's system directories, which a "
+                                 f"job without `image` sees read-only ({', '.join(ws.read_only)}); choose "
+                                 "another path, or use `image`")
         else:
             ws.mounts.append((str(source), target))
 

@@ -78,6 +78,9 @@ class JobLaunch(BaseModel):
     gpu_count: int = 0
     # The Python version the job asked for (host jobs).
     python: str | None = None
+    # What the job asked for explicitly (`cpu`, `memory`): a machine shared by jobs (local) keeps it for it.
+    reserved_cpus: int = 0
+    reserved_memory_gb: float = 0.0
     # The run's `tags`, for the cloud resources (the backend's own tags win a conflict, as upstream).
     tags: dict[str, str] = Field(default_factory=dict)
     availability_zones: list[str] | None = None

@@ -13,7 +13,7 @@ from dstack.api.client import Client
 from dstack.api.config import load_config
 from dstack.cli.overrides import Overrides
 from dstack.cli.ui import console, duration
-from dstack.core.errors import ConfigurationError, DstackError
+from dstack.core.errors import ConfigurationError, DstackError, NoOffersError
 from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
 
 OFFERS_SHOWN = 3
@@ -29,8 +29,15 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
     if overrides is not None:
         run_spec = run_spec.model_copy(update={"configuration": overrides.apply(run_spec.configuration)})
     run_spec = _resolve_env(run_spec)
-    plan = client.runs.plan(run_spec)
-    _print_plan(plan, client)
+    retry = run_spec.configuration.retry
+    try:
+        plan = client.runs.plan(run_spec)
+        _print_plan(plan, client)
+    except NoOffersError as exc:
+        if not (retry and "no-capacity" in retry.on_events):
+            raise
+        # As upstream: with retry on no-capacity, the run is queued until capacity appears.
+        console.print(f"No offers now ({exc}); the run waits for capacity (retry on no-capacity)", soft_wrap=True)
     active = _active_run(client, run_spec.configuration.name)
     if active is not None and not (yes or force):
         _confirm(f"Run {active.name} is {active.status.value}. Stop it and submit the new one?")

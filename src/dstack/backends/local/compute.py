@@ -28,6 +28,7 @@ from dstack.backends.base import (
     LaunchIntent,
     Requirements,
 )
+from dstack.backends.local import capacity
 from dstack.backends.local.models import LocalBackendConfig
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import Offer
@@ -105,24 +106,26 @@ class LocalCompute(Compute):
         return sandbox.available(self.ctx.local_job_user)
 
     def get_offers(self, requirements: Requirements) -> list[Offer]:
+        # What running jobs hold is not on offer (see capacity.py).
+        hold = capacity.held(self.workdirs)
         resources = InstanceResources(
-            cpus=os.cpu_count() or 1,
-            memory_gb=psutil.virtual_memory().total / 2**30,
-            gpus=list(_detect_gpus()),
+            cpus=max(0, (os.cpu_count() or 1) - hold.cpus),
+            memory_gb=max(0.0, psutil.virtual_memory().total / 2**30 - hold.memory_gb),
+            gpus=[g for i, g in enumerate(_detect_gpus()) if i not in hold.gpus],
             disk_gb=shutil.disk_usage(self.workdirs if self.workdirs.exists() else "/").free / 2**30,
         )
         return [Offer(backend=self.TYPE, region=REGION, instance_type=socket.gethostname(),
                       resources=resources, price=0.0)]
 
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
+        hold = capacity.reserve(self.workdirs, job.job_id, cpus=job.reserved_cpus,
+                                memory_gb=job.reserved_memory_gb, gpu_count=job.gpu_count,
+                                machine_gpus=len(_detect_gpus()))
+        gpus = {"gpus": [str(i) for i in hold.gpus]} if job.gpu_count else {}  # free ones, not all of them
         if job.image:  # the container is the isolation
-            extras: dict[str, Any] = {
-                "container_runtime": container.find_runtime(),
-                "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", ""))}
-            if job.gpu_count:  # the first N of this machine's GPUs, not all of them
-                extras["gpus"] = [str(i) for i in range(min(job.gpu_count, len(_detect_gpus())))]
-            return extras
-        extras: dict[str, Any] = {}
+            return {"container_runtime": container.find_runtime(),
+                    "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", "")), **gpus}
+        extras: dict[str, Any] = dict(gpus)
         try:  # resolved once here (cached), not by every agent: probing interpreters costs a few 100 ms
             python = sandbox.find_python(job.python, self._job_ids())
             extras["python_install"] = {"executable": python.executable, "prefix": python.prefix,
@@ -165,9 +168,11 @@ class LocalCompute(Compute):
                 )
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
+            capacity.release(self.workdirs, job.job_id)
             raise LaunchError(f"could not start the agent: {exc}") from exc
         # Read before anything may reap it: an unreaped child stays readable even once it has exited.
         create_time = psutil.Process(proc.pid).create_time()
+        capacity.record(self.workdirs, job.job_id, pid=proc.pid, create_time=create_time)
         # Reap it when it exits, so finished agents don't linger as zombies of the server.
         threading.Thread(target=proc.wait, daemon=True).start()
         return self._instance(job.job_id, job.job_prefix, proc.pid, create_time)

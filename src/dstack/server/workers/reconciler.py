@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -293,6 +293,9 @@ def _finish_from_agent(job: JobModel, run: RunModel, status: dict[str, Any]) -> 
     exit_code = status.get("exit_code")
     if isinstance(status.get("log_events"), int):
         job.log_events = status["log_events"]
+    if job.started_at is None and isinstance(status.get("started_at"), int | float):
+        # A short job can end between two passes: it ran from when its agent says it started.
+        job.started_at = datetime.fromtimestamp(status["started_at"], UTC)
     if agent_status == "done":
         set_job_status(job, run, JobStatus.DONE, exit_code=0)
     elif agent_status == "failed":

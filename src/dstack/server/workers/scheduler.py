@@ -156,7 +156,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image,
                        gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
                        tags=run_spec.configuration.tags or {},
-                       availability_zones=run_spec.configuration.availability_zones)
+                       availability_zones=run_spec.configuration.availability_zones,
+                       **_reserved(run_spec))
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
@@ -244,6 +245,13 @@ def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object],
     extras = compute.prepare_job(launch)
     storage.put_json(f"{launch.job_prefix}/spec.json", {**spec, **extras, "secret_names": sorted(launch.secrets)})
     return extras
+
+
+def _reserved(run_spec: RunSpec) -> dict[str, float]:
+    """The CPUs and memory the job asked for explicitly (not the defaults): a shared machine keeps them."""
+    resources = run_spec.configuration.resources
+    return {"reserved_cpus": (resources.cpu.min or 0) if "cpu" in resources.model_fields_set else 0,
+            "reserved_memory_gb": (resources.memory.min or 0) if "memory" in resources.model_fields_set else 0}
 
 
 def _gpu_count(run_spec: RunSpec) -> int:

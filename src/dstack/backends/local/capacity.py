@@ -1,0 +1,103 @@
+"""What this machine's running jobs hold: their GPUs (always exclusive) and the CPUs and memory they
+asked for explicitly. The local backend offers the rest, so a job that needs more waits (with
+`retry` on no-capacity) instead of sharing a GPU, and `priority` decides who gets it next.
+
+A job's hold is `held.json` in its working directory, with its agent's pid: it counts while that
+agent lives (the directory is removed when the job's instance is terminated). Between choosing a
+job's GPUs and its agent starting, the choice is kept in memory, so two jobs launched at once never
+get the same GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+RESERVATION_TTL = 120.0  # a choice whose launch never happened stops counting after this
+_LOCK = threading.Lock()
+_RESERVED: dict[str, dict[str, tuple[float, Hold]]] = {}  # workdirs -> job id -> (when, hold)
+
+
+@dataclass
+class Hold:
+    cpus: int = 0
+    memory_gb: float = 0.0
+    gpus: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"cpus": self.cpus, "memory_gb": self.memory_gb, "gpus": self.gpus}
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.is_running() and (create_time is None or abs(proc.create_time() - create_time) < 1)
+    except psutil.Error:
+        return False
+
+
+def _file_holds(workdirs: Path) -> list[Hold]:
+    holds = []
+    if workdirs.exists():
+        for path in workdirs.glob("*/held.json"):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if _alive(int(data.get("pid", 0)), data.get("create_time")):
+                holds.append(Hold(cpus=int(data.get("cpus", 0)), memory_gb=float(data.get("memory_gb", 0)),
+                                  gpus=[int(g) for g in data.get("gpus", [])]))
+    return holds
+
+
+def _pending_holds(workdirs: Path) -> list[Hold]:
+    """Call with the lock held."""
+    pending = _RESERVED.get(str(workdirs), {})
+    now = time.time()
+    for job_id, (at, _) in list(pending.items()):
+        if now - at > RESERVATION_TTL:
+            del pending[job_id]
+    return [hold for _, hold in pending.values()]
+
+
+def held(workdirs: Path) -> Hold:
+    """The sum of what live jobs under `workdirs` hold, and of recent choices not launched yet."""
+    with _LOCK:
+        holds = _file_holds(workdirs) + _pending_holds(workdirs)
+    total = Hold()
+    for hold in holds:
+        total.cpus += hold.cpus
+        total.memory_gb += hold.memory_gb
+        total.gpus += hold.gpus
+    return total
+
+
+def reserve(workdirs: Path, job_id: str, *, cpus: int, memory_gb: float, gpu_count: int, machine_gpus: int
+            ) -> Hold:
+    """Choose the job's GPUs (the lowest free indices) and keep the choice until its agent runs."""
+    with _LOCK:
+        taken = {g for hold in _file_holds(workdirs) + _pending_holds(workdirs) for g in hold.gpus}
+        free = [i for i in range(machine_gpus) if i not in taken]
+        hold = Hold(cpus=cpus, memory_gb=memory_gb, gpus=free[:gpu_count])
+        _RESERVED.setdefault(str(workdirs), {})[job_id] = (time.time(), hold)
+        return hold
+
+
+def record(workdirs: Path, job_id: str, *, pid: int, create_time: float) -> None:
+    """The agent runs: its hold moves from memory to its job directory."""
+    with _LOCK:
+        at_hold = _RESERVED.get(str(workdirs), {}).pop(job_id, None)
+    hold = at_hold[1] if at_hold else Hold()
+    (workdirs / job_id / "held.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
+                                                             "create_time": create_time}))
+
+
+def release(workdirs: Path, job_id: str) -> None:
+    """A launch that failed: its choice no longer counts."""
+    with _LOCK:
+        _RESERVED.get(str(workdirs), {}).pop(job_id, None)
