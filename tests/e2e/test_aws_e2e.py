@@ -36,6 +36,10 @@ artifacts: [out]
 resources:
   cpu: 2..
   memory: 4GB..
+tags:
+  team: research
+  cost-center: ml-42
+availability_zones: [us-east-1b]
 """
 
 
@@ -57,9 +61,11 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     [instance] = stack.instances()
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags["dstack_bucket"] == BUCKET and tags["dstack_project"] == "cloud" and tags["dstack_run"] == "aws-task"
+    # The run's `tags` on the instance (and its volume), and the zone it asked for.
+    assert tags["team"] == "research" and tags["cost-center"] == "ml-42"
+    assert instance["Placement"]["AvailabilityZone"] == "us-east-1b"
     booted = stack.cloud.booted[instance["InstanceId"]]  # as the instance saw itself while it ran
     assert booted.profile.endswith(":instance-profile/dstack_role_dstack_e2e_bucket")
-    assert instance["Placement"]["AvailabilityZone"].startswith(REGION)
     default_subnets = {s["SubnetId"] for s in stack.aws.client("ec2", REGION).describe_subnets(
         Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]}
     assert instance["SubnetId"] in default_subnets
@@ -117,6 +123,12 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     assert {"RunInstances", "TerminateInstances", "CreateRole", "CreateLogGroup", "FilterLogEvents",
             "CreateSecret", "PutObject"} <= operations
     assert violations(policy(BUCKET), calls, ACCOUNT, stack.instance_tags) == []
+
+    # A field the policy cannot serve is refused at plan time with the reason, not ignored.
+    with stack.server.api() as api:
+        body = api.post("/api/projects/cloud/runs/plan", json={"repo_id": "x", "configuration": {
+            "type": "task", "commands": ["true"], "reservation": "cr-0123456789abcdef0"}}).json()["error"]
+    assert body["code"] == "no_offers" and "`reservation` needs ec2:DescribeCapacityReservations" in body["message"]
 
 
 def test_capacity_error_fails_over_to_the_next_offer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -191,6 +191,13 @@ def read_bucket_logs(storage: Storage, prefix: str, next_token: str | None) -> t
     return events, str(seq), len(keys) == MAX_LOG_CHUNKS_PER_PAGE
 
 
+def job_image(configuration: Any) -> str | None:
+    """The job's image: its own, or the Docker-in-Docker one for `docker: true`."""
+    from dstack.backends.bootstrap import dind_image  # noqa: PLC0415
+
+    return configuration.image or (dind_image() if getattr(configuration, "docker", None) else None)
+
+
 def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = False) -> Requirements:
     return Requirements(
         admin=admin,
@@ -198,7 +205,7 @@ def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = Fa
         spot_policy=configuration.spot_policy,
         max_price=configuration.max_price,
         python=configuration.python,
-        image=configuration.image,
+        image=job_image(configuration),
         regions=configuration.regions,
         availability_zones=getattr(configuration, "availability_zones", None),
         instance_types=getattr(configuration, "instance_types", None),

@@ -57,6 +57,19 @@ def default_image(python: str | None) -> str:
     return template.replace("{python}", python or os.environ.get("DSTACK_DEFAULT_PYTHON") or DEFAULT_PYTHON)
 
 
+# `docker: true`: the job runs in this image, privileged, with its own Docker daemon started first.
+DIND_IMAGE = "docker:dind"
+DIND_START = ("(dockerd-entrypoint.sh dockerd >/var/log/dockerd.log 2>&1 &) && "
+              "i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); "
+              "if [ $i -gt 120 ]; then echo 'dstack: the Docker daemon did not start:' >&2; "
+              "tail -5 /var/log/dockerd.log >&2; exit 1; fi; sleep 0.5; done")
+
+
+def dind_image() -> str:
+    """The Docker-in-Docker image (setting DSTACK_DIND_IMAGE): it must have `dockerd-entrypoint.sh`."""
+    return os.environ.get("DSTACK_DIND_IMAGE") or DIND_IMAGE
+
+
 def agent_package_key(digest: str) -> str:
     return f"dstack/agent/{digest}.pyz"
 

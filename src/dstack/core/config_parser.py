@@ -39,7 +39,9 @@ _MODELS: dict[str, type[BaseModel]] = {
 
 
 def configuration_json_schema() -> dict[str, Any]:
-    schema = _ADAPTER.json_schema()
+    from dstack.core.config_schema import with_short_forms  # noqa: PLC0415
+
+    schema = with_short_forms(_ADAPTER.json_schema())
     schema["title"] = "dstack configuration (.dstack.yml)"
     return schema
 

@@ -59,12 +59,15 @@ class RegistryAuth(StrictModel):
     password: str = Field(repr=False)
 
 
-def _split_target(text: str) -> tuple[str, str | None]:
-    """`SOURCE[:TARGET]`: a TARGET is a container path (absolute, `~…`, or relative without a colon)."""
+def _split_target(text: str, *, after_url: bool = False) -> tuple[str, str | None]:
+    """`SOURCE[:TARGET]`. After a URL's host a colon may start a port (`host:8443/org/repo`), so there a
+    TARGET must look like a path in the container: absolute, `~…`, `.…`, or one relative name."""
     head, sep, tail = text.rpartition(":")
-    if sep and head and tail and (tail.startswith(("/", "~", ".")) or "/" not in tail) and not tail.isdigit():
-        return head, tail
-    return text, None
+    if not (sep and head and tail):
+        return text, None
+    if after_url and not (tail.startswith(("/", "~", ".")) or ("/" not in tail and not tail[0].isdigit())):
+        return text, None
+    return head, tail
 
 
 class RepoSpec(StrictModel):
@@ -86,7 +89,7 @@ class RepoSpec(StrictModel):
             text = value.strip()
             if _URL_RE.match(text):
                 scheme_end = text.index("://") + 3 if "://" in text else text.index(":") + 1
-                source, target = _split_target(text[scheme_end:])
+                source, target = _split_target(text[scheme_end:], after_url=True)
                 parsed: dict[str, Any] = {"url": text[:scheme_end] + source}
             else:
                 source, target = _split_target(text)

@@ -91,6 +91,9 @@ class LambdaCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.spot_policy == "spot":
             return "Lambda Cloud has no spot instances (use spot_policy: auto or on-demand)"
+        if requirements.nvcc and not requirements.image:
+            return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
+                    "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")
         if requirements.availability_zones:
             return "Lambda Cloud has no availability zones (choose with `regions`)"
         if requirements.reservation:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from dstack.backends.base import job_image
+from dstack.backends.bootstrap import DIND_START
 from dstack.core.configurations import (
     WORKFLOW_DIR,
     BaseRunConfiguration,
@@ -63,23 +65,26 @@ def build_job_spec(*, settings: Settings, run_spec: RunSpec, run_name: str, run_
     code_target = container_target(repo.path, working_dir) if repo else WORKFLOW_DIR
     if repo is not None:
         env["DSTACK_REPO_DIR"] = code_target
+    commands = job_commands(conf, run_name)
+    if conf.docker:  # the job's own Docker daemon first (see backends/bootstrap.py)
+        commands = [DIND_START, *commands]
     return {
         "version": 1,
         "run_name": run_name,
-        "commands": job_commands(conf, run_name),
-        "shell": job_shell(conf),
+        "commands": commands,
+        "shell": "/bin/sh" if conf.docker and not conf.shell else job_shell(conf),
         "env": env,
         "working_dir": working_dir,
         "working_dir_set": conf.working_dir is not None,
         "artifacts": conf.artifacts if isinstance(conf, TaskConfiguration) else [],
         "python": conf.python,
-        "image": conf.image,
+        "image": job_image(conf),
         # A cloud instance is the job's alone: all its GPUs. (The local backend narrows this to the
         # count asked for; see LocalCompute.prepare_job.)
         "gpus": ["all"] if conf.resources.gpu and conf.resources.gpu.count.max != 0 else None,
         "entrypoint": conf.entrypoint,
         "user": conf.user,
-        "privileged": conf.privileged,
+        "privileged": conf.privileged or bool(conf.docker),
         "shm_size": conf.shm_size or (f"{conf.resources.shm_size:g}g" if conf.resources.shm_size else None),
         "registry_auth": {k: interpolate_secrets(v, secrets, f"registry_auth.{k}", env=user_env)
                           for k, v in conf.registry_auth.model_dump().items()} if conf.registry_auth else None,

@@ -17,6 +17,7 @@ from dstack.backends.base import (
     LaunchedInstance,
     LaunchError,
     LaunchIntent,
+    job_image,
     requirements_for,
 )
 from dstack.core.errors import ConfigurationError
@@ -153,7 +154,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        secrets=launch_secrets,
                        ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
                        read_keys=[k for k in [spec.get("code_key"), spec.get("files_key")] if k],
-                       max_duration=run_spec.configuration.max_duration, image=run_spec.configuration.image,
+                       max_duration=run_spec.configuration.max_duration, image=job_image(run_spec.configuration),
                        gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
