@@ -39,7 +39,13 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
         # As upstream: with retry on no-capacity, the run is queued until capacity appears.
         console.print(f"No offers now ({exc}); the run waits for capacity (retry on no-capacity)", soft_wrap=True)
     active = _active_run(client, run_spec.configuration.name)
-    if active is not None and not (yes or force):
+    if active is not None and not force and \
+            active.spec.configuration.model_dump() == run_spec.configuration.model_dump():
+        # As upstream: re-applying what runs changes nothing, unless --force restarts it.
+        console.print(f"Run {active.name} is {active.status.value} with this configuration already; nothing to "
+                      "do (--force restarts it)")
+        return 0
+    if active is not None and not yes:
         _confirm(f"Run {active.name} is {active.status.value}. Stop it and submit the new one?")
     elif not yes:
         _confirm("Submit the run?")

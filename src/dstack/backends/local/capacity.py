@@ -77,12 +77,17 @@ def held(workdirs: Path) -> Hold:
     return total
 
 
-def reserve(workdirs: Path, job_id: str, *, cpus: int, memory_gb: float, gpu_count: int, machine_gpus: int
-            ) -> Hold:
-    """Choose the job's GPUs (the lowest free indices) and keep the choice until its agent runs."""
+def reserve(workdirs: Path, job_id: str, *, cpus: int, memory_gb: float, gpu_count: int, machine_gpus: int,
+            machine_cpus: int, machine_memory_gb: float) -> Hold | None:
+    """Choose the job's GPUs (the lowest free indices) and keep the choice until its agent runs; None
+    when what it asks for is no longer free (another job took it since the offers were listed)."""
     with _LOCK:
-        taken = {g for hold in _file_holds(workdirs) + _pending_holds(workdirs) for g in hold.gpus}
+        holds = _file_holds(workdirs) + _pending_holds(workdirs)
+        taken = {g for hold in holds for g in hold.gpus}
         free = [i for i in range(machine_gpus) if i not in taken]
+        if len(free) < gpu_count or (cpus and sum(h.cpus for h in holds) + cpus > machine_cpus) or \
+                (memory_gb and sum(h.memory_gb for h in holds) + memory_gb > machine_memory_gb):
+            return None
         hold = Hold(cpus=cpus, memory_gb=memory_gb, gpus=free[:gpu_count])
         _RESERVED.setdefault(str(workdirs), {})[job_id] = (time.time(), hold)
         return hold

@@ -120,7 +120,10 @@ class LocalCompute(Compute):
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         hold = capacity.reserve(self.workdirs, job.job_id, cpus=job.reserved_cpus,
                                 memory_gb=job.reserved_memory_gb, gpu_count=job.gpu_count,
-                                machine_gpus=len(_detect_gpus()))
+                                machine_gpus=len(_detect_gpus()), machine_cpus=os.cpu_count() or 1,
+                                machine_memory_gb=psutil.virtual_memory().total / 2**30)
+        if hold is None:
+            raise LaunchError("what the job asks for is held by another job now")
         gpus = {"gpus": [str(i) for i in hold.gpus]} if job.gpu_count else {}  # free ones, not all of them
         if job.image:  # the container is the isolation
             return {"container_runtime": container.find_runtime(),

@@ -146,17 +146,21 @@ def new_job(*, run: RunModel, project: str, submission: int, now: datetime,
     )
 
 
+WAITING_FOR_CAPACITY = "waiting for capacity"
+
+
 def scheduled_reason(at: datetime) -> str:
     return f"scheduled: starts at {at:%Y-%m-%d %H:%M} UTC"
 
 
-def reschedule(session: AsyncSession, job: JobModel, run: RunModel) -> bool:
+def reschedule(session: AsyncSession, job: JobModel, run: RunModel, *, latest: bool = False) -> bool:
     """After a scheduled run's job ends (and no retry took over): the next one, at the next cron time.
-    A stop request ends the schedule."""
-    if JobStatus(job.status) not in FINISHED_STATUSES or run.stop_requested or run.jobs[-1].id != job.id:
-        return False
+    A stop request ends the schedule. `latest`: the caller knows `job` is the run's latest (its jobs
+    need not be loaded)."""
     schedule = RunSpec.model_validate_json(run.spec).configuration.schedule
-    if schedule is None:
+    if schedule is None or JobStatus(job.status) not in FINISHED_STATUSES or run.stop_requested:
+        return False
+    if not latest and run.jobs[-1].id != job.id:
         return False
     now = utcnow()
     at = schedule.next_fire(now)

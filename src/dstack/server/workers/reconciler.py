@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
@@ -22,7 +22,7 @@ from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
-from dstack.server.services.runs import add_agent_events, new_job, reschedule, set_job_status
+from dstack.server.services.runs import WAITING_FOR_CAPACITY, add_agent_events, new_job, reschedule, set_job_status
 from dstack.server.workers.common import for_each, release_lease, try_lease
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -203,6 +203,11 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             job.instance_terminated = terminated
             if not _maybe_retry(session, job, job.run):
                 reschedule(session, job, job.run)
+            if terminated:  # its capacity is free: jobs waiting for some are tried now, by priority
+                await session.execute(
+                    update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
+                                           JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
+                    .values(lock_until=None, lock_owner=None).execution_options(synchronize_session=False))
             await session.commit()
         ctx.scheduler_wake.set()
 

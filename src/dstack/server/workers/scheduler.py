@@ -30,7 +30,7 @@ from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
-from dstack.server.services.runs import backend_types_for, reschedule, set_job_status
+from dstack.server.services.runs import WAITING_FOR_CAPACITY, backend_types_for, reschedule, set_job_status
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.storage.layout import code_key
@@ -45,14 +45,16 @@ async def schedule_once(ctx: ServerContext) -> None:
     async with ctx.db.session() as session:
         # Higher `priority` first, then in submission order; a scheduled job once its time has come
         # (or at once when its run is being stopped).
-        ids = list(await session.scalars(
-            select(JobModel.id).join(RunModel, RunModel.id == JobModel.run_id)
+        rows = list(await session.execute(
+            select(JobModel.id, JobModel.priority).join(RunModel, RunModel.id == JobModel.run_id)
             .where(JobModel.status == JobStatus.SUBMITTED.value,
                    (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now),
                    JobModel.not_before.is_(None) | (JobModel.not_before <= now) | RunModel.stop_requested)
             .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
         ))
-    await for_each(ids, lambda job_id: _schedule(ctx, job_id))
+    # One priority level at a time (its jobs at once): a higher one takes the capacity there is first.
+    for level in sorted({priority for _, priority in rows}, reverse=True):
+        await for_each([job_id for job_id, priority in rows if priority == level], lambda j: _schedule(ctx, j))
 
 
 async def _claim(ctx: ServerContext, job_id: str) -> bool:
@@ -226,13 +228,13 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
         job.status = JobStatus.SUBMITTED.value
         elapsed = (utcnow() - run.submitted_at).total_seconds()
         if retry and "no-capacity" in retry.on_events and (retry.duration is None or elapsed < retry.duration):
-            set_job_status(job, run, JobStatus.SUBMITTED, reason=f"waiting for capacity: {reason}")
+            set_job_status(job, run, JobStatus.SUBMITTED, reason=f"{WAITING_FOR_CAPACITY}: {reason}")
             # Keep it unclaimable until the next try.
             job.lock_owner, job.lock_until = None, utcnow() + CAPACITY_RETRY_DELAY
             await session.commit()
             return
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
-        reschedule(session, job, run)
+        reschedule(session, job, run, latest=True)  # the job being provisioned is its run's latest
         await session.commit()
 
 
@@ -249,10 +251,13 @@ def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object],
 
 
 def _reserved(run_spec: RunSpec) -> dict[str, float]:
-    """The CPUs and memory the job asked for explicitly (not the defaults): a shared machine keeps them."""
+    """The CPUs and memory the job asked for as an exact amount (`cpu: 8`, not the default or a range
+    such as `4..`): a machine jobs share (local) keeps them for it."""
     resources = run_spec.configuration.resources
-    return {"reserved_cpus": (resources.cpu.min or 0) if "cpu" in resources.model_fields_set else 0,
-            "reserved_memory_gb": (resources.memory.min or 0) if "memory" in resources.model_fields_set else 0}
+    cpu, memory = resources.cpu, resources.memory
+    exact_cpu = "cpu" in resources.model_fields_set and cpu.min is not None and cpu.min == cpu.max
+    exact_memory = "memory" in resources.model_fields_set and memory.min is not None and memory.min == memory.max
+    return {"reserved_cpus": cpu.min if exact_cpu else 0, "reserved_memory_gb": memory.min if exact_memory else 0}
 
 
 def _gpu_count(run_spec: RunSpec) -> int:
