@@ -166,8 +166,11 @@ def status_text(status: JobStatus, reason: str | None, exit_code: int | None) ->
     text = status.value
     if status == JobStatus.FAILED and exit_code is not None:
         text += f" (exit code {exit_code})"
-    elif reason and (status in FINISHED_STATUSES and status != JobStatus.DONE or status == JobStatus.PROVISIONING):
-        text += f" ({reason})"  # why it ended; while provisioning, what it is doing (pulling an image)
+    elif reason and (status in FINISHED_STATUSES and status != JobStatus.DONE
+                     or status in (JobStatus.PROVISIONING, JobStatus.SUBMITTED)):
+        # Why it ended; while provisioning, what it is doing (pulling an image); while submitted, what
+        # it waits for (its schedule, capacity).
+        text += f" ({reason})"
     return text
 
 
