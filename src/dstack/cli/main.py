@@ -59,6 +59,20 @@ def _overrides(*, env: list[str] | None, name: str | None, gpu: str | None, cpu:
                                                 spot_policy=spot_policy))
 
 
+# Options `dstack apply` and `dstack offer` share (upstream's names).
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="e.g. A100:2, 24GB.., nvidia:1..8")]
+CpuOpt = Annotated[str | None, typer.Option("--cpu", help="e.g. 8, 4.., arm:8")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory", help="e.g. 32GB..")]
+DiskOpt = Annotated[str | None, typer.Option("--disk", help="e.g. 200GB..")]
+BackendOpt = Annotated[list[str] | None, typer.Option("-b", "--backend", help="only this backend (repeatable)")]
+RegionOpt = Annotated[list[str] | None, typer.Option("-r", "--region", help="only this region (repeatable)")]
+TypeOpt = Annotated[list[str] | None, typer.Option("--instance-type", help="only this type (repeatable)")]
+PriceOpt = Annotated[float | None, typer.Option("--max-price", help="USD per hour")]
+SpotOpt = Annotated[bool, typer.Option("--spot", help="spot instances only")]
+OnDemandOpt = Annotated[bool, typer.Option("--on-demand", help="on-demand instances only")]
+SpotAutoOpt = Annotated[bool, typer.Option("--spot-auto", help="spot if cheaper, else on-demand")]
+
+
 @app.command()
 def apply(
     file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
@@ -69,21 +83,18 @@ def apply(
     name: Annotated[str | None, typer.Option("-n", "--name", help="the run name")] = None,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (or KEY, from this shell)")
                    ] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="e.g. A100:2, 24GB.., nvidia:1..8")] = None,
-    cpu: Annotated[str | None, typer.Option("--cpu", help="e.g. 8, 4.., arm:8")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", help="e.g. 32GB..")] = None,
-    disk: Annotated[str | None, typer.Option("--disk", help="e.g. 200GB..")] = None,
-    backend: Annotated[list[str] | None, typer.Option("-b", "--backend", help="only this backend (repeatable)")
-                       ] = None,
-    region: Annotated[list[str] | None, typer.Option("-r", "--region", help="only this region (repeatable)")
-                      ] = None,
-    instance_type: Annotated[list[str] | None, typer.Option("--instance-type", help="only this type (repeatable)")
-                             ] = None,
-    max_price: Annotated[float | None, typer.Option("--max-price", help="USD per hour")] = None,
+    gpu: GpuOpt = None,
+    cpu: CpuOpt = None,
+    memory: MemoryOpt = None,
+    disk: DiskOpt = None,
+    backend: BackendOpt = None,
+    region: RegionOpt = None,
+    instance_type: TypeOpt = None,
+    max_price: PriceOpt = None,
     max_duration: Annotated[str | None, typer.Option("--max-duration", help="e.g. 2h, off")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="spot instances only")] = False,
-    on_demand: Annotated[bool, typer.Option("--on-demand", help="on-demand instances only")] = False,
-    spot_auto: Annotated[bool, typer.Option("--spot-auto", help="spot if cheaper, else on-demand")] = False,
+    spot: SpotOpt = False,
+    on_demand: OnDemandOpt = False,
+    spot_auto: SpotAutoOpt = False,
     spot_policy: Annotated[str | None, typer.Option("--spot-policy", help="spot, on-demand or auto")] = None,
     retry: Annotated[bool | None, typer.Option("--retry/--no-retry", help="resubmit on failure")] = None,
     retry_duration: Annotated[str | None, typer.Option("--retry-duration", help="e.g. 1h")] = None,
@@ -104,20 +115,17 @@ def apply(
 def offer(
     file: Annotated[str | None, typer.Option("-f", "--file", help="a configuration (else the flags alone)")
                     ] = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="e.g. A100:2, 24GB.., nvidia:1..8")] = None,
-    cpu: Annotated[str | None, typer.Option("--cpu", help="e.g. 8, 4.., arm:8")] = None,
-    memory: Annotated[str | None, typer.Option("--memory", help="e.g. 32GB..")] = None,
-    disk: Annotated[str | None, typer.Option("--disk", help="e.g. 200GB..")] = None,
-    backend: Annotated[list[str] | None, typer.Option("-b", "--backend", help="only this backend (repeatable)")
-                       ] = None,
-    region: Annotated[list[str] | None, typer.Option("-r", "--region", help="only this region (repeatable)")
-                      ] = None,
-    instance_type: Annotated[list[str] | None, typer.Option("--instance-type", help="only this type (repeatable)")
-                             ] = None,
-    max_price: Annotated[float | None, typer.Option("--max-price", help="USD per hour")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="spot instances only")] = False,
-    on_demand: Annotated[bool, typer.Option("--on-demand", help="on-demand instances only")] = False,
-    spot_auto: Annotated[bool, typer.Option("--spot-auto", help="spot and on-demand")] = False,
+    gpu: GpuOpt = None,
+    cpu: CpuOpt = None,
+    memory: MemoryOpt = None,
+    disk: DiskOpt = None,
+    backend: BackendOpt = None,
+    region: RegionOpt = None,
+    instance_type: TypeOpt = None,
+    max_price: PriceOpt = None,
+    spot: SpotOpt = False,
+    on_demand: OnDemandOpt = False,
+    spot_auto: SpotAutoOpt = False,
     max_offers: Annotated[int, typer.Option("--max-offers", help="how many to list")] = 50,
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,

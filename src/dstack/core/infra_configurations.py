@@ -58,13 +58,22 @@ class SSHConfig(StrictModel):
     network: str | None = Field(default=None, description="the hosts' private network, e.g. 10.0.0.0/24")
 
 
+class _NamedResource(StrictModel):
+    """A fleet, volume or gateway: an optional name and tags (on its cloud resources)."""
+
+    name: str | None = None
+    tags: dict[str, str] | None = None
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _resource_name(v)))
+    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: validate_tags(v)))
+
+
 class FleetNodes(IntRange):
     target: int | None = Field(default=None, ge=0)
 
 
-class FleetConfiguration(StrictModel):
+class FleetConfiguration(_NamedResource):
     type: Literal["fleet"]
-    name: str | None = None
     nodes: FleetNodes | None = Field(default=None, description="a number or a range such as 0..2")
     placement: Literal["any", "cluster"] | None = None
     reservation: str | None = None
@@ -80,10 +89,6 @@ class FleetConfiguration(StrictModel):
     retry: RetrySpec | None = None
     max_price: float | None = Field(default=None, gt=0)
     idle_duration: int | None = None
-    tags: dict[str, str] | None = None
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _resource_name(v)))
-    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: validate_tags(v)))
 
     @field_validator("idle_duration", mode="before")
     @classmethod
@@ -99,19 +104,14 @@ class FleetConfiguration(StrictModel):
         return self
 
 
-class VolumeConfiguration(StrictModel):
+class VolumeConfiguration(_NamedResource):
     type: Literal["volume"]
-    name: str | None = None
     backend: str
     region: str
     availability_zone: str | None = None
     size: MemoryRange | None = Field(default=None, description="e.g. 100GB; not with volume_id")
     volume_id: str | None = Field(default=None, description="an existing volume to register")
     auto_cleanup_duration: int | None = None
-    tags: dict[str, str] | None = None
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _resource_name(v)))
-    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: validate_tags(v)))
 
     @field_validator("auto_cleanup_duration", mode="before")
     @classmethod
@@ -130,9 +130,8 @@ class Certificate(StrictModel):
     arn: str | None = None
 
 
-class GatewayConfiguration(StrictModel):
+class GatewayConfiguration(_NamedResource):
     type: Literal["gateway"]
-    name: str | None = None
     default: bool = False
     backend: str
     region: str
@@ -141,10 +140,6 @@ class GatewayConfiguration(StrictModel):
     domain: str | None = None
     public_ip: bool = True
     certificate: Certificate | None = Field(default_factory=lambda: Certificate(type="lets-encrypt"))
-    tags: dict[str, str] | None = None
-
-    _name = field_validator("name")(classmethod(lambda cls, v: _resource_name(v)))
-    _tags = field_validator("tags", mode="before")(classmethod(lambda cls, v: validate_tags(v)))
 
 
 INFRA_TYPES = ("fleet", "volume", "gateway")
