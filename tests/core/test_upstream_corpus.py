@@ -30,7 +30,6 @@ NOT_YET = {
     "task-volumes.dstack.yml": "`volumes` (volumes)",
     "task-volumes-short.dstack.yml": "`volumes` (volumes)",
     "task-volumes-regions.dstack.yml": "`volumes` (volumes)",
-    "dev-inactivity.dstack.yml": "`inactivity_duration` (dev environments' inactivity stop)",
     "service-basic.dstack.yml": "`type: service` (services)",
     "service-autoscaling.dstack.yml": "`type: service` (services)",
 }
@@ -183,4 +182,4 @@ def test_every_run_configuration_plans_or_says_why(server: Server) -> None:
     tasks_and_devs = [p for p in planned + refused if not p.startswith("service")]
     share = sum(1 for p in tasks_and_devs if p in planned) / len(tasks_and_devs)
     print(f"task and dev-environment forms that plan: {share:.0%} of {len(tasks_and_devs)}")
-    assert share >= 0.89
+    assert share >= 0.9

@@ -6,6 +6,7 @@ Usage: python -m dstack.agent --storage URL --job PREFIX --workdir DIR
 from __future__ import annotations
 
 import argparse
+import getpass
 import glob
 import io
 import json
@@ -41,6 +42,7 @@ from dstack.agent.sandbox import (
     make_shims,
 )
 from dstack.agent.sandbox import prepare as sandbox_prepare
+from dstack.agent.ssh import SSHServer, session_spec
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
@@ -63,6 +65,7 @@ class JobRunner:
         self.events: list[dict[str, Any]] = []
         self.log_events: int | None = None
         self.started_at: float | None = None  # when the job's process started
+        self.ssh: SSHServer | None = None
         self._beat = 0
 
     # --- bucket I/O -------------------------------------------------------------------------
@@ -141,6 +144,8 @@ class JobRunner:
             return 1
         finally:
             self._done.set()
+            if self.ssh is not None:
+                self.ssh.stop()
             self.event("finished")
             self.finish()
 
@@ -173,6 +178,7 @@ class JobRunner:
         command = [shell, "-e", "-c", "\n".join(self.spec["commands"])]
         prepared = None
         cwd_host = ws.host_path(cwd_job)
+        session_env: dict[str, str] = {}  # what an SSH session into the job gets (a container's: its own)
         if image:
             try:
                 popen_kwargs = self._container_command(ws, cwd_job, secrets, logs)
@@ -185,7 +191,7 @@ class JobRunner:
                 self.write_status("failed", reason=str(exc))
                 return 1
         elif sandbox is not None:
-            env = {**self._job_env(sandboxed=True, cwd=cwd_job), **secrets}
+            env = session_env = {**self._job_env(sandboxed=True, cwd=cwd_job), **secrets}
             prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd=cwd_job,
                                        python=python, mounts=ws.sorted_mounts())
             popen_kwargs = prepared.popen_kwargs()
@@ -196,7 +202,7 @@ class JobRunner:
                                                    "sandbox jobs): a bare host job runs under /workflow or ~")
                 return 1
             cwd_host.mkdir(parents=True, exist_ok=True)
-            env = {**self._job_env(sandboxed=False, cwd=str(cwd_host)), **secrets}
+            env = session_env = {**self._job_env(sandboxed=False, cwd=str(cwd_host)), **secrets}
             popen_kwargs = {"args": command, "cwd": cwd_host, "env": env}
         try:
             self.proc = subprocess.Popen(
@@ -210,6 +216,9 @@ class JobRunner:
             if prepared is not None:
                 prepared.close()
         self.started_at = time.time()
+        if self.spec.get("ssh"):
+            self._start_ssh(self.spec["ssh"], sandbox=sandbox, cwd=cwd_job if cwd_host is None or image or sandbox
+                            else str(cwd_host), env=session_env)
         self.write_runner_info()
         self.write_status("running")
         self.event(f"job running (pid {self.proc.pid})")
@@ -234,6 +243,30 @@ class JobRunner:
         else:
             self.write_status("failed", exit_code=exit_code, reason=f"exit code {exit_code}")
         return 0
+
+    def _start_ssh(self, ssh: dict[str, Any], *, sandbox: Sandbox | None, cwd: str, env: dict[str, str]) -> None:
+        """The job's sshd (see ssh.py): every session enters the job; its host key goes to the bucket."""
+        try:
+            server = SSHServer(self.workdir, listen=str(ssh.get("listen") or "127.0.0.1"))
+            host_key = server.start(authorized_keys=list(ssh.get("keys") or []))
+            container = (self.container[0].binary, self.container[1]) if self.container is not None else None
+            session = session_spec(container=container, sandbox_pid=self.proc.pid if sandbox else None,
+                                   ids=sandbox.uid_gid() if sandbox else None, cwd=cwd,
+                                   shell=self.spec.get("shell") or "/bin/sh",
+                                   user=self.spec.get("user"))
+            for name, data in (("session.json", session), ("session-env.json", {} if container else env)):
+                fd = os.open(server.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f)
+            if not server.wait_ready():
+                raise RuntimeError((server.dir / "sshd.log").read_text()[-300:] or "sshd did not start")
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # the job runs on without SSH
+            self.event(f"cannot start sshd for the job: {exc}")
+            return
+        self.ssh = server
+        self.storage.put_json(self._key("ssh.json"), {"host": server.listen, "port": server.port,
+                                                      "user": getpass.getuser(), "host_keys": [host_key],
+                                                      "t": time.time()})
 
     def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
                    logs: LogWriter) -> workspace.Workspace:
@@ -403,7 +436,10 @@ class JobRunner:
                     next_beat = time.monotonic() + interval
                 if time.monotonic() >= next_sample:
                     next_sample = time.monotonic() + metrics_interval
-                    self.storage.put_json(self._key("metrics.json"), sampler.sample())
+                    report = sampler.sample()
+                    if self.ssh is not None:  # for `inactivity_duration`
+                        report["ssh_inactive_for"] = self.ssh.inactive_for()
+                    self.storage.put_json(self._key("metrics.json"), report)
                 if self.stop_request is None:
                     request = self.storage.get_json(self._key("stop.json"))
                     if request is not None:

@@ -38,6 +38,8 @@ class Requirements(BaseModel):
     docker: bool = False
     nvcc: bool = False
     tags: dict[str, str] = Field(default_factory=dict)
+    # A dev environment's `inactivity_duration`: the backend must start the job's own sshd to tell.
+    inactivity_duration: int | None = None
     # The run's user is a global admin of the server (the only one a backend may trust with
     # the server's own machine when it cannot isolate jobs).
     admin: bool = False
@@ -57,6 +59,8 @@ class BackendContext:
     local_job_user: str = "nobody"
     # Where local jobs get their working directories.
     local_jobs_dir: Path | None = None
+    # Where a local job's sshd listens.
+    local_ssh_host: str = "127.0.0.1"
 
 
 class JobLaunch(BaseModel):
@@ -213,4 +217,5 @@ def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = Fa
         docker=bool(getattr(configuration, "docker", False)),
         nvcc=bool(getattr(configuration, "nvcc", False)),
         tags=getattr(configuration, "tags", None) or {},
+        inactivity_duration=getattr(configuration, "inactivity_duration", None),
     )

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from dstack.api.client import Client
 from dstack.api.config import load_config
+from dstack.cli.attach import Session, wait_attach_info
 from dstack.cli.overrides import Overrides
 from dstack.cli.ui import console, duration
 from dstack.core.errors import ConfigurationError, DstackError, NoOffersError
@@ -140,15 +141,37 @@ def attach(client: Client, run: Run) -> int:
                     break
                 status.update(f"{run.name}: {run.status.value}{f' ({run.reason})' if run.reason else ''}…")
                 time.sleep(0.2)
-        for event in client.runs.follow_logs(run.name):
-            sys.stdout.write(event.message + "\n")
-            sys.stdout.flush()
+        session = _ssh_session(client, run)
+        try:
+            for event in client.runs.follow_logs(run.name):
+                sys.stdout.write(event.message + "\n")
+                sys.stdout.flush()
+        finally:
+            if session is not None:
+                session.close()
     except KeyboardInterrupt:
         return _interrupted(client, run)
     run = _wait_finished(client, run.name)
     console.print(f"\n{run.name}: {status_text(run.status, run.reason, run.exit_code)}. "
                   f"See {client.url}/projects/{client.project}/runs/{run.name}", soft_wrap=True)
     return exit_code_of(run)
+
+
+def _ssh_session(client: Client, run: Run) -> Session | None:
+    """A dev environment, or a task with `ports`: attached over SSH (config entry, IDE link, forwards)
+    while its logs stream, as upstream's `dstack apply` is."""
+    conf = run.spec.configuration
+    if conf.type != "dev-environment" and not getattr(conf, "ports", None):
+        return None
+    try:
+        info = wait_attach_info(client, run.name, timeout=30)
+    except DstackError as exc:
+        console.print(f"Not attached: {exc}", soft_wrap=True)
+        return None
+    session = Session(client, run.name, info, ask=True).start()
+    for line in session.describe():
+        console.print(line, soft_wrap=True)
+    return session
 
 
 def _wait_finished(client: Client, name: str) -> Run:

@@ -108,21 +108,32 @@ def print_logs(run_name: str, *, follow: bool, project: str | None) -> None:
 
 
 def attach_run(run_name: str, *, command: str | None, project: str | None) -> int:
+    """Write the run's SSH config entry (pinned host key), then run `command` there, or forward its
+    ports and keep the connection until the run ends or Ctrl-C."""
     import subprocess
 
-    from dstack.core.hostkeys import pinned_ssh_options, write_known_hosts
-    from dstack.core.sshkeys import user_key
+    from dstack.cli.attach import Session, ssh_command, wait_attach_info
 
-    info = client_for(project).runs.attach_info(run_name)
-    key, _ = user_key()
-    # Exactly the host keys the instance's agent published through the bucket: a changed key is refused.
-    known_hosts = write_known_hosts(Path.home() / ".dstack" / "ssh" / f"known_hosts-{run_name}", info["host"],
-                                    int(info["port"]), list(info.get("host_keys") or []))
-    args = ["ssh", "-i", str(key), "-p", str(info["port"]), *pinned_ssh_options(known_hosts),
-            "-o", "IdentitiesOnly=yes", f"{info['user']}@{info['host']}"]
+    client = client_for(project)
+    info = wait_attach_info(client, run_name)
+    session = Session(client, run_name, info, ask=command is None)
     if command:
-        args += ["-o", "BatchMode=yes", command]
-    return subprocess.call(args)
+        return subprocess.call(ssh_command(run_name, "-o", "BatchMode=yes", command=command))
+    session.start()
+    for line in session.describe():
+        console.print(line, soft_wrap=True)
+    console.print(f"Attached to {run_name}; Ctrl-C detaches (the run goes on)")
+    try:
+        while session.alive():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+    run = client.runs.get(run_name)
+    if run.status.finished:
+        console.print(f"{run_name}: {status_text(run.status, run.reason, run.exit_code)}")
+    return 0
 
 
 def stop_run(run_name: str, *, abort: bool, project: str | None) -> None:

@@ -364,7 +364,6 @@ _NOT_YET: dict[str, str] = {
     "idle_duration": "fleets",
     "startup_order": "multi-node tasks",
     "stop_criteria": "multi-node tasks",
-    "inactivity_duration": "dev environments' inactivity stop",
 }
 
 

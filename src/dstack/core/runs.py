@@ -155,6 +155,8 @@ class RunMetrics(BaseModel):
     samples: list[MetricsSample] = Field(default_factory=list)
     gpu_low_for: float | None = Field(default=None, description="seconds some GPU has stayed under the "
                                                                 "utilization_policy floor")
+    ssh_inactive_for: float | None = Field(default=None, description="seconds since an SSH connection to the "
+                                                                     "job was last open (inactivity_duration)")
 
 
 class Artifact(BaseModel):

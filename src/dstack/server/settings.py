@@ -33,6 +33,9 @@ class Settings:
     # Who may create projects: "everyone" (any user) or "admins" (global admins only).
     project_creation: str = field(default_factory=lambda: os.environ.get("DSTACK_PROJECT_CREATION", "everyone"))
     # The unprivileged user local host jobs run as when the server runs as root.
+    # Where a local job's sshd listens (`dstack attach`, `ssh RUN`): loopback unless users attach from
+    # other machines (then an address they reach; logins are key-only, host keys pinned).
+    local_ssh_host: str = field(default_factory=lambda: os.environ.get("DSTACK_LOCAL_SSH_HOST", "127.0.0.1"))
     local_job_user: str = field(default_factory=lambda: os.environ.get("DSTACK_LOCAL_JOB_USER", "nobody"))
     # Where local jobs get their working directories. A root server runs jobs as an unprivileged
     # user, who must be able to reach them: so not inside the 0700 server directory.

@@ -113,6 +113,9 @@ class AWSCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
+        if requirements.inactivity_duration is not None:
+            return ("`inactivity_duration` needs SSH into the job, which this backend does not give yet "
+                    "(the local backend does)")
         if requirements.nvcc and not requirements.image:
             return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
                     "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")

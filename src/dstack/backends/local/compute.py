@@ -125,10 +125,12 @@ class LocalCompute(Compute):
         if hold is None:
             raise LaunchError("what the job asks for is held by another job now")
         gpus = {"gpus": [str(i) for i in hold.gpus]} if job.gpu_count else {}  # free ones, not all of them
+        # The job's own sshd (`dstack attach`, `ssh RUN`), for the run's user's key only.
+        ssh = {"ssh": {"listen": self.ctx.local_ssh_host, "keys": job.ssh_public_keys}} if job.ssh_public_keys else {}
         if job.image:  # the container is the isolation
             return {"container_runtime": container.find_runtime(),
-                    "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", "")), **gpus}
-        extras: dict[str, Any] = dict(gpus)
+                    "container_run_args": shlex.split(os.environ.get("DSTACK_CONTAINER_RUN_ARGS", "")), **gpus, **ssh}
+        extras: dict[str, Any] = {**gpus, **ssh}
         try:  # resolved once here (cached), not by every agent: probing interpreters costs a few 100 ms
             python = sandbox.find_python(job.python, self._job_ids())
             extras["python_install"] = {"executable": python.executable, "prefix": python.prefix,

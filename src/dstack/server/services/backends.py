@@ -210,7 +210,8 @@ def compute_for(*, settings: Settings, encryptor: Encryptor, project: ProjectMod
             context = BackendContext(project=project.name, server_dir=settings.server_dir,
                                      reaper_grace=settings.reaper_grace, private_paths=settings.private_paths,
                                      local_job_user=settings.local_job_user,
-                                     local_jobs_dir=settings.local_jobs_dir)
+                                     local_jobs_dir=settings.local_jobs_dir,
+                                     local_ssh_host=settings.local_ssh_host)
             compute = kind.compute_class(model, context)
             _COMPUTES[key] = compute
         return compute

@@ -78,7 +78,8 @@ async def get_metrics(*, ctx: ServerContext, run: RunModel) -> RunMetrics:
     data = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/metrics.json")
     if not isinstance(data, dict):
         return RunMetrics()
-    return RunMetrics.model_validate({"samples": data.get("samples") or [], "gpu_low_for": data.get("gpu_low_for")})
+    return RunMetrics.model_validate({"samples": data.get("samples") or [], "gpu_low_for": data.get("gpu_low_for"),
+                                      "ssh_inactive_for": data.get("ssh_inactive_for")})
 
 
 async def list_artifacts(*, ctx: ServerContext, run: RunModel, submission: int | None = None) -> list[Artifact]:

@@ -240,20 +240,33 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
     job = run.jobs[-1] if run.jobs else None
     if job is None or JobStatus(job.status) in FINISHED_STATUSES:
         raise InvalidStateError(f"run {name!r} is not running ({run.status})", fix="Attach to a running run")
+    if job.backend is None:
+        raise InvalidStateError(f"run {name!r} has no instance yet ({job.status})",
+                                fix="Wait until it is running; `dstack ps` shows its status")
+    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project, backend_type=job.backend)
+    conf = RunSpec.model_validate_json(run.spec).configuration
+    about = {"ports": [p.model_dump() for p in getattr(conf, "ports", [])], "type": conf.type,
+             "ide": getattr(conf, "ide", None), "working_dir": conf.job_working_dir()}
+    # The job's own sshd, where the backend starts one (local): its address and host key, published by
+    # the agent once it listens.
+    own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
+    if own:
+        return {"host": own["host"], "port": int(own["port"]), "user": own["user"],
+                "host_keys": list(own.get("host_keys") or []), **about}
     if job.backend == "local":
-        raise InvalidStateError(f"run {name!r} runs on the server's own machine; there is nothing to SSH to")
+        raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
+                                fix="Wait until it is running; `dstack ps` shows its status")
     data = LaunchedInstance.model_validate_json(job.instance).data if job.instance else {}
     if not data.get("ip") or not data.get("ssh_user"):
         raise InvalidStateError(f"run {name!r} has no reachable instance yet ({job.status})",
                                 fix="Wait until it is running; `dstack ps` shows its status")
-    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project, backend_type=job.backend)
     published = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json")
     host_keys = (published or {}).get("keys") or []
     if not host_keys:
         raise InvalidStateError(f"run {name!r}: its instance has not published its SSH host key yet",
                                 fix="Wait a few seconds and try again")
     return {"host": data["ip"], "port": int(data.get("ssh_port", 22)), "user": data["ssh_user"],
-            "host_keys": host_keys}
+            "host_keys": host_keys, **about}
 
 
 def run_to_model(run: RunModel) -> Run:

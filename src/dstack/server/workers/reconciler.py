@@ -118,8 +118,11 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         compute = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
                               backend_type=job.backend)
         storage = compute.storage
-        policy = RunSpec.model_validate_json(run.spec).configuration.utilization_policy
-        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix, policy is not None)
+        run_conf = RunSpec.model_validate_json(run.spec).configuration
+        policy = run_conf.utilization_policy
+        inactivity = getattr(run_conf, "inactivity_duration", None)
+        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix,
+                                        policy is not None or inactivity is not None)
         instance = LaunchedInstance.model_validate_json(job.instance)
         try:
             check = await asyncio.to_thread(compute.check_instance, instance=instance)
@@ -154,9 +157,10 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 run.stop_requested = True
                 run.stop_reason = "max duration exceeded"
             low_usage = utilization_stop_reason(policy, state.metrics) if agent_status == "running" else None
-            if low_usage and not run.stop_requested:
+            idle = inactivity_stop_reason(inactivity, state.metrics) if agent_status == "running" else None
+            if (low_usage or idle) and not run.stop_requested:
                 run.stop_requested = True
-                run.stop_reason = low_usage
+                run.stop_reason = low_usage or idle
             if run.stop_requested and not job.stop_sent:
                 await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
                                         {"abort": run.stop_abort, "reason": run.stop_reason, "t": now.timestamp()})
@@ -266,6 +270,14 @@ def _read_agent_state(storage: Any, prefix: str, metrics: bool = False) -> Agent
     return AgentState(status=storage.get_json(f"{prefix}/status.json"),
                       heartbeat=storage.get_json(f"{prefix}/heartbeat.json"),
                       metrics=storage.get_json(f"{prefix}/metrics.json") if metrics else None)
+
+
+def inactivity_stop_reason(inactivity: int | None, metrics: dict[str, Any] | None) -> str | None:
+    """A dev environment nobody has been connected to over SSH for `inactivity_duration`."""
+    idle_for = (metrics or {}).get("ssh_inactive_for")
+    if inactivity is None or idle_for is None or float(idle_for) < inactivity:
+        return None
+    return f"inactive for {duration_text(inactivity)} (no SSH connection)"
 
 
 def utilization_stop_reason(policy: Any, metrics: dict[str, Any] | None) -> str | None:

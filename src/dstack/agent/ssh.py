@@ -1,0 +1,136 @@
+"""SSH into a running job (`dstack attach`, `ssh RUN`, an IDE's remote SSH).
+
+The agent starts the machine's own OpenSSH `sshd` for the job, with a configuration of its own:
+key-only login with the keys of the run's user (never the server's), a host key generated for this
+job and published through the bucket so that clients pin it, TCP forwarding to the machine's
+loopback only (the job shares the machine's network: a port the job listens on is a port there),
+and every session forced into the job (`enter.py`, run by path): its container (`exec`) or
+its sandbox (`nsenter`), in its working directory, as its user, with its environment.
+
+It also tells how long nobody has been connected, for `inactivity_duration`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
+
+
+def find_sshd() -> str | None:
+    found = shutil.which("sshd")
+    if found:
+        return found
+    return next((p for p in SSHD_CANDIDATES if os.path.exists(p)), None)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class SSHServer:
+    """One job's sshd."""
+
+    def __init__(self, workdir: Path, *, listen: str, port: int | None = None) -> None:
+        self.dir = workdir / "ssh"
+        self.listen = listen
+        self.port = port or free_port(listen)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.last_connected = time.time()  # a fresh job counts as just attended
+
+    def start(self, *, authorized_keys: list[str]) -> str:
+        """Start sshd; return its host public key (`ssh-ed25519 AAAA…`)."""
+        sshd = find_sshd()
+        if sshd is None:
+            raise RuntimeError("OpenSSH's sshd is not installed on this machine")
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        key = self.dir / "host_ed25519"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dstack-job", "-f", str(key)],
+                           check=True, capture_output=True)
+        (self.dir / "authorized_keys").write_text("".join(k.strip() + "\n" for k in authorized_keys))
+        os.chmod(self.dir / "authorized_keys", 0o600)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        config = self.dir / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}", f"ListenAddress {self.listen}", f"HostKey {key}",
+            f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "PermitUserEnvironment no",
+            # The job shares the machine's network: forwarding reaches its ports on loopback only.
+            "AllowTcpForwarding local", "PermitOpen localhost:* 127.0.0.1:*", "GatewayPorts no",
+            "X11Forwarding no", "AllowAgentForwarding no", "PermitTunnel no", "ClientAliveInterval 15",
+            f"ForceCommand {sys.executable} {Path(__file__).with_name('enter.py')} {self.dir.parent}",
+            "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "sshd.log", "ab"),  # noqa: SIM115
+                                     start_new_session=True)
+        return " ".join((self.dir / "host_ed25519.pub").read_text().split()[:2])
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.listen, self.port), timeout=1):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def connections(self) -> int:
+        """Established TCP connections to this sshd (from /proc/net/tcp, tcp6)."""
+        return established(self.port)
+
+    def inactive_for(self) -> float:
+        if self.connections():
+            self.last_connected = time.time()
+        return time.time() - self.last_connected
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def established(port: int) -> int:
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    # local address "IP:PORT" in hex; state 01 = ESTABLISHED
+                    if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except (OSError, StopIteration, ValueError):
+            continue
+    return count
+
+
+def session_spec(*, container: tuple[str, str] | None, sandbox_pid: int | None, ids: tuple[int, int] | None,
+                 cwd: str, shell: str, user: str | None) -> dict[str, Any]:
+    """What `dstack.agent.enter` needs to put a session into the job (written to the job's workdir)."""
+    if container is not None:
+        return {"kind": "container", "runtime": container[0], "name": container[1], "cwd": cwd, "shell": shell,
+                "user": user}
+    if sandbox_pid is not None:
+        return {"kind": "sandbox", "pid": sandbox_pid, "uid": ids[0] if ids else None,
+                "gid": ids[1] if ids else None, "cwd": cwd, "shell": shell}
+    return {"kind": "host", "cwd": cwd, "shell": shell}
