@@ -1,5 +1,5 @@
 """schemathesis against a real server process: no 5xx, and every status, header and body is the
-one the OpenAPI documents (bounded: a few thousand generated requests, about a minute)."""
+one the OpenAPI documents (bounded: about two thousand generated requests, under a minute)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_api_conforms_to_its_openapi_under_fuzzing(env: Env, server: Server) -> 
     need(st is not None, "schemathesis is not installed (pip install -e '.[test]')")
     result = subprocess.run(
         [st, "run", f"{server.url}/openapi.json", "-H", f"Authorization: Bearer {env.token()}",
-         "--checks", ",".join(CHECKS), "--max-examples", "15", "--seed", "1",
+         "--checks", ",".join(CHECKS), "--max-examples", "10", "--seed", "1",
          # Rotating the admin's own token would lock the fuzzer out mid-run.
          "--exclude-path", "/api/users/{name}/token"],
         capture_output=True, text=True, timeout=480, cwd=env.home, env=env.vars,
