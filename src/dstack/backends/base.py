@@ -133,6 +133,9 @@ class Compute(abc.ABC):
     # How long the provider may report an instance as booting before the job fails: the provisioning
     # timeout (DSTACK_PROVISIONING_TIMEOUT) counts only from when it is up.
     BOOT_TIMEOUT: float = 1200.0
+    # How `dstack attach` reaches a job: "job" (the sshd its agent starts, address in ssh.json),
+    # "instance" (the instance's own sshd), or None (not yet).
+    SSH_ACCESS: str | None = None
 
     def unsupported(self, requirements: Requirements) -> str | None:
         """Why this backend can never serve `requirements` (None if it might)."""

@@ -66,6 +66,13 @@ class InvalidStateError(DstackError):
     http_status = 409
 
 
+class NotSupportedError(DstackError):
+    """What this server cannot do (yet) for this backend or configuration."""
+
+    code = "not_supported"
+    http_status = 409
+
+
 class PayloadTooLargeError(DstackError):
     code = "too_large"
     http_status = 413
@@ -87,6 +94,7 @@ ERRORS_BY_CODE: dict[str, type[DstackError]] = {
         ForbiddenError,
         NoOffersError,
         InvalidStateError,
+        NotSupportedError,
         PayloadTooLargeError,
         BackendError,
     )

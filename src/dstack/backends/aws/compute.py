@@ -382,7 +382,12 @@ class AWSCompute(Compute):
         if state in ("shutting-down", "terminated", "stopping", "stopped"):
             reason = (inst.get("StateReason") or {}).get("Message") or state
             return InstanceCheck(failure=f"interrupted: the instance is {state} ({reason})")
-        return InstanceCheck(booting=state == "pending")
+        # Its addresses, recorded once EC2 has them (a public IP only where the subnet gives one).
+        addresses = {"public_ip": inst.get("PublicIpAddress"), "private_ip": inst.get("PrivateIpAddress")}
+        data = None
+        if any(addresses.values()) and any(instance.data.get(k) != v for k, v in addresses.items()):
+            data = {**instance.data, **addresses}
+        return InstanceCheck(booting=state == "pending", data=data)
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:

@@ -59,6 +59,7 @@ SSH_USER = "ubuntu"
 class LambdaCompute(Compute):
     # 8-GPU instances take 10-15 minutes to boot.
     BOOT_TIMEOUT = 1800.0
+    SSH_ACCESS = "instance"
     TYPE = "lambda"
 
     def __init__(self, config: LambdaBackendConfig, ctx: BackendContext) -> None:

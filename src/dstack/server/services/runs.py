@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import requirements_for
 from dstack.core.configurations import not_supported_yet
-from dstack.core.errors import ConfigurationError, InvalidStateError, ResourceNotFoundError
+from dstack.core.errors import ConfigurationError, InvalidStateError, NotSupportedError, ResourceNotFoundError
 from dstack.core.runs import (
     FINISHED_STATUSES,
     Job,
@@ -247,15 +247,17 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
     conf = RunSpec.model_validate_json(run.spec).configuration
     about = {"ports": [p.model_dump() for p in getattr(conf, "ports", [])], "type": conf.type,
              "ide": getattr(conf, "ide", None), "working_dir": conf.job_working_dir()}
-    # The job's own sshd, where the backend starts one (local): its address and host key, published by
-    # the agent once it listens.
-    own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
-    if own:
+    if compute.SSH_ACCESS is None:
+        raise NotSupportedError(f"run {name!r}: attaching to runs on {job.backend} is not supported yet",
+                                fix="See docs/attach.md for the backends that support it")
+    if compute.SSH_ACCESS == "job":
+        # The job's own sshd: its address and host key, published by the agent once it listens.
+        own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
+        if not own:
+            raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
+                                    fix="Wait until it is running; `dstack ps` shows its status")
         return {"host": own["host"], "port": int(own["port"]), "user": own["user"],
                 "host_keys": list(own.get("host_keys") or []), **about}
-    if job.backend == "local":
-        raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
-                                fix="Wait until it is running; `dstack ps` shows its status")
     data = LaunchedInstance.model_validate_json(job.instance).data if job.instance else {}
     if not data.get("ip") or not data.get("ssh_user"):
         raise InvalidStateError(f"run {name!r} has no reachable instance yet ({job.status})",
