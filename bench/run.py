@@ -199,6 +199,12 @@ def main() -> int:
             rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
             record("server RSS, idle after start", rss, "MB", 150)
             bench_first_log_line(server, env)
+            from bench.attach import bench_attach
+
+            attach_s, throughput = bench_attach(server, env)
+            record("`dstack attach RUN -c true` → output, run already running (median of 7)", attach_s, "s", 1.0)
+            RESULTS.append(("port forward through the SSH tunnel on loopback (64 MB)", f"{throughput:.0f} MB/s",
+                            "(no target)", True))
             fill_runs(env, 1000)
             record("`dstack ps` with 1,000 runs in the DB (median of 7)", time_cli(env, "ps"), "s", 0.3)
             RESULTS.append(("`dstack ps -a` listing all 1,000 runs (median of 7)",

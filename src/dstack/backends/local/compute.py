@@ -211,7 +211,19 @@ class LocalCompute(Compute):
             kill_tree(int(runner["job_pid"]), runner.get("job_create_time"))
         if runner.get("container"):  # the container outlives the killed `run` client: remove it
             container.Runtime(runner["container"]["runtime"]).remove(runner["container"]["name"])
+        _kill_job_sshd(Path(data["workdir"]))  # its own session: it outlives a killed agent
         shutil.rmtree(data["workdir"], ignore_errors=True)
+
+
+def _kill_job_sshd(workdir: Path) -> None:
+    """The job's sshd (see dstack/agent/ssh.py), by its pid file, if it still serves this job."""
+    try:
+        pid = int((workdir / "ssh" / "sshd.pid").read_text().split()[0])
+        proc = psutil.Process(pid)
+        if str(workdir) in " ".join(proc.cmdline()):
+            proc.kill()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
 
 
 @functools.cache
