@@ -40,6 +40,9 @@ class Requirements(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     # A dev environment's `inactivity_duration`: the backend must start the job's own sshd to tell.
     inactivity_duration: int | None = None
+    # Container fields set without `image` (`privileged`, `user`, …): a backend that runs such jobs
+    # outside a container (local) must say it cannot honour them.
+    container_fields: list[str] = Field(default_factory=list)
     # The run's user is a global admin of the server (the only one a backend may trust with
     # the server's own machine when it cannot isolate jobs).
     admin: bool = False
@@ -221,4 +224,6 @@ def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = Fa
         nvcc=bool(getattr(configuration, "nvcc", False)),
         tags=getattr(configuration, "tags", None) or {},
         inactivity_duration=getattr(configuration, "inactivity_duration", None),
+        container_fields=[f for f in ("privileged", "user", "entrypoint", "shm_size", "registry_auth")
+                          if getattr(configuration, f, None)] if not job_image(configuration) else [],
     )

@@ -79,6 +79,9 @@ class LocalCompute(Compute):
             return "the local backend has no capacity reservations"
         if requirements.docker and container.find_runtime() is None:
             return "`docker: true` needs Docker or Podman on the server's machine and neither is installed"
+        if requirements.container_fields:
+            return (f"{', '.join(f'`{f}`' for f in requirements.container_fields)} need `image` on the local backend "
+                    "(a job without one runs in the machine's sandbox, not a container)")
         if requirements.nvcc and not requirements.image and not shutil.which("nvcc"):
             return "`nvcc: true`: this machine has no nvcc on its PATH (install the CUDA toolkit, or use `image`)"
         if requirements.python:
