@@ -70,7 +70,8 @@ class SSHServer:
             # The job shares the machine's network: forwarding reaches its ports on loopback only.
             "AllowTcpForwarding local", "PermitOpen localhost:* 127.0.0.1:*", "GatewayPorts no",
             "X11Forwarding no", "AllowAgentForwarding no", "PermitTunnel no", "ClientAliveInterval 15",
-            f"ForceCommand {sys.executable} {Path(__file__).with_name('enter.py')} {self.dir.parent}",
+            # -I -S: no site packages to scan for a session's start (enter.py is stdlib only).
+            f"ForceCommand {sys.executable} -I -S {Path(__file__).with_name('enter.py')} {self.dir.parent}",
             "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env, stdin=subprocess.DEVNULL,
