@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import psutil
 import pytest
 
 from tests.harness import Env, Server, free_port, need, wait_for
-from tests.registry import Registry, can_run_containers
+from tests.registry import Registry
 
 
 def _need_ssh() -> None:
@@ -151,13 +150,6 @@ def test_inactivity_duration_stops_an_unattended_dev_environment(attach_env: Env
     assert run["status"] == "stopped" and run["reason"] == "inactive for 4s (no SSH connection)", run
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    ok, why = can_run_containers()
-    need(ok, why)
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 def test_session_lands_in_the_container(attach_env: Env, registry: Registry) -> None:

@@ -14,13 +14,6 @@ from tests.registry import Registry, can_run_containers
 FINISHED = ("done", "failed", "stopped", "terminated")
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    ok, why = can_run_containers()
-    need(ok, why)
-    reg = Registry(tmp_path / "registry").start()
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from functools import lru_cache
+from typing import Any
 
 
 @lru_cache(maxsize=1)
@@ -99,3 +101,15 @@ def _signal_all(pgid: int, pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def stop_process(proc: Any, timeout: float = 5.0) -> None:
+    """SIGTERM a child (a subprocess.Popen), SIGKILL it if it is still there after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

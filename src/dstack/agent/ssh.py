@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstack.agent.process import stop_process
+
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 
 
@@ -101,12 +103,7 @@ class SSHServer:
         return time.time() - self.last_connected
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 def established(port: int) -> int:

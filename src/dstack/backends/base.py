@@ -201,6 +201,17 @@ def read_bucket_logs(storage: Storage, prefix: str, next_token: str | None) -> t
     return events, str(seq), len(keys) == MAX_LOG_CHUNKS_PER_PAGE
 
 
+def cloud_gaps(requirements: Requirements) -> str | None:
+    """What the cloud backends (a job in a container on its own instance) cannot serve yet."""
+    if requirements.inactivity_duration is not None:
+        return ("`inactivity_duration` needs SSH into the job, which this backend does not give yet "
+                "(the local backend does)")
+    if requirements.nvcc and not requirements.image:
+        return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
+                "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")
+    return None
+
+
 def job_image(configuration: Any) -> str | None:
     """The job's image: its own, or the Docker-in-Docker one for `docker: true`."""
     from dstack.backends.bootstrap import dind_image  # noqa: PLC0415

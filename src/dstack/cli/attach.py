@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dstack.agent.process import stop_process
 from dstack.core.hostkeys import write_known_hosts
 from dstack.core.sshkeys import user_key
 
@@ -195,9 +196,4 @@ class Forwarder:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)

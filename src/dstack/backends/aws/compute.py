@@ -26,6 +26,7 @@ from dstack.backends.base import (
     LaunchError,
     LaunchIntent,
     Requirements,
+    cloud_gaps,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, default_image, user_data
 from dstack.core.gpus import normalize_gpu_name
@@ -113,12 +114,9 @@ class AWSCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.regions and self.config.region not in requirements.regions:
             return f"the backend's region is {self.config.region}"
-        if requirements.inactivity_duration is not None:
-            return ("`inactivity_duration` needs SSH into the job, which this backend does not give yet "
-                    "(the local backend does)")
-        if requirements.nvcc and not requirements.image:
-            return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
-                    "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")
+        gap = cloud_gaps(requirements)
+        if gap:
+            return gap
         if requirements.reservation:
             # Finding a reservation's type and zone needs ec2:DescribeCapacityReservations, and
             # launching into it a CapacityReservation ARN in RunInstances' conditions: neither is in

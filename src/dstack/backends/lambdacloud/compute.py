@@ -26,6 +26,7 @@ from dstack.backends.base import (
     LaunchError,
     LaunchIntent,
     Requirements,
+    cloud_gaps,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, default_image
 from dstack.backends.lambdacloud.api import LambdaAPI, LambdaAPIError
@@ -92,12 +93,9 @@ class LambdaCompute(Compute):
     def unsupported(self, requirements: Requirements) -> str | None:
         if requirements.spot_policy == "spot":
             return "Lambda Cloud has no spot instances (use spot_policy: auto or on-demand)"
-        if requirements.inactivity_duration is not None:
-            return ("`inactivity_duration` needs SSH into the job, which this backend does not give yet "
-                    "(the local backend does)")
-        if requirements.nvcc and not requirements.image:
-            return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
-                    "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")
+        gap = cloud_gaps(requirements)
+        if gap:
+            return gap
         if requirements.availability_zones:
             return "Lambda Cloud has no availability zones (choose with `regions`)"
         if requirements.reservation:
