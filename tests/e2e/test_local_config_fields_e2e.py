@@ -125,15 +125,15 @@ def private_git(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_files_working_dir_setup_and_env_overrides(env: Env, server: Server, repo: Path) -> None:
-    shared = env.home / "shared"
-    (shared / "deep").mkdir(parents=True)
-    (shared / "deep" / "a.txt").write_text("shared-a\n")
-    (shared / ".dstackignore").write_text("*.tmp\n")
-    (shared / "skip.tmp").write_text("ignored\n")
+    dataset = env.home / "dataset"
+    (dataset / "deep").mkdir(parents=True)
+    (dataset / "deep" / "a.txt").write_text("dataset-a\n")
+    (dataset / ".dstackignore").write_text("*.tmp\n")
+    (dataset / "skip.tmp").write_text("ignored\n")
     (env.home / "token.txt").write_text("token-body\n")
     (repo / ".dstack.yml").write_text(
         "type: task\nname: files\n"
-        "files:\n  - ../shared:data\n  - ~/token.txt\n  - ../shared/deep/a.txt:/data/elsewhere/a.txt\n"
+        "files:\n  - ../dataset:data\n  - ~/token.txt\n  - ../dataset/deep/a.txt:/data/elsewhere/a.txt\n"
         "working_dir: /workflow/sub\n"
         "setup:\n  - echo SETUP-RAN\n"
         "env:\n  - FOO=from-file\n"
@@ -144,10 +144,10 @@ def test_files_working_dir_setup_and_env_overrides(env: Env, server: Server, rep
     result = env.cli("apply", "-y", "-e", "FOO=from-cli", "-e", "BAR=bar", cwd=repo)
     assert result.returncode == 0, result.stdout + result.stderr
     logs = _logs(server, "files")
-    for line in ("SETUP-RAN", "/workflow/sub", "shared-a", "token-body", "IGNORED-SKIPPED",
+    for line in ("SETUP-RAN", "/workflow/sub", "dataset-a", "token-body", "IGNORED-SKIPPED",
                  "FOO=from-cli BAR=bar DIR=/workflow/sub"):
         assert line in logs, logs
-    assert logs.count("shared-a") == 2, logs
+    assert logs.count("dataset-a") == 2, logs
     # A system directory of the machine is read-only to a job without `image`: said before it starts.
     (repo / "sys.yml").write_text("type: task\nname: sys\nfiles: ['../token.txt:/opt/t.txt']\ncommands: [echo hi]\n")
     result = env.cli("apply", "-y", "-f", "sys.yml", cwd=repo)
