@@ -68,3 +68,17 @@ def test_force_replaces_an_active_run_and_delete_stops_it(env: Env, server: Serv
     (repo / "fleet.yml").write_text("type: fleet\nname: f\nnodes: 1\n")
     result = env.cli("delete", "-y", "-f", "fleet.yml", cwd=repo)
     assert result.returncode != 0 and "not supported yet: `type: fleet` (fleets)" in result.stderr
+
+
+def test_local_backend_refuses_what_it_cannot_honour(env: Env, server: Server, repo: Path) -> None:
+    """Container-only fields without `image`, zones, reservations: the plan says why, nothing is ignored."""
+    with server.api() as api:
+        for extra, reason in (({"privileged": True, "user": "1000"}, "`privileged`, `user` need `image` on the local"),
+                              ({"availability_zones": ["us-east-1a"]}, "the local backend has no availability zones"),
+                              ({"reservation": "cr-1"}, "the local backend has no capacity reservations")):
+            body = api.post("/api/projects/main/runs/plan", json={
+                "repo_id": "x", "configuration": {"type": "task", "commands": ["true"], **extra}}).json()
+            assert body["error"]["code"] == "no_offers" and reason in body["error"]["message"], body
+        ok = api.post("/api/projects/main/runs/plan", json={"repo_id": "x", "configuration": {
+            "type": "task", "image": "busybox", "commands": ["true"], "privileged": True}})
+        assert ok.status_code == 200 or "Docker or Podman" in ok.text
