@@ -228,7 +228,9 @@ class RunsAPI:
             page = self.logs(name, next_token=token)
             yield from page.events
             token = page.next_token
-            if page.finished or (not follow and not page.events):
+            # Without `follow`, what there is now: until a page comes back empty with nothing more
+            # to read now (a throttled read says there may be more, so it is not the end).
+            if page.finished or (not follow and not page.events and not page.more):
                 return
             if not page.events:
                 time.sleep(poll)

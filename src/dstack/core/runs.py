@@ -133,6 +133,8 @@ class LogPage(BaseModel):
     events: list[LogEvent]
     next_token: str
     finished: bool = Field(description="the job has ended and every log line has been returned")
+    more: bool = Field(default=False, description="more lines may be there now (a page cut short, or a "
+                                                  "read the log store throttled): ask again at once")
 
 
 class GPUMetrics(BaseModel):

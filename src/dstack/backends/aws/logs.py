@@ -106,14 +106,14 @@ class CloudWatchLogs:
 
     def read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:
         """Events after the token; a follower the rate limit cannot serve now (or a throttled one)
-        gets nothing new and the same token."""
+        gets nothing new, the same token, and `more`: what it did not read may be there."""
         if not self._limiter.take(wait=READ_WAIT_S):
-            return [], next_token or "", False
+            return [], next_token or "", True
         try:
             return self._read(group, stream, next_token)
         except ClientError as exc:
             if error_code(exc) in ("ThrottlingException", "Throttling", "RequestLimitExceeded"):
-                return [], next_token or "", False
+                return [], next_token or "", True
             raise
 
     def _read(self, group: str, stream: str, next_token: str | None) -> tuple[list[LogEvent], str, bool]:

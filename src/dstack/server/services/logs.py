@@ -66,7 +66,7 @@ async def get_logs(*, ctx: ServerContext, run: RunModel, next_token: str | None,
                 and utcnow() - job.finished_at < INGESTION_WAIT):
             finished = False  # more lines are on their way
         token = f"c{count}|{token}"
-    return LogPage(events=events, next_token=token, finished=finished and not more)
+    return LogPage(events=events, next_token=token, finished=finished and not more, more=more)
 
 
 async def get_metrics(*, ctx: ServerContext, run: RunModel) -> RunMetrics:
