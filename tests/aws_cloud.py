@@ -1,6 +1,10 @@
 """Plays EC2 for tests: every instance moto launches becomes a VM host that runs its user data
-with the credentials of its instance profile (as IMDS would hand them out), and is powered off
-when moto says it is terminated. The product never connects to the instance's (moto) IPs."""
+with the credentials of its instance profile (as IMDS would hand them out), with the image's sshd
+(user ec2-user), and is powered off when moto says it is terminated.
+
+The network rule: the product never connects to an address moto made up. The public IP moto gives
+an instance is its VM host's address (moto runs in this process: its IP generator is replaced while
+this cloud runs), so `dstack attach` reaches the VM; private IPs stay moto's."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import moto.ec2.models.elastic_network_interfaces as moto_eni
 
 from tests.aws_harness import MotoAWS
 from tests.fault_proxy import FaultProxy
@@ -51,10 +57,19 @@ class FakeEC2Cloud:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> FakeEC2Cloud:
+        self._prepared: dict[str, VMHost] = {}
+        self._moto_public_ip = moto_eni.random_public_ip
+        moto_eni.random_public_ip = self._public_ip_of_a_new_vm
         self._thread.start()
         return self
 
+    def _public_ip_of_a_new_vm(self) -> str:
+        host = VMHost(self.workdir / f"vm-{len(self._prepared)}")
+        self._prepared[host.vm_ip] = host
+        return host.vm_ip
+
     def stop(self) -> None:
+        moto_eni.random_public_ip = self._moto_public_ip
         self._stop.set()
         self._thread.join(timeout=10)
         for booted in self.booted.values():
@@ -90,13 +105,15 @@ class FakeEC2Cloud:
         profile = (inst.get("IamInstanceProfile") or {}).get("Arn", "")
         if profile:
             env.update(self._role_credentials(profile.rsplit("/", 1)[-1]))
-        host = VMHost(self.workdir / iid).start()
+        host = self._prepared.pop(inst.get("PublicIpAddress") or "", None) or VMHost(self.workdir / iid)
+        host.workdir = self.workdir / iid
+        host.start()
         # The VM's own 127.0.0.1:PORT reaches moto, so URLs the server presigned (for 127.0.0.1) work in it too.
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.aws.port}"
         self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
                                   profile)
         env.update(self.vm_env)
-        host.boot(script, env, loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
+        host.boot(script, env, sshd=True, ssh_user="ec2-user", loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
                                    *[(p, p) for p in self.vm_loopback_ports]])
 
     def _role_credentials(self, profile_name: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """A stock cloud image's root file system for the VM hosts: Debian bullseye minbase (its `python3`
-is 3.9, with no pip, boto3 or psutil) built once per machine with debootstrap from the mirror apt is
+is 3.9, with no pip, boto3 or psutil; OpenSSH's server, as every cloud image has) built once per machine with debootstrap from the mirror apt is
 configured with, and cached. The VM hosts run the user data chrooted into a private overlay of it,
 so what a stock image lacks, the tests lack too.
 
@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 CACHE = Path(os.environ.get("DSTACK_TEST_STOCK_TREE_CACHE", "/var/cache/dstack-test"))
-TREE = CACHE / "bullseye-minbase-python3"
+TREE = CACHE / "bullseye-minbase-python3-sshd"
 SUITE = "bullseye"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -74,7 +74,8 @@ def stock_tree() -> Path:
         building = CACHE / f"{TREE.name}.building"
         shutil.rmtree(building, ignore_errors=True)
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(building), apt_mirror()],
+            ["debootstrap", "--variant=minbase", "--include=python3,openssh-server", SUITE, str(building),
+             apt_mirror()],
             capture_output=True, text=True, timeout=1200)
         if result.returncode != 0:
             raise RuntimeError(f"debootstrap {SUITE} failed: {(result.stdout + result.stderr)[-2000:]}")
@@ -84,6 +85,9 @@ def stock_tree() -> Path:
                                capture_output=True, text=True)
         if probe.stdout.strip() != "True []":
             raise RuntimeError(f"the {SUITE} tree is not what a stock image is: {probe.stdout}{probe.stderr}")
+        # Host keys are made at first boot (each VM host writes its own), not baked into the image.
+        for key in (building / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
         shutil.rmtree(building / "var/cache/apt/archives", ignore_errors=True)
         (building / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(TREE, ignore_errors=True)

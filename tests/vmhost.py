@@ -117,14 +117,14 @@ class VMHost:
         self.forwarders.append(forwarder)
         return forwarder.port
 
-    def boot(self, script: str, env: dict[str, str], *, sshd: bool = False,
+    def boot(self, script: str, env: dict[str, str], *, sshd: bool = False, ssh_user: str = "ubuntu",
              loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = ()
              ) -> subprocess.Popen[bytes]:
         """Boot like a cloud VM from a stock image: the user data runs as root, chrooted into a private
         overlay of the stock OS tree (tests/stock_tree.py), with /opt/dstack a tmpfs of the VM's own,
         Docker's client and socket as the ECS AMI has them (served by a podman service in the VM's
-        namespaces, with a storage of its own that also reads the host's images), optional sshd (user
-        `ubuntu`, keys from its ~/.ssh), and forwarders from the VM's 127.0.0.1:PORT to services here."""
+        namespaces, with a storage of its own that also reads the host's images), optional sshd (the
+        image's default user `ssh_user`, keys from its ~/.ssh), and forwarders from the VM's 127.0.0.1:PORT to services here."""
         from tests.stock_tree import docker_client, stock_tree
 
         w = self.workdir
@@ -169,20 +169,20 @@ class VMHost:
                 "AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
                 "StrictModes no\n")
-            user = "ubuntu:x:0:0:ubuntu:/opt/dstack/home/ubuntu:/bin/bash"
+            user = f"{ssh_user}:x:0:0:{ssh_user}:/opt/dstack/home/{ssh_user}:/bin/bash"
             lines += [
-                # `ubuntu` exists in the image (where the user data authorizes keys) and for the sshd,
-                # which runs outside the chroot and shares /opt/dstack with it.
+                # The default user exists in the image (where the user data authorizes keys) and for the
+                # sshd, which runs outside the chroot and shares /opt/dstack with it.
                 f"echo '{user}' >> {root}/etc/passwd",
                 f"cp /etc/passwd {w}/passwd && echo '{user}' >> {w}/passwd",
-                f"cp /etc/shadow {w}/shadow && echo 'ubuntu:*:19000:0:99999:7:::' >> {w}/shadow",
+                f"cp /etc/shadow {w}/shadow && echo '{ssh_user}:*:19000:0:99999:7:::' >> {w}/shadow",
                 f"mount --bind {w}/passwd /etc/passwd && mount --bind {w}/shadow /etc/shadow",
                 # The VM's own /etc/ssh, holding its host key, as a cloud image has after first boot.
                 f"mkdir -p {w}/etc-ssh && cp {w}/host_key.pub {w}/etc-ssh/ssh_host_ed25519_key.pub",
                 f"mount --bind {w}/etc-ssh /etc/ssh",
                 f"mkdir -p {root}/etc/ssh && cp {w}/host_key.pub {root}/etc/ssh/ssh_host_ed25519_key.pub",
-                "mkdir -p /opt/dstack/home/ubuntu/.ssh /run/sshd",
-                *[f"echo '{key}' >> /opt/dstack/home/ubuntu/.ssh/authorized_keys" for key in authorized_keys],
+                f"mkdir -p /opt/dstack/home/{ssh_user}/.ssh /run/sshd",
+                *[f"echo '{key}' >> /opt/dstack/home/{ssh_user}/.ssh/authorized_keys" for key in authorized_keys],
                 f"/usr/sbin/sshd -f {w}/sshd_config -E {w}/sshd.log",
             ]
         forwarder = Path(__file__).with_name("netns_forward.py")

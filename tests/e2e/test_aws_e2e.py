@@ -270,3 +270,20 @@ resources:
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
         artifact = next(k for k in keys if k.endswith("/artifacts/out/a.txt"))
         assert s3.get_object(Bucket=BUCKET, Key=artifact)["Body"].read() == b"boxed\n"
+
+
+def test_aws_attach_lands_in_the_container(stack: Stack, tmp_path: Path) -> None:
+    """`dstack attach` on AWS: the security group lets SSH in; through the instance's sshd (jump only,
+    user ec2-user) to the job's sshd, into the container; forwards, reconnect, pinned host keys,
+    members only, `inactivity_duration`."""
+    from tests.e2e.attach_scenario import check_attach
+    from tests.registry import registry_with_busybox
+
+    with registry_with_busybox(tmp_path / "registry", "dstack-test/aws-dev:1") as (registry, image):
+        registry.serve_vms(stack.cloud)
+        check_attach(env=stack.env, server=stack.server, project="cloud", repo=stack.repo, image=image,
+                     run="aws-dev", secret=("HF_TOKEN", SECRET))
+    ec2 = stack.aws.client("ec2", REGION)
+    [group] = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"dstack-{BUCKET}"]}])[
+        "SecurityGroups"]
+    assert [(p["FromPort"], p["ToPort"]) for p in group["IpPermissions"]] == [(22, 22)]

@@ -306,6 +306,20 @@ def test_lambda_image_task_runs_in_a_container(stack: Stack, tmp_path: Path) -> 
         wait_for(lambda: stack.run("lam-sleeper")["status"] == "stopped", 60, message="the run to stop")
 
 
+def test_lambda_attach_lands_in_the_container(stack: Stack, tmp_path: Path) -> None:
+    """`dstack attach` on Lambda: through the instance's sshd (jump only) to the job's sshd, into the
+    container; forwards, reconnect, pinned host keys, members only, `inactivity_duration`."""
+    from tests.e2e.attach_scenario import check_attach
+    from tests.registry import registry_with_busybox
+
+    with registry_with_busybox(tmp_path / "registry", "dstack-test/lambda-dev:1") as (registry, image):
+        registry.serve_vms(stack.vms)
+        stack.fake.set_capacity("gpu_1x_a10", "us-west-1", 1)
+        check_attach(env=stack.env, server=stack.server, project="gpu", repo=stack.repo, image=image,
+                     run="lam-dev", secret=("WANDB_KEY", "wandb-secret-123"),
+                     resources="resources:\n  gpu: A10\n")
+
+
 def test_job_finishes_with_every_line_through_transient_bucket_errors(stack: Stack) -> None:
     """S3 answers 500 now and then and drops connections (as it does, rarely, for real): the agent's
     presigned calls retry, its heartbeats go on, and the job ends `done` with all its lines."""

@@ -150,24 +150,22 @@ def test_inactivity_duration_stops_an_unattended_dev_environment(attach_env: Env
     assert run["status"] == "stopped" and run["reason"] == "inactive for 4s (no SSH connection)", run
 
 
+def test_dev_environment_in_a_container(attach_env: Env, registry: Registry) -> None:
+    """The shared scenario (tests/e2e/attach_scenario.py) on the local backend: the job's sshd on this
+    machine, the container on the runtime's bridge network (its ports forwarded to at its address)."""
+    from tests.e2e.attach_scenario import check_attach
 
-
-def test_session_lands_in_the_container(attach_env: Env, registry: Registry) -> None:
     env = attach_env
     env.extra.update(registry.env)
     server = Server(env).start()
     try:
+        with server.api() as api:
+            api.put("/api/projects/main/secrets/MY_SECRET", json={"value": "boxed-secret-9"}).raise_for_status()
         image = registry.push_busybox("dstack-test/busybox:attach")
         repo = env.home / "repo"
         repo.mkdir()
         assert env.cli("init", cwd=repo).returncode == 0
-        (repo / ".dstack.yml").write_text(f"type: task\nname: boxed-dev\nimage: {image}\nenv: [WHERE=container]\n"
-                                          "working_dir: /workflow\ncommands: [sleep 300]\n")
-        assert env.cli("apply", "-y", "-d", cwd=repo).returncode == 0
-        _running(server, "boxed-dev")
-        result = env.cli("attach", "boxed-dev", "-c", 'pwd; echo "in $WHERE"; ls /bin/busybox', cwd=repo)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.split()[:3] == ["/workflow", "in", "container"], result.stdout
-        assert env.cli("stop", "boxed-dev", cwd=repo).returncode == 0
+        check_attach(env=env, server=server, project="main", repo=repo, image=image, run="boxed-dev",
+                     secret=("MY_SECRET", "boxed-secret-9"), inactivity=8, jump=False)
     finally:
         server.stop()

@@ -107,6 +107,14 @@ class Runtime:
                              capture_output=True, text=True)
         return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
+    def address(self, name: str) -> str | None:
+        """The container's IP on the runtime's bridge network (None with host networking): where the
+        job's ports are, for `dstack attach`'s forwards."""
+        out = subprocess.run([self.binary, "inspect", "--format",
+                              "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
+                             capture_output=True, text=True, timeout=30)
+        return next(iter(out.stdout.split()), None) if out.returncode == 0 else None
+
     def run_command(self, spec: ContainerSpec, *, env_file: str) -> list[str]:
         """`run -d`: the container starts detached, its output is followed with `logs -f` and its exit
         code read with `inspect` (see `start`). A foreground `run` would tie the job to one API

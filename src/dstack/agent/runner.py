@@ -109,7 +109,9 @@ class JobRunner:
                 parts = f.read().split()
             if len(parts) >= 2:
                 keys.append(f"{parts[0]} {parts[1]}")
-        self.storage.put_json(self._key("host_keys.json"), {"keys": keys, "t": time.time()})
+        # The image's default user, whose sshd is the jump host to the job's (see bootstrap.py).
+        user = os.environ.get("DSTACK_INSTANCE_SSH_USER") or None
+        self.storage.put_json(self._key("host_keys.json"), {"keys": keys, "ssh_user": user, "t": time.time()})
 
     # --- lifecycle --------------------------------------------------------------------------
     def event(self, message: str) -> None:
@@ -247,9 +249,14 @@ class JobRunner:
     def _start_ssh(self, ssh: dict[str, Any], *, sandbox: Sandbox | None, cwd: str, env: dict[str, str]) -> None:
         """The job's sshd (see ssh.py): every session enters the job; its host key goes to the bucket."""
         try:
-            server = SSHServer(self.workdir, listen=str(ssh.get("listen") or "127.0.0.1"))
-            host_key = server.start(authorized_keys=list(ssh.get("keys") or []))
+            server = SSHServer(self.workdir, listen=str(ssh.get("listen") or "127.0.0.1"),
+                               port=int(ssh["port"]) if ssh.get("port") else None)
             container = (self.container[0].binary, self.container[1]) if self.container is not None else None
+            # A container on the runtime's bridge network has its ports at its own address.
+            forward_host = (self.container[0].address(self.container[1]) if self.container is not None
+                            else None) or "localhost"
+            host_key = server.start(authorized_keys=list(ssh.get("keys") or []),
+                                    forward_hosts=(forward_host,) if forward_host != "localhost" else ())
             session = session_spec(container=container, sandbox_pid=self.proc.pid if sandbox else None,
                                    ids=sandbox.uid_gid() if sandbox else None, cwd=cwd,
                                    shell=self.spec.get("shell") or "/bin/sh",
@@ -266,7 +273,7 @@ class JobRunner:
         self.ssh = server
         self.storage.put_json(self._key("ssh.json"), {"host": server.listen, "port": server.port,
                                                       "user": getpass.getuser(), "host_keys": [host_key],
-                                                      "t": time.time()})
+                                                      "forward_host": forward_host, "t": time.time()})
 
     def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
                    logs: LogWriter) -> workspace.Workspace:

@@ -4,8 +4,13 @@ The agent starts the machine's own OpenSSH `sshd` for the job, with a configurat
 key-only login with the keys of the run's user (never the server's), a host key generated for this
 job and published through the bucket so that clients pin it, TCP forwarding to the machine's
 loopback only (the job shares the machine's network: a port the job listens on is a port there),
-and every session forced into the job (`enter.py`, run by path): its container (`exec`) or
-its sandbox (`nsenter`), in its working directory, as its user, with its environment.
+and every session forced into the job (`enter.py`, copied next to the config: the agent may run
+from a zipapp): its container (`exec`) or its sandbox (`nsenter`), in its working directory, as its
+user, with its environment.
+
+Where it listens: on the local backend, the address users reach the server's machine at; on a cloud
+instance, 127.0.0.1:10022 only, reached through the instance's own sshd as a jump host (where the
+run's user's key may open that one forward and nothing else: see backends/bootstrap.py).
 
 It also tells how long nobody has been connected, for `inactivity_duration`.
 """
@@ -13,6 +18,7 @@ It also tells how long nobody has been connected, for `inactivity_duration`.
 from __future__ import annotations
 
 import os
+import pkgutil
 import shutil
 import socket
 import subprocess
@@ -49,8 +55,9 @@ class SSHServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.last_connected = time.time()  # a fresh job counts as just attended
 
-    def start(self, *, authorized_keys: list[str]) -> str:
-        """Start sshd; return its host public key (`ssh-ed25519 AAAA…`)."""
+    def start(self, *, authorized_keys: list[str], forward_hosts: tuple[str, ...] = ()) -> str:
+        """Start sshd; return its host public key (`ssh-ed25519 AAAA…`). Forwards may reach the
+        machine's loopback and `forward_hosts` (a container's address on its bridge network)."""
         sshd = find_sshd()
         if sshd is None:
             raise RuntimeError("OpenSSH's sshd is not installed on this machine")
@@ -63,17 +70,21 @@ class SSHServer:
         os.chmod(self.dir / "authorized_keys", 0o600)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        enter = self.dir / "enter.py"
+        enter.write_bytes(pkgutil.get_data("dstack.agent", "enter.py") or b"")
+        permit = " ".join(["localhost:*", "127.0.0.1:*", *(f"{h}:*" for h in forward_hosts)])
         config = self.dir / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.port}", f"ListenAddress {self.listen}", f"HostKey {key}",
             f"PidFile {self.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "PermitUserEnvironment no",
-            # The job shares the machine's network: forwarding reaches its ports on loopback only.
-            "AllowTcpForwarding local", "PermitOpen localhost:* 127.0.0.1:*", "GatewayPorts no",
+            # Forwards reach the job's ports only: the machine's loopback (a job on the host network) or
+            # its container's address.
+            "AllowTcpForwarding local", f"PermitOpen {permit}", "GatewayPorts no",
             "X11Forwarding no", "AllowAgentForwarding no", "PermitTunnel no", "ClientAliveInterval 15",
             # -I -S: no site packages to scan for a session's start (enter.py is stdlib only).
-            f"ForceCommand {sys.executable} -I -S {Path(__file__).with_name('enter.py')} {self.dir.parent}",
+            f"ForceCommand {sys.executable} -I -S {enter} {self.dir.parent}",
             "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env, stdin=subprocess.DEVNULL,

@@ -118,6 +118,32 @@ class LaunchIntent(BaseModel):
     at: float = Field(description="unix time of the launch call")
 
 
+class SSHJump(BaseModel):
+    """The instance's own sshd, as a jump host to the job's sshd (see bootstrap.authorize_jump_keys)."""
+
+    host: str
+    port: int = 22
+    user: str
+    # A bastion in front of an instance without a public IP (the backend's `proxy_jump`), in
+    # `ssh -J` form: [user@]host[:port].
+    via: str | None = None
+
+
+# On a cloud instance the job's sshd listens on its loopback at this port (upstream's too).
+JOB_SSH_PORT = 10022
+
+
+def cloud_ssh_extras(job: JobLaunch) -> dict[str, Any]:
+    """Job spec entries of a cloud job: its sshd on the instance's loopback, and the instance's host
+    keys published (pinned by the server and `dstack attach`). The container stays on the runtime's
+    bridge network (its ports are forwarded to at its address): on the host network it would reach
+    the instance's metadata service, and with it the instance role's credentials."""
+    extras: dict[str, Any] = {"publish_host_keys": True}
+    if job.ssh_public_keys:
+        extras["ssh"] = {"listen": "127.0.0.1", "port": JOB_SSH_PORT, "keys": job.ssh_public_keys}
+    return extras
+
+
 class LaunchError(Exception):
     """The offer could not be launched; the scheduler tries the next one and records `reason`."""
 
@@ -136,9 +162,6 @@ class Compute(abc.ABC):
     # How long the provider may report an instance as booting before the job fails: the provisioning
     # timeout (DSTACK_PROVISIONING_TIMEOUT) counts only from when it is up.
     BOOT_TIMEOUT: float = 1200.0
-    # How `dstack attach` reaches a job: "job" (the sshd its agent starts, address in ssh.json),
-    # "instance" (the instance's own sshd), or None (not yet).
-    SSH_ACCESS: str | None = None
 
     def unsupported(self, requirements: Requirements) -> str | None:
         """Why this backend can never serve `requirements` (None if it might)."""
@@ -180,6 +203,12 @@ class Compute(abc.ABC):
         """Terminate this backend's instances that no live job owns; returns their ids."""
         return []
 
+    def ssh_jump(self, *, instance: LaunchedInstance) -> SSHJump | None:
+        """How a user's `ssh` reaches the instance's own sshd, to jump from there to the job's sshd
+        on the instance's loopback; None where the job's sshd is reachable directly (local). Raises
+        InvalidStateError, saying why, where the instance cannot be reached (no public IP)."""
+        return None
+
     def read_logs(self, *, job_prefix: str, spec_extras: dict[str, Any], next_token: str | None
                   ) -> tuple[list[LogEvent], str, bool]:
         """Log events after `next_token`: (events, next token, whether more may be ready now)."""
@@ -203,9 +232,6 @@ def read_bucket_logs(storage: Storage, prefix: str, next_token: str | None) -> t
 
 def cloud_gaps(requirements: Requirements) -> str | None:
     """What the cloud backends (a job in a container on its own instance) cannot serve yet."""
-    if requirements.inactivity_duration is not None:
-        return ("`inactivity_duration` needs SSH into the job, which this backend does not give yet "
-                "(the local backend does)")
     if requirements.nvcc and not requirements.image:
         return ("`nvcc: true`: the default images have no CUDA compiler yet; use an image with one "
                 "(e.g. `image: nvidia/cuda:12.8.1-devel-ubuntu24.04`)")

@@ -90,8 +90,43 @@ def _fetch_script() -> str:
     )
 
 
+def jump_key_line(public_key: str, port: int) -> str:
+    """An authorized_keys line for the instance's default user: this key may open a forward to the
+    job's sshd on the instance's loopback, and nothing else (no shell, no other forward)."""
+    # `restrict` alone would still run a command; the forced one refuses every session.
+    return (f'restrict,port-forwarding,permitopen="127.0.0.1:{port}",permitopen="localhost:{port}",'
+            f'command="/bin/false" {" ".join(public_key.split()[:2])}')
+
+
+def authorize_jump_keys(*, keys: list[str], users: list[str], port: int) -> str:
+    """Bash for the user data: the run's user's keys, as jump-only keys (`jump_key_line`), for the
+    first of `users` the image has (its default user); that user's name is exported for the agent,
+    which publishes it with the host keys."""
+    q = shlex.quote
+    lines = "\n".join(jump_key_line(k, port) for k in keys)
+    find = f"""SSH_USER=""
+for u in {" ".join(q(u) for u in users)}; do
+  if getent passwd "$u" >/dev/null 2>&1; then SSH_USER=$u; break; fi
+done
+"""
+    if not keys:
+        return find + 'export DSTACK_INSTANCE_SSH_USER="$SSH_USER"\n'
+    return find + f"""if [ -n "$SSH_USER" ]; then
+  HOME_DIR=$(getent passwd "$SSH_USER" | cut -d: -f6)
+  mkdir -p "$HOME_DIR/.ssh" && printf '%s\\n' {q(lines)} >> "$HOME_DIR/.ssh/authorized_keys"
+  chown -R "$SSH_USER" "$HOME_DIR/.ssh" 2>/dev/null || true
+  chmod 700 "$HOME_DIR/.ssh" && chmod 600 "$HOME_DIR/.ssh/authorized_keys"
+fi
+export DSTACK_INSTANCE_SSH_USER="$SSH_USER"
+"""
+
+
+# The default users of the images the AWS backend may boot (ECS-optimized Amazon Linux first).
+AWS_IMAGE_USERS = ["ec2-user", "ubuntu", "admin"]
+
+
 def user_data(*, storage_url: str, bucket: str, region: str, job_prefix: str, job_id: str,
-              package_digest: str) -> str:
+              package_digest: str, ssh_public_keys: list[str] = (), ssh_port: int = 10022) -> str:
     """A cloud-init shell script for a stock image (python3 >= 3.9, nothing installed): fetch the agent
     with the instance role, start it, detach. No pip, no SDK, nothing from the internet but the bucket."""
     q = shlex.quote
@@ -103,7 +138,7 @@ set -eu
 export HOME="${{HOME:-/root}}"  # cloud-init runs user data without one
 export AWS_DEFAULT_REGION={q(region)}
 mkdir -p /opt/dstack/jobs
-PY=$(command -v python3)
+{authorize_jump_keys(keys=list(ssh_public_keys), users=AWS_IMAGE_USERS, port=ssh_port)}PY=$(command -v python3)
 [ -s {q(agent)} ] || "$PY" -c {q(fetch)} {q(region)} {q(bucket)} {q(agent_package_key(package_digest))} {q(agent)}
 setsid nohup "$PY" {q(agent)} --storage {q(storage_url)} --job {q(job_prefix)} \\
   --workdir /opt/dstack/jobs/{q(job_id)} >> /opt/dstack/agent-{q(job_id)}.log 2>&1 < /dev/null &

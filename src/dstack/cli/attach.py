@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.agent.process import stop_process
-from dstack.core.hostkeys import write_known_hosts
+from dstack.core.hostkeys import write_known_hosts_entries
 from dstack.core.sshkeys import user_key
 
 IDE_SCHEMES = {"vscode": "vscode", "cursor": "cursor", "windsurf": "windsurf"}
@@ -38,19 +38,33 @@ def config_path() -> Path:
 
 
 def write_host_entry(run: str, info: dict[str, Any]) -> Path:
-    """The run's `Host` block in dstack's SSH config, replacing an older one."""
+    """The run's `Host` block in dstack's SSH config, replacing an older one. On a cloud instance
+    the job's sshd is on the instance's loopback: `Host RUN` jumps there through `Host RUN-host`,
+    the instance's own sshd (where the user's key may open that one forward and nothing else)."""
     key, _ = user_key()
-    known = write_known_hosts(ssh_dir() / f"known_hosts-{run}", info["host"], int(info["port"]),
-                              list(info.get("host_keys") or []))
-    block = "\n".join([
-        f"# >>> dstack {run}", f"Host {run}", f"  HostName {info['host']}", f"  Port {info['port']}",
-        f"  User {info['user']}", f"  IdentityFile {key}", "  IdentitiesOnly yes",
-        f"  UserKnownHostsFile {known}", "  GlobalKnownHostsFile /dev/null", "  StrictHostKeyChecking yes",
-        "  CheckHostIP no", "  ServerAliveInterval 10", "  ServerAliveCountMax 3", f"# <<< dstack {run}", ""])
+    jump = info.get("proxy_jump")
+    entries = [(run, info["host"], int(info["port"]), list(info.get("host_keys") or []))]
+    if jump:
+        entries.append((f"{run}-host", jump["host"], int(jump.get("port") or 22), list(jump.get("host_keys") or [])))
+    # One known_hosts file per run, each key under the alias it is for (HostKeyAlias): the job's
+    # sshd of every cloud run is 127.0.0.1:10022, each with its own key.
+    known = write_known_hosts_entries(ssh_dir() / f"known_hosts-{run}",
+                                      [(alias, keys) for alias, _, _, keys in entries])
+    common = [f"  IdentityFile {key}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {known}",
+              "  GlobalKnownHostsFile /dev/null", "  StrictHostKeyChecking yes", "  CheckHostIP no",
+              "  ServerAliveInterval 10", "  ServerAliveCountMax 3"]
+    lines = [f"# >>> dstack {run}", f"Host {run}", f"  HostName {info['host']}", f"  Port {info['port']}",
+             f"  User {info['user']}", f"  HostKeyAlias {run}", *common]
+    if jump:
+        lines += [f"  ProxyJump {run}-host", f"Host {run}-host", f"  HostName {jump['host']}",
+                  f"  Port {jump.get('port') or 22}", f"  User {jump['user']}", f"  HostKeyAlias {run}-host", *common]
+        if jump.get("via"):  # a bastion in front of an instance without a public IP
+            lines.append(f"  ProxyJump {jump['via']}")
+    lines += [f"# <<< dstack {run}", ""]
     path = config_path()
     text = path.read_text() if path.exists() else ""
     text = _BLOCK.sub(lambda m: "" if m.group("name") == run else m.group(0), text)
-    path.write_text(text + block)
+    path.write_text(text + "\n".join(lines))
     os.chmod(path, 0o600)
     return path
 
@@ -130,7 +144,8 @@ class Session:
         write_host_entry(run, info)
         self.included = ensure_included(ask=ask)
         self.forwards = port_forwards(list(info.get("ports") or []))
-        self.forwarder = Forwarder(run, self.forwards, alive=self.alive)
+        self.forwarder = Forwarder(run, self.forwards, alive=self.alive,
+                                   target=str(info.get("forward_host") or "localhost"))
 
     def alive(self) -> bool:
         try:
@@ -167,8 +182,9 @@ def ssh_command(run: str, *options: str, command: str | None = None) -> list[str
 class Forwarder:
     """`ssh -N -L …` to the run, reconnected while `alive()` says the run goes on."""
 
-    def __init__(self, run: str, forwards: list[tuple[int, int]], alive: Any) -> None:
-        self.run, self.forwards, self.alive = run, forwards, alive
+    def __init__(self, run: str, forwards: list[tuple[int, int]], alive: Any, target: str = "localhost") -> None:
+        # `target`: where the job's ports are, seen from its sshd (its container's address, or localhost).
+        self.run, self.forwards, self.alive, self.target = run, forwards, alive, target
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self.connects = 0
@@ -181,7 +197,7 @@ class Forwarder:
     def _loop(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
-            args = [a for local, remote in self.forwards for a in ("-L", f"127.0.0.1:{local}:localhost:{remote}")]
+            args = [a for local, remote in self.forwards for a in ("-L", f"127.0.0.1:{local}:{self.target}:{remote}")]
             self.proc = subprocess.Popen(ssh_command(self.run, "-N", "-o", "ExitOnForwardFailure=yes",
                                                      "-o", "BatchMode=yes", *args),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -26,7 +26,9 @@ from dstack.backends.base import (
     LaunchError,
     LaunchIntent,
     Requirements,
+    SSHJump,
     cloud_gaps,
+    cloud_ssh_extras,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, default_image, user_data
 from dstack.core.gpus import normalize_gpu_name
@@ -234,6 +236,7 @@ class AWSCompute(Compute):
             "runner_logs": {"type": "cloudwatch", "group": runners, "stream": stream, "region": self.config.region},
             "terminate": {"type": "aws", "region": self.config.region},
         }
+        extras.update(cloud_ssh_extras(job))
         if not job.image:  # every cloud job runs in a container
             extras["image"] = default_image(job.python)
         if ids:
@@ -274,7 +277,8 @@ class AWSCompute(Compute):
         group = self.resources.security_group(vpc_id)
         image_id, root_device = self.resources.image(gpu)
         script = user_data(storage_url=self.storage.url, bucket=self.config.bucket, region=self.config.region,
-                           job_prefix=job.job_prefix, job_id=job.job_id, package_digest=self._publish_agent())
+                           job_prefix=job.job_prefix, job_id=job.job_id, package_digest=self._publish_agent(),
+                           ssh_public_keys=job.ssh_public_keys)
         tags = [*self.resources.tags(), {"Key": "dstack_project", "Value": job.project},
                 {"Key": "dstack_run", "Value": job.run_name}, {"Key": "dstack_job_id", "Value": job.job_id},
                 {"Key": "Name", "Value": f"dstack-{job.run_name}"}]
@@ -386,6 +390,23 @@ class AWSCompute(Compute):
         if any(addresses.values()) and any(instance.data.get(k) != v for k, v in addresses.items()):
             data = {**instance.data, **addresses}
         return InstanceCheck(booting=state == "pending", data=data)
+
+    def ssh_jump(self, *, instance: LaunchedInstance) -> SSHJump | None:
+        from dstack.core.errors import InvalidStateError
+
+        public, private = instance.data.get("public_ip"), instance.data.get("private_ip")
+        if public:
+            return SSHJump(host=public, user="ec2-user")
+        if private and self.config.proxy_jump:
+            return SSHJump(host=private, user="ec2-user", via=self.config.proxy_jump)
+        if not private:
+            raise InvalidStateError(f"instance {instance.instance_id} has no address yet",
+                                    fix="Wait until the run is running; `dstack ps` shows its status")
+        raise InvalidStateError(
+            f"instance {instance.instance_id} has no public IP (subnet {instance.data.get('subnet') or '?'} "
+            f"gives none), only the private {private}",
+            fix="Set the AWS backend's `proxy_jump` to an SSH host in that VPC (docs/attach.md), "
+                "or use a subnet that assigns public IPs")
 
     # --- teardown ----------------------------------------------------------------------------
     def terminate(self, *, instance: LaunchedInstance) -> None:

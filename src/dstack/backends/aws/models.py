@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_JUMP_RE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z")
 
 
 class DefaultCredentials(BaseModel):
@@ -43,6 +44,11 @@ class AWSBackendConfig(BaseModel):
                                description="The EC2 subnet is required to provision infrastructure using a "
                                "non-default VPC and subnet. If not specified, dstack will use the default VPC "
                                "and subnet.")
+    proxy_jump: str | None = Field(
+        default=None, title="SSH jump host",
+        description="For instances without a public IP (a private subnet): the SSH host users reach them "
+        "through, as [user@]host[:port] (`ssh -J`). Users log in to it with their own SSH setup for it "
+        "(key, agent, ~/.ssh/config).", json_schema_extra={"advanced": True})
     # The ECS-optimized Amazon Linux 2023 images: Docker (and, for GPUs, the NVIDIA driver and container
     # toolkit) preinstalled, python3 3.9, found with ec2:DescribeImages alone (the seed's policy).
     cpu_ami_name: str = Field(default="al2023-ami-ecs-hvm-*-kernel-6.1-x86_64",
@@ -71,6 +77,14 @@ class AWSBackendConfig(BaseModel):
         value = (value or "").strip() or None
         if value is not None and not value.startswith("subnet-"):
             raise ValueError(f"{value!r} is not a subnet ID (they look like subnet-0abc123…)")
+        return value
+
+    @field_validator("proxy_jump")
+    @classmethod
+    def _proxy_jump(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        if value is not None and not _JUMP_RE.match(value):
+            raise ValueError(f"{value!r} is not [user@]host[:port] (e.g. ec2-user@bastion.example.com:22)")
         return value
 
     @property

@@ -114,12 +114,25 @@ class AWSResources:
         found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]},
                                                       {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
         if found:
-            return found[0]["GroupId"]
-        # Nothing in: the agent only calls out (to S3, CloudWatch, the registry). What `dstack attach`
-        # will need is opened then, to the addresses that need it.
-        return ec2.create_security_group(
-            GroupName=name, VpcId=vpc_id, Description="dstack instances: nothing in, anything out",
+            group = found[0]["GroupId"]
+            if not any(_is_ssh_rule(p) for p in found[0].get("IpPermissions") or []):
+                self._allow_ssh(group)  # a group made before `dstack attach` reached AWS instances
+            return group
+        # In: SSH only (key-only, as upstream), for `dstack attach` through the instance's sshd, where
+        # users' keys may open one forward, to the job's sshd (bootstrap.authorize_jump_keys). Out:
+        # anything (the agent calls S3, CloudWatch, the registry).
+        group = ec2.create_security_group(
+            GroupName=name, VpcId=vpc_id, Description="dstack instances: SSH in, anything out",
             TagSpecifications=[{"ResourceType": "security-group", "Tags": self.tags()}])["GroupId"]
+        self._allow_ssh(group)
+        return group
+
+    def _allow_ssh(self, group: str) -> None:
+        try:
+            self.clients.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[SSH_RULE])
+        except ClientError as exc:
+            if error_code(exc) != "InvalidPermission.Duplicate":
+                raise
 
     def image(self, gpu: bool) -> tuple[str, str]:
         """(image id, its root device name): the root volume is sized through that device."""
@@ -137,3 +150,12 @@ class AWSResources:
                 newest = max(images, key=lambda i: i.get("CreationDate", ""))
                 self._images[gpu] = (newest["ImageId"], newest.get("RootDeviceName") or "/dev/xvda")
             return self._images[gpu]
+
+
+SSH_RULE = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "dstack attach (key-only SSH)"}]}
+
+
+def _is_ssh_rule(permission: dict[str, Any]) -> bool:
+    return (permission.get("IpProtocol") in ("tcp", "-1") and permission.get("FromPort", 22) <= 22
+            <= permission.get("ToPort", 22))

@@ -26,7 +26,9 @@ from dstack.backends.base import (
     LaunchError,
     LaunchIntent,
     Requirements,
+    SSHJump,
     cloud_gaps,
+    cloud_ssh_extras,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, default_image
 from dstack.backends.lambdacloud.api import LambdaAPI, LambdaAPIError
@@ -60,7 +62,6 @@ SSH_USER = "ubuntu"
 class LambdaCompute(Compute):
     # 8-GPU instances take 10-15 minutes to boot.
     BOOT_TIMEOUT = 1800.0
-    SSH_ACCESS = "instance"
     TYPE = "lambda"
 
     def __init__(self, config: LambdaBackendConfig, ctx: BackendContext) -> None:
@@ -149,7 +150,7 @@ class LambdaCompute(Compute):
         except (ClientError, BotoCoreError) as exc:
             raise LaunchError(f"cannot write to bucket {self.config.bucket}: {describe(exc)}",
                               backend_wide=True) from exc
-        extras: dict[str, Any] = {"publish_host_keys": True}
+        extras: dict[str, Any] = cloud_ssh_extras(job)
         if not job.image:  # every cloud job runs in a container
             extras["image"] = default_image(job.python)
         return extras
@@ -226,6 +227,14 @@ class LambdaCompute(Compute):
                     "access_expires_at": datetime.now(UTC).isoformat(), "job_prefix": intent.job_prefix,
                     "read_keys": intent.read_keys, "job_id": intent.job_id})
         return None
+
+    def ssh_jump(self, *, instance: LaunchedInstance) -> SSHJump | None:
+        from dstack.core.errors import InvalidStateError
+
+        if not instance.data.get("ip"):
+            raise InvalidStateError(f"instance {instance.instance_id} has no IP address yet",
+                                    fix="Wait until the run is running; `dstack ps` shows its status")
+        return SSHJump(host=instance.data["ip"], user=instance.data.get("ssh_user") or SSH_USER)
 
     # --- following ---------------------------------------------------------------------------
     def check_instance(self, *, instance: LaunchedInstance) -> InstanceCheck:

@@ -57,7 +57,6 @@ def traversable_dirs(path: Path) -> None:
 
 
 class LocalCompute(Compute):
-    SSH_ACCESS = "job"
     TYPE = "local"
 
     def __init__(self, config: LocalBackendConfig, ctx: BackendContext) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import requirements_for
 from dstack.core.configurations import not_supported_yet
-from dstack.core.errors import ConfigurationError, InvalidStateError, NotSupportedError, ResourceNotFoundError
+from dstack.core.errors import ConfigurationError, InvalidStateError, ResourceNotFoundError
 from dstack.core.runs import (
     FINISHED_STATUSES,
     Job,
@@ -247,28 +247,27 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
     conf = RunSpec.model_validate_json(run.spec).configuration
     about = {"ports": [p.model_dump() for p in getattr(conf, "ports", [])], "type": conf.type,
              "ide": getattr(conf, "ide", None), "working_dir": conf.job_working_dir()}
-    if compute.SSH_ACCESS is None:
-        raise NotSupportedError(f"run {name!r}: attaching to runs on {job.backend} is not supported yet",
-                                fix="See docs/attach.md for the backends that support it")
-    if compute.SSH_ACCESS == "job":
-        # The job's own sshd: its address and host key, published by the agent once it listens.
-        own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
-        if not own:
-            raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
-                                    fix="Wait until it is running; `dstack ps` shows its status")
-        return {"host": own["host"], "port": int(own["port"]), "user": own["user"],
-                "host_keys": list(own.get("host_keys") or []), **about}
-    data = LaunchedInstance.model_validate_json(job.instance).data if job.instance else {}
-    if not data.get("ip") or not data.get("ssh_user"):
-        raise InvalidStateError(f"run {name!r} has no reachable instance yet ({job.status})",
+    # The job's own sshd: its address and host key, published by the agent once it listens.
+    own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
+    if not own:
+        raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
                                 fix="Wait until it is running; `dstack ps` shows its status")
-    published = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json")
-    host_keys = (published or {}).get("keys") or []
-    if not host_keys:
-        raise InvalidStateError(f"run {name!r}: its instance has not published its SSH host key yet",
-                                fix="Wait a few seconds and try again")
-    return {"host": data["ip"], "port": int(data.get("ssh_port", 22)), "user": data["ssh_user"],
-            "host_keys": host_keys, **about}
+    info: dict[str, object] = {
+        "host": own["host"], "port": int(own["port"]), "user": own["user"],
+        "host_keys": list(own.get("host_keys") or []), "forward_host": own.get("forward_host") or "localhost",
+        **about}
+    instance = LaunchedInstance.model_validate_json(job.instance) if job.instance else None
+    jump = compute.ssh_jump(instance=instance) if instance is not None else None
+    if jump is not None:
+        # The instance's own sshd, pinned to the host keys its agent published.
+        published = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json")
+        host_keys = (published or {}).get("keys") or []
+        if not host_keys:
+            raise InvalidStateError(f"run {name!r}: its instance has not published its SSH host key yet",
+                                    fix="Wait a few seconds and try again")
+        info["proxy_jump"] = {**jump.model_dump(), "user": (published or {}).get("ssh_user") or jump.user,
+                              "host_keys": host_keys}
+    return info
 
 
 def run_to_model(run: RunModel) -> Run:
