@@ -101,6 +101,22 @@ def test_wrong_token(env: Env, server: Server, repo: Path) -> None:
     assert_one_line_error(env.cli("ps", cwd=repo), "invalid token", "config.yml")
 
 
+def test_broken_cli_config(env: Env, server: Server, repo: Path) -> None:
+    path = env.home / ".dstack" / "config.yml"
+    good = path.read_text()
+    config = yaml.safe_load(good)
+    config["projects"][0]["default"] = "yes please"
+    path.write_text(yaml.safe_dump(config))
+    assert_one_line_error(env.cli("ps", cwd=repo), "is not a valid dstack config", "projects[0].default: expected a bool",
+                          "Fix or delete the file")
+    del config["projects"][0]["token"]
+    config["projects"][0]["default"] = True
+    path.write_text(yaml.safe_dump(config))
+    assert_one_line_error(env.cli("ps", cwd=repo), "projects[0]: missing field token")
+    path.write_text(good)
+    assert env.cli("ps", cwd=repo).returncode == 0
+
+
 def test_server_not_running(env: Env, server: Server, repo: Path) -> None:
     server.stop()
     assert_one_line_error(env.cli("ps", cwd=repo), "cannot reach the dstack server", "dstack server")

@@ -35,8 +35,8 @@ def ssh_config(env: Env) -> Path:
     return env.home / ".dstack" / "ssh" / "config"
 
 
-def ssh(env: Env, host: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ssh", "-F", str(ssh_config(env)), "-o", "BatchMode=yes", host, command],
+def ssh(env: Env, host: str, command: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh", "-F", str(ssh_config(env)), "-o", "BatchMode=yes", *options, host, command],
                           capture_output=True, text=True, timeout=60, env=env.vars)
 
 
@@ -97,7 +97,15 @@ def check_attach(*, env: Env, server: Server, project: str, repo: Path, image: s
                  message="the forward to reconnect")
         wait_for(served, 60, message="the forwarded port after the reconnect")
 
-        # Host keys other than those the agent published are refused: the job's and the instance's.
+        # While attached, `ssh RUN` shares the attach's connection (no new handshake).
+        control = env.home / ".dstack" / "ssh" / f"cm-{run}"
+        assert control.is_socket() and f"ControlPath {control}" in config
+        shared = subprocess.run(["ssh", "-F", str(ssh_config(env)), "-O", "check", run], capture_output=True,
+                                text=True, env=env.vars)
+        assert shared.returncode == 0 and "Master running" in shared.stderr, shared
+
+        # Host keys other than those the agent published are refused (on a new connection): the
+        # job's and the instance's.
         known = env.home / ".dstack" / "ssh" / f"known_hosts-{run}"
         good = known.read_text()
         other = env.home / f"other-{run}"
@@ -106,7 +114,7 @@ def check_attach(*, env: Env, server: Server, project: str, repo: Path, image: s
         for alias in (run, f"{run}-host") if jump else (run,):
             known.write_text("".join(line if not line.startswith(f"{alias} ") else f"{alias} {other_key}\n"
                                      for line in good.splitlines(keepends=True)))
-            refused = ssh(env, run, "echo should-not-run")
+            refused = ssh(env, run, "echo should-not-run", "-o", "ControlPath=none")
             assert refused.returncode != 0 and "should-not-run" not in refused.stdout, alias
             assert "Host key verification failed" in refused.stderr, (alias, refused.stderr)
         known.write_text(good)

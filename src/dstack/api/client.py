@@ -12,14 +12,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from dstack.api.config import load_config
-from dstack.core.backends import BackendCheck
 from dstack.core.errors import AuthenticationError, ConfigurationError, DstackError, error_from_dict
-from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunMetrics, RunPlan, RunSpec
+
+if TYPE_CHECKING:
+    from dstack.core.backends import BackendCheck
+    from dstack.core.runs import Artifact, LogEvent, LogPage, Run, RunMetrics, RunPlan, RunSpec
+
+
+def _models() -> Any:
+    """dstack.core.runs, imported on first use: its models (with the configurations') cost ~0.1 s of
+    every CLI call that never needs them (`dstack attach -c`)."""
+    from dstack.core import runs
+
+    return runs
 
 
 class Client:
@@ -101,6 +111,8 @@ class BackendsAPI:
         return self._c.projects.get()["backends"]
 
     def check(self, config: dict[str, Any]) -> BackendCheck:
+        from dstack.core.backends import BackendCheck
+
         return BackendCheck.model_validate(self._c.json("POST", self._c.project_path("/backends/check"), json=config))
 
     def add(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -153,12 +165,12 @@ class RunsAPI:
         self._c = client
 
     def plan(self, run_spec: RunSpec) -> RunPlan:
-        return RunPlan.model_validate(self._c.json("POST", self._c.project_path("/runs/plan"),
+        return _models().RunPlan.model_validate(self._c.json("POST", self._c.project_path("/runs/plan"),
                                                    json=run_spec.model_dump(mode="json")))
 
     def submit(self, run_spec: RunSpec) -> Run:
         body = {"run_spec": run_spec.model_dump(mode="json")}
-        return Run.model_validate(self._c.json("POST", self._c.project_path("/runs"), json=body))
+        return _models().Run.model_validate(self._c.json("POST", self._c.project_path("/runs"), json=body))
 
     def apply(self, configuration_path: str | Path, *, repo_dir: str | Path = ".") -> Run:
         """Parse a configuration, upload the directory's code and submit the run (no prompt)."""
@@ -184,8 +196,8 @@ class RunsAPI:
         from dstack.core.sshkeys import user_key
 
         repo = Path(repo_dir).resolve()
-        run_spec = RunSpec(configuration=configuration, configuration_path=str(path), repo_id=repo_id_for(repo),
-                           ssh_key_pub=user_key()[1])
+        run_spec = _models().RunSpec(configuration=configuration, configuration_path=str(path),
+                                     repo_id=repo_id_for(repo), ssh_key_pub=user_key()[1])
         return self.upload_sources(run_spec, repo_dir=repo) if upload else run_spec
 
     def upload_sources(self, run_spec: RunSpec, *, repo_dir: str | Path = ".") -> RunSpec:
@@ -207,18 +219,18 @@ class RunsAPI:
 
     def list(self, *, all: bool = False, limit: int = 1000) -> list[Run]:
         data = self._c.json("GET", self._c.project_path("/runs"), params={"all": all, "limit": limit})
-        return [Run.model_validate(r) for r in data]
+        return [_models().Run.model_validate(r) for r in data]
 
     def get(self, name: str) -> Run:
-        return Run.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}")))
+        return _models().Run.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}")))
 
     def stop(self, name: str, *, abort: bool = False) -> Run:
-        return Run.model_validate(self._c.json("POST", self._c.project_path(f"/runs/{name}/stop"),
+        return _models().Run.model_validate(self._c.json("POST", self._c.project_path(f"/runs/{name}/stop"),
                                                json={"abort": abort}))
 
     def logs(self, name: str, *, next_token: str | None = None) -> LogPage:
         params = {"next_token": next_token} if next_token else {}
-        return LogPage.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/logs"),
+        return _models().LogPage.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/logs"),
                                                    params=params))
 
     def follow_logs(self, name: str, *, follow: bool = True, poll: float = 0.25) -> Iterator[LogEvent]:
@@ -239,11 +251,11 @@ class RunsAPI:
         return self._c.json("GET", self._c.project_path(f"/runs/{name}/attach"))
 
     def metrics(self, name: str) -> RunMetrics:
-        return RunMetrics.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/metrics")))
+        return _models().RunMetrics.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/metrics")))
 
     def artifacts(self, name: str) -> list[Artifact]:
         data = self._c.json("GET", self._c.project_path(f"/runs/{name}/artifacts"))
-        return [Artifact.model_validate(a) for a in data]
+        return [_models().Artifact.model_validate(a) for a in data]
 
     def download_artifact(self, name: str, path: str) -> bytes:
         return self._c.request("GET", self._c.project_path(f"/runs/{name}/artifacts/{path}")).content

@@ -2,31 +2,68 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
 
 from dstack.core.errors import ConfigurationError
 
+# Plain dataclasses, not pydantic: every CLI call reads this file, and `dstack attach -c` must not pay
+# pydantic's import (~0.1 s) for three flat records.
 
-class ProjectConfig(BaseModel):
+
+@dataclass
+class ProjectConfig:
     name: str
     url: str
     token: str
     default: bool = False
 
 
-class RepoConfig(BaseModel):
+@dataclass
+class RepoConfig:
     path: str
     repo_id: str
     project: str
 
 
-class CLIConfig(BaseModel):
-    projects: list[ProjectConfig] = Field(default_factory=list)
-    repos: list[RepoConfig] = Field(default_factory=list)
+def _records(data: dict[str, Any], key: str, cls: type) -> list[Any]:
+    """`data[key]` as a list of `cls`, each field of its declared type (str, or bool for `default`)."""
+    items = data.get(key) or []
+    if not isinstance(items, list):
+        raise ValueError(f"{key}: expected a list")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    records = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{key}[{i}]: expected a mapping")
+        unknown = set(item) - set(fields)
+        missing = {n for n, f in fields.items() if f.default is dataclasses.MISSING} - set(item)
+        if unknown or missing:
+            raise ValueError(f"{key}[{i}]: " + ", ".join([*(f"unknown field {n}" for n in sorted(unknown)),
+                                                          *(f"missing field {n}" for n in sorted(missing))]))
+        for name, value in item.items():
+            expected = bool if name == "default" else str
+            if not isinstance(value, expected):
+                raise ValueError(f"{key}[{i}].{name}: expected a {expected.__name__}")
+        records.append(cls(**item))
+    return records
+
+
+@dataclass
+class CLIConfig:
+    projects: list[ProjectConfig] = field(default_factory=list)
+    repos: list[RepoConfig] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CLIConfig:
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping with `projects` and `repos`")
+        return cls(projects=_records(data, "projects", ProjectConfig), repos=_records(data, "repos", RepoConfig))
 
     def project(self, name: str | None = None) -> ProjectConfig:
         if not self.projects:
@@ -69,7 +106,7 @@ def load_config() -> CLIConfig:
     if not path.exists():
         return CLIConfig()
     try:
-        return CLIConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        return CLIConfig.from_dict(yaml.safe_load(path.read_text()) or {})
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigurationError(f"{path} is not a valid dstack config: {exc}".splitlines()[0],
                                  fix="Fix or delete the file") from None
@@ -82,5 +119,5 @@ def save_config(config: CLIConfig) -> None:
     # The file holds tokens: readable by its owner only.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config.model_dump(), f, sort_keys=False)
+        yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False)
     os.replace(tmp, path)

@@ -55,6 +55,11 @@ def write_host_entry(run: str, info: dict[str, Any]) -> Path:
               "  ServerAliveInterval 10", "  ServerAliveCountMax 3"]
     lines = [f"# >>> dstack {run}", f"Host {run}", f"  HostName {info['host']}", f"  Port {info['port']}",
              f"  User {info['user']}", f"  HostKeyAlias {run}", *common]
+    control = control_path(run)
+    if control is not None:
+        # While `dstack attach` holds its connection (the master), `ssh RUN` and an IDE's sessions
+        # share it: no new handshake, no second hop.
+        lines.append(f"  ControlPath {control}")
     if jump:
         lines += [f"  ProxyJump {run}-host", f"Host {run}-host", f"  HostName {jump['host']}",
                   f"  Port {jump.get('port') or 22}", f"  User {jump['user']}", f"  HostKeyAlias {run}-host", *common]
@@ -67,6 +72,23 @@ def write_host_entry(run: str, info: dict[str, Any]) -> Path:
     path.write_text(text + "\n".join(lines))
     os.chmod(path, 0o600)
     return path
+
+
+def control_path(run: str) -> Path | None:
+    """The socket of the run's shared connection, unless its path is too long for a socket."""
+    path = ssh_dir() / f"cm-{run}"
+    return path if len(str(path)) < 100 else None
+
+
+def clear_stale_socket(path: Path) -> None:
+    """A master that was killed leaves its socket: ssh would then never share a connection again."""
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)
 
 
 def remove_host_entry(run: str) -> None:
@@ -198,7 +220,13 @@ class Forwarder:
         delay = 0.5
         while not self._stop.is_set():
             args = [a for local, remote in self.forwards for a in ("-L", f"127.0.0.1:{local}:{self.target}:{remote}")]
-            self.proc = subprocess.Popen(ssh_command(self.run, "-N", "-o", "ExitOnForwardFailure=yes",
+            # The master of the run's shared connection (if another attach holds it, ssh says so and
+            # goes on with a connection of its own).
+            control = control_path(self.run)
+            master = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if control else []
+            if control is not None:
+                clear_stale_socket(control)
+            self.proc = subprocess.Popen(ssh_command(self.run, "-N", *master, "-o", "ExitOnForwardFailure=yes",
                                                      "-o", "BatchMode=yes", *args),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.connects += 1

@@ -6,13 +6,16 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from dstack.api.client import Client
 from dstack.api.config import ProjectConfig, RepoConfig, load_config, save_config
 from dstack.cli.ui import ago, console, duration
-from dstack.core.runs import Run, status_text
+
+if TYPE_CHECKING:
+    from dstack.core.runs import Run
 
 STATUS_STYLE = {"done": "green", "failed": "red", "running": "cyan", "stopped": "yellow", "terminated": "yellow"}
 
@@ -49,6 +52,8 @@ def configure(*, url: str, token: str, project: str, default: bool) -> None:
 
 
 def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
+    from dstack.core.runs import status_text
+
     now = datetime.now(UTC)
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("NAME", "BACKEND", "INSTANCE", "RESOURCES", "PRICE", "STATUS", "SUBMITTED", "DURATION"):
@@ -132,7 +137,7 @@ def attach_run(run_name: str, *, command: str | None, project: str | None) -> in
         session.close()
     run = client.runs.get(run_name)
     if run.status.finished:
-        console.print(f"{run_name}: {status_text(run.status, run.reason, run.exit_code)}")
+        console.print(f"{run_name}: {run.status_line()}")
     return 0
 
 
@@ -144,7 +149,7 @@ def stop_run(run_name: str, *, abort: bool, project: str | None) -> None:
     while time.monotonic() < deadline:
         run = client.runs.get(run_name)
         if run.status.finished:
-            console.print(f"{run_name}: {status_text(run.status, run.reason, run.exit_code)}")
+            console.print(f"{run_name}: {run.status_line()}")
             return
         time.sleep(0.3)
     console.print(f"{run_name} is still stopping; see `dstack ps`")

@@ -107,6 +107,10 @@ class Run(BaseModel):
     def job(self) -> Job | None:
         return self.jobs[-1] if self.jobs else None
 
+    def status_line(self) -> str:
+        """`running`, `failed (exit code 3)`, `stopped (inactive for 4s …)`: as the CLI shows it."""
+        return status_text(self.status, self.reason, self.exit_code)
+
     def duration_seconds(self, now: datetime) -> float | None:
         job = self.job
         if job is None or job.started_at is None:

@@ -7,14 +7,15 @@ import os
 import threading
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 _LOCK = threading.Lock()
 
 
 def generate_keypair() -> tuple[bytes, str]:
     """(OpenSSH private key, `ssh-ed25519 …` public key)."""
+    # Imported here: only a new key needs it, and every `dstack attach` reads an existing one.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())

@@ -68,3 +68,25 @@ def test_private_subnet_gets_no_public_ip_and_unsupported_types_leave_the_offers
     assert run["params"]["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False
     hint = compute.start_timeout_hint(instance=LaunchedInstance(instance_id=launched.instance_id, region=REGION))
     assert hint and "NAT" in hint and compute.config.subnet in hint
+
+    # `dstack attach` to it: refused with the reason and the fix, never a hang on an unreachable address.
+    from dstack.core.errors import InvalidStateError
+
+    check = compute.check_instance(instance=launched)
+    instance = launched.model_copy(update={"data": check.data or launched.data})
+    assert instance.data["private_ip"] and not instance.data.get("public_ip")
+    with pytest.raises(InvalidStateError) as refused:
+        compute.ssh_jump(instance=instance)
+    assert f"{launched.instance_id} has no public IP" in str(refused.value)
+    assert "proxy_jump" in refused.value.fix
+    # With a jump host configured, users reach the private address through it.
+    compute.config.proxy_jump = "ec2-user@bastion.example.com:2222"
+    jump = compute.ssh_jump(instance=instance)
+    assert (jump.host, jump.port, jump.via) == (instance.data["private_ip"], 22, "ec2-user@bastion.example.com:2222")
+
+
+def test_proxy_jump_is_validated() -> None:
+    base = {"region": REGION, "bucket": "b-bucket"}
+    assert AWSBackendConfig(**base, proxy_jump=" bastion.example.com ").proxy_jump == "bastion.example.com"
+    with pytest.raises(ValueError, match=r"is not \[user@\]host\[:port\]"):
+        AWSBackendConfig(**base, proxy_jump="ssh://bastion")
