@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,13 +13,20 @@ from tests.harness import Env, Server, need
 
 
 def _kill_strays(marker: str) -> None:
-    """Kill every process whose environment or command line mentions this test's HOME."""
+    """Kill every process whose environment or command line mentions this test's HOME, and remove
+    the containers of the local jobs whose agents those were (a failed test leaves its runs going)."""
+    containers = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if any(marker in part for part in proc.info["cmdline"] or []) or proc.environ().get("HOME") == marker:
+            cmdline = proc.info["cmdline"] or []
+            if any(marker in part for part in cmdline) or proc.environ().get("HOME") == marker:
+                if "--job" in cmdline[:-1]:
+                    containers.append("dstack-" + cmdline[cmdline.index("--job") + 1].rsplit("/", 1)[-1])
                 proc.kill()
         except psutil.Error:
             pass
+    if containers and shutil.which("podman"):
+        subprocess.run(["podman", "rm", "-f", "--ignore", *containers], capture_output=True, timeout=120)
 
 
 @pytest.fixture

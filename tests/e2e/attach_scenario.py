@@ -98,8 +98,8 @@ def check_attach(*, env: Env, server: Server, project: str, repo: Path, image: s
         wait_for(served, 60, message="the forwarded port after the reconnect")
 
         # While attached, `ssh RUN` shares the attach's connection (no new handshake).
-        control = env.home / ".dstack" / "ssh" / f"cm-{run}"
-        assert control.is_socket() and f"ControlPath {control}" in config
+        control = Path(re.search(rf"Host {run}\n(?:  .*\n)*?  ControlPath (\S+)", config).group(1))
+        assert control.is_socket() and control.stat().st_mode & 0o077 == 0 and control.parent.stat().st_mode & 0o077 == 0
         shared = subprocess.run(["ssh", "-F", str(ssh_config(env)), "-O", "check", run], capture_output=True,
                                 text=True, env=env.vars)
         assert shared.returncode == 0 and "Master running" in shared.stderr, shared

@@ -69,10 +69,11 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
     default_subnets = {s["SubnetId"] for s in stack.aws.client("ec2", REGION).describe_subnets(
         Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]}
     assert instance["SubnetId"] in default_subnets
-    # Nothing is let in: the agent only calls out.
+    # Nothing is let in but SSH (for `dstack attach`, through the instance's sshd; key-only).
     [group] = stack.aws.client("ec2", REGION).describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [f"dstack-{BUCKET}"]}])["SecurityGroups"]
-    assert group["IpPermissions"] == [] and [g["GroupId"] for g in instance["SecurityGroups"]] == [group["GroupId"]]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in group["IpPermissions"]] == [("tcp", 22, 22)]
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group["GroupId"]]
     # Torn down at the end, and nothing else is left running.
     wait_for(lambda: all(i["State"]["Name"] == "terminated" for i in stack.instances()), 20,
              message="the instance to be terminated")

@@ -109,11 +109,26 @@ class Runtime:
 
     def address(self, name: str) -> str | None:
         """The container's IP on the runtime's bridge network (None with host networking): where the
-        job's ports are, for `dstack attach`'s forwards."""
-        out = subprocess.run([self.binary, "inspect", "--format",
-                              "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
-                             capture_output=True, text=True, timeout=30)
-        return next(iter(out.stdout.split()), None) if out.returncode == 0 else None
+        job's ports are, for `dstack attach`'s forwards. `inspect` can fail while another call holds
+        the runtime's lock (Podman): tried again for a few seconds before giving up."""
+        error = ""
+        for attempt in range(20):
+            out = subprocess.run([self.binary, "inspect", "--format",
+                                  "{{json .NetworkSettings}}", name], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0:
+                try:
+                    settings = json.loads(out.stdout or "{}") or {}
+                except ValueError:
+                    settings = {}
+                networks = settings.get("Networks") or {}
+                if not networks or set(networks) == {"host"}:  # host networking: the machine's own address
+                    return None
+                found = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+                if found:
+                    return found
+            error = (out.stderr or out.stdout).strip()[-200:]
+            time.sleep(min(0.05 * 2 ** attempt, 0.5))
+        raise RuntimeError(f"cannot find the container's address: {error or 'no address on its network'}")
 
     def run_command(self, spec: ContainerSpec, *, env_file: str) -> list[str]:
         """`run -d`: the container starts detached, its output is followed with `logs -f` and its exit

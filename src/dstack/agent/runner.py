@@ -6,8 +6,6 @@ Usage: python -m dstack.agent --storage URL --job PREFIX --workdir DIR
 from __future__ import annotations
 
 import argparse
-import getpass
-import glob
 import io
 import json
 import os
@@ -42,7 +40,7 @@ from dstack.agent.sandbox import (
     make_shims,
 )
 from dstack.agent.sandbox import prepare as sandbox_prepare
-from dstack.agent.ssh import SSHServer, session_spec
+from dstack.agent.ssh import SSHServer, instance_host_keys, start_job_sshd
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage, storage_from_url
 from dstack.storage.layout import artifact_key
@@ -102,16 +100,11 @@ class JobRunner:
 
     def publish_host_keys(self) -> None:
         """The instance's SSH host keys, through the bucket, so that the server and `dstack attach`
-        pin them before their first connection instead of trusting whatever answers."""
-        keys = []
-        for path in sorted(glob.glob("/etc/ssh/ssh_host_*_key.pub")):
-            with open(path) as f:
-                parts = f.read().split()
-            if len(parts) >= 2:
-                keys.append(f"{parts[0]} {parts[1]}")
-        # The image's default user, whose sshd is the jump host to the job's (see bootstrap.py).
-        user = os.environ.get("DSTACK_INSTANCE_SSH_USER") or None
-        self.storage.put_json(self._key("host_keys.json"), {"keys": keys, "ssh_user": user, "t": time.time()})
+        pin them before their first connection instead of trusting whatever answers; with the
+        image's default user, whose sshd is the jump host to the job's (see bootstrap.py)."""
+        self.storage.put_json(self._key("host_keys.json"), {
+            "keys": instance_host_keys(), "ssh_user": os.environ.get("DSTACK_INSTANCE_SSH_USER") or None,
+            "t": time.time()})
 
     # --- lifecycle --------------------------------------------------------------------------
     def event(self, message: str) -> None:
@@ -247,33 +240,25 @@ class JobRunner:
         return 0
 
     def _start_ssh(self, ssh: dict[str, Any], *, sandbox: Sandbox | None, cwd: str, env: dict[str, str]) -> None:
-        """The job's sshd (see ssh.py): every session enters the job; its host key goes to the bucket."""
-        try:
-            server = SSHServer(self.workdir, listen=str(ssh.get("listen") or "127.0.0.1"),
-                               port=int(ssh["port"]) if ssh.get("port") else None)
-            container = (self.container[0].binary, self.container[1]) if self.container is not None else None
-            # A container on the runtime's bridge network has its ports at its own address.
-            forward_host = (self.container[0].address(self.container[1]) if self.container is not None
-                            else None) or "localhost"
-            host_key = server.start(authorized_keys=list(ssh.get("keys") or []),
-                                    forward_hosts=(forward_host,) if forward_host != "localhost" else ())
-            session = session_spec(container=container, sandbox_pid=self.proc.pid if sandbox else None,
-                                   ids=sandbox.uid_gid() if sandbox else None, cwd=cwd,
-                                   shell=self.spec.get("shell") or "/bin/sh",
-                                   user=self.spec.get("user"))
-            for name, data in (("session.json", session), ("session-env.json", {} if container else env)):
-                fd = os.open(server.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f)
-            if not server.wait_ready():
-                raise RuntimeError((server.dir / "sshd.log").read_text()[-300:] or "sshd did not start")
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # the job runs on without SSH
-            self.event(f"cannot start sshd for the job: {exc}")
-            return
-        self.ssh = server
-        self.storage.put_json(self._key("ssh.json"), {"host": server.listen, "port": server.port,
-                                                      "user": getpass.getuser(), "host_keys": [host_key],
-                                                      "forward_host": forward_host, "t": time.time()})
+        """The job's sshd (see ssh.py), in the background: the job's logs do not wait for it. Its
+        address and host key go to the bucket once it listens."""
+        def start() -> None:
+            container = (self.container[0], self.container[1]) if self.container is not None else None
+            try:
+                server, published = start_job_sshd(
+                    self.workdir, ssh, container=container, sandbox=sandbox,
+                    job_pid=self.proc.pid if self.proc is not None else None, cwd=cwd,
+                    shell=self.spec.get("shell") or "/bin/sh", user=self.spec.get("user"), env=env)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # the job runs on without SSH
+                self.event(f"cannot start sshd for the job: {exc}")
+                return
+            self.ssh = server
+            if self._done.is_set():  # the job ended meanwhile
+                server.stop()
+                return
+            self.storage.put_json(self._key("ssh.json"), {**published, "t": time.time()})
+
+        threading.Thread(target=start, name="sshd", daemon=True).start()
 
     def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
                    logs: LogWriter) -> workspace.Workspace:

@@ -17,6 +17,9 @@ It also tells how long nobody has been connected, for `inactivity_duration`.
 
 from __future__ import annotations
 
+import getpass
+import glob
+import json
 import os
 import pkgutil
 import shutil
@@ -25,9 +28,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dstack.agent.process import stop_process
+
+if TYPE_CHECKING:
+    from dstack.agent.container import Runtime
+    from dstack.agent.sandbox import Sandbox
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 
@@ -143,3 +150,40 @@ def session_spec(*, container: tuple[str, str] | None, sandbox_pid: int | None, 
         return {"kind": "sandbox", "pid": sandbox_pid, "uid": ids[0] if ids else None,
                 "gid": ids[1] if ids else None, "cwd": cwd, "shell": shell}
     return {"kind": "host", "cwd": cwd, "shell": shell}
+
+
+def start_job_sshd(workdir: Path, ssh: dict[str, Any], *, container: tuple[Runtime, str] | None,
+                   sandbox: Sandbox | None, job_pid: int | None, cwd: str, shell: str, user: str | None,
+                   env: dict[str, str]) -> tuple[SSHServer, dict[str, Any]]:
+    """Start the job's sshd for the keys in `ssh` and write how sessions enter the job; return the
+    server and what to publish (ssh.json). Raises OSError/RuntimeError if it cannot serve."""
+    server = SSHServer(workdir, listen=str(ssh.get("listen") or "127.0.0.1"),
+                       port=int(ssh["port"]) if ssh.get("port") else None)
+    # A container on the runtime's bridge network has its ports at its own address.
+    forward_host = (container[0].address(container[1]) if container is not None else None) or "localhost"
+    host_key = server.start(authorized_keys=list(ssh.get("keys") or []),
+                            forward_hosts=(forward_host,) if forward_host != "localhost" else ())
+    session = session_spec(container=(container[0].binary, container[1]) if container else None,
+                           sandbox_pid=job_pid if sandbox else None, ids=sandbox.uid_gid() if sandbox else None,
+                           cwd=cwd, shell=shell, user=user)
+    # A container's sessions get its own environment (`exec`); others get the job's, secrets included.
+    for name, data in (("session.json", session), ("session-env.json", {} if container else env)):
+        fd = os.open(server.dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+    if not server.wait_ready():
+        server.stop()
+        raise RuntimeError((server.dir / "sshd.log").read_text()[-300:] or "sshd did not start")
+    return server, {"host": server.listen, "port": server.port, "user": getpass.getuser(),
+                    "host_keys": [host_key], "forward_host": forward_host}
+
+
+def instance_host_keys() -> list[str]:
+    """The machine's own SSH host keys (`ssh-ed25519 AAAA…`), as its sshd presents them."""
+    keys = []
+    for path in sorted(glob.glob("/etc/ssh/ssh_host_*_key.pub")):
+        with open(path) as f:
+            parts = f.read().split()
+        if len(parts) >= 2:
+            keys.append(f"{parts[0]} {parts[1]}")
+    return keys

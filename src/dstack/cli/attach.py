@@ -11,11 +11,13 @@ run with the user's own `ssh`, as upstream does.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -75,9 +77,23 @@ def write_host_entry(run: str, info: dict[str, Any]) -> Path:
 
 
 def control_path(run: str) -> Path | None:
-    """The socket of the run's shared connection, unless its path is too long for a socket."""
-    path = ssh_dir() / f"cm-{run}"
-    return path if len(str(path)) < 100 else None
+    """The socket of the run's shared connection: in a private directory with a short path (ssh
+    adds 17 characters to it while binding, and a socket's path must fit in 108 bytes), named after
+    the run and dstack's SSH directory (two configs, two sockets). None where no such directory is
+    to be had (then ssh connects every time)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "dstack-ssh" if runtime and os.path.isdir(runtime) else \
+        Path(tempfile.gettempdir()) / f"dstack-ssh-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        info = base.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:  # someone else's, or open to others
+        return None
+    digest = hashlib.sha256(f"{ssh_dir()}\0{run}".encode()).hexdigest()[:10]
+    path = base / f"{run[:24]}-{digest}"
+    return path if len(str(path)) <= 80 else None
 
 
 def clear_stale_socket(path: Path) -> None:
@@ -210,6 +226,7 @@ class Forwarder:
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self.connects = 0
+        self.last_error = ""
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> Forwarder:
@@ -231,9 +248,16 @@ class Forwarder:
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.connects += 1
             started = time.monotonic()
-            self.proc.wait()
+            _, err = self.proc.communicate()
             if self._stop.is_set() or not self.alive():
                 return
+            # ssh's own reason, once per new reason (a wrong host key, a refused key, a port taken).
+            reason = next((line for line in reversed(err.decode(errors="replace").splitlines())
+                           if line.strip() and "ControlSocket" not in line), "")
+            if reason and reason != self.last_error:
+                self.last_error = reason
+                print(f"dstack: the connection to {self.run} ended: {reason.strip()} (reconnecting)",
+                      file=sys.stderr, flush=True)
             # Dropped (network, a restarted sshd): reconnect, backing off while it keeps failing.
             delay = 0.5 if time.monotonic() - started > 10 else min(delay * 2, 10.0)
             self._stop.wait(delay)

@@ -207,7 +207,7 @@ def attach(
     command: Annotated[str | None, typer.Option("--command", "-c", help="run this instead of a shell")] = None,
     project: Annotated[str | None, typer.Option(help="project")] = None,
 ) -> None:
-    """Open a shell on the run's instance over SSH (with your key, ~/.dstack/ssh/id_ed25519)."""
+    """Attach to a run: `ssh RUN` into its job, its `ports` forwarded, the IDE link (docs/attach.md)."""
     from dstack.cli.runs import attach_run
 
     raise typer.Exit(attach_run(run, command=command, project=project))
