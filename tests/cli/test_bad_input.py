@@ -69,6 +69,16 @@ def test_not_supported_yet_is_one_line_naming_the_field(env: Env, server: Server
 
 def test_missing_file(env: Env, server: Server, repo: Path) -> None:
     assert_one_line_error(env.cli("apply", "-y", "-f", "nope.yml", cwd=repo), "nope.yml not found", "-f")
+    # In a subdirectory of an initialized repo: the file is what is missing, not the repo.
+    sub = repo / "sub" / "dir"
+    sub.mkdir(parents=True)
+    assert_one_line_error(env.cli("apply", "-y", "-f", "missing.yml", cwd=sub), "missing.yml not found", "-f")
+    # And a configuration there runs with the repo's code (the directory `dstack init` ran in).
+    (repo / "marker.txt").write_text("repo-root\n")
+    (sub / "task.yml").write_text("type: task\nname: from-sub\ncommands: [cat marker.txt]\n"
+                                  "resources: {cpu: 1.., memory: 1GB..}\n")
+    result = env.cli("apply", "-y", "-f", "task.yml", cwd=sub)
+    assert result.returncode == 0 and "repo-root" in result.stdout, result.stdout + result.stderr
 
 
 def test_no_offers_says_what_was_asked_and_what_exists(env: Env, server: Server, repo: Path) -> None:
@@ -82,7 +92,7 @@ def test_not_initialized_directory(env: Env, server: Server) -> None:
     other = env.home / "other"
     other.mkdir()
     (other / ".dstack.yml").write_text("type: task\ncommands: [echo hi]\n")
-    assert_one_line_error(env.cli("apply", "-y", cwd=other), "is not a dstack repo", "dstack init")
+    assert_one_line_error(env.cli("apply", "-y", cwd=other), "is not in a dstack repo", "dstack init")
 
 
 def test_unknown_run_and_stopping_a_finished_run(env: Env, server: Server, repo: Path) -> None:
@@ -98,7 +108,11 @@ def test_wrong_token(env: Env, server: Server, repo: Path) -> None:
     config = yaml.safe_load(path.read_text())
     config["projects"][0]["token"] = "not-the-token"
     path.write_text(yaml.safe_dump(config))
-    assert_one_line_error(env.cli("ps", cwd=repo), "invalid token", "config.yml")
+    assert_one_line_error(env.cli("ps", cwd=repo), "invalid token", "config.yml", "dstack config --url")
+    # `dstack config` itself: the token it was given is the problem, not the config file.
+    result = env.cli("config", "--url", server.url, "--token", "also-wrong", cwd=repo)
+    assert_one_line_error(result, "does not accept this token", "Users page")
+    assert "dstack config" not in result.stderr
 
 
 def test_broken_cli_config(env: Env, server: Server, repo: Path) -> None:

@@ -32,12 +32,21 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser):  # noqa: ANN001, ANN201
+    """A 1366×900 page; the test fails if any page it visited logged an error to the console (a
+    script error, a resource that failed to load, an invalid `pattern`). A test that provokes an
+    error on purpose empties `page.console_errors` after checking it."""
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     page = context.new_page()
     page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.console_errors = errors
+    page.on("console", lambda message: errors.append(f"{page.url}: {message.text}")
+            if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
     yield page
     context.close()
+    assert errors == [], errors
 
 
 def screenshot(page, name: str, tmp_path: Path) -> None:  # noqa: ANN001

@@ -32,6 +32,8 @@ def test_add_aws_and_lambda_backends_through_the_form(env: Env, aws: MotoAWS, la
         page.get_by_label("Token").fill("not-a-token")
         page.get_by_role("button", name="Log in").click()
         assert "Invalid token" in page.get_by_role("alert").inner_text()
+        assert all("401" in e for e in page.console_errors)  # the refused login, on purpose
+        page.console_errors.clear()
         login(page, url, env.token())
 
         page.get_by_label("Name").fill("webproj")
@@ -41,10 +43,17 @@ def test_add_aws_and_lambda_backends_through_the_form(env: Env, aws: MotoAWS, la
         page.get_by_role("link", name="Add backend").click()
         page.wait_for_url("**/backends/new")
 
-        # AWS: the Type field, the seed's fields, wrong keys first.
-        assert page.get_by_label("Type").input_value() == "aws"
-        page.get_by_label("Access key", exact=True).check()
+        # AWS: the Type field (the user chooses it, as the seeds say), the seed's fields.
+        assert page.get_by_label("Type").input_value() == ""
+        assert page.get_by_role("button", name="Save").is_disabled()
+        page.get_by_label("Type").select_option("aws")
         page.locator("select#f-region").select_option("us-east-1")  # Region's choices come at once
+        # Default credentials: the server has none, and the check says so at once (not at Save).
+        page.get_by_label("Default credentials", exact=True).check()
+        page.get_by_text("no default AWS credentials were found").first.wait_for()
+        # Access key: its fields are "(Optional)" as in the seed; wrong keys first.
+        page.get_by_label("Access key", exact=True).check()
+        assert "Optional" in page.locator("label[for=f-credentials-access_key_id]").inner_text()
         page.get_by_label("Access key ID").fill("AKIANOTAREALKEY12345")
         page.get_by_label("Secret access key").fill("x" * 40)
         error = page.locator("#f-credentials-access_key_id-error")
@@ -72,8 +81,10 @@ def test_add_aws_and_lambda_backends_through_the_form(env: Env, aws: MotoAWS, la
         # Lambda: a bad API key errors on its field; a good one fills Regions, all selected.
         page.get_by_role("link", name="Add backend").click()
         page.get_by_label("Type").select_option("lambda")
+        assert page.locator("#f-storage option:checked").inner_text() == "AWS"
         page.locator("details#advanced summary").click()
         page.get_by_label("API URL").fill(lambda_fake.url)  # the fake, before anything is checked
+        assert page.locator("#f-regions").is_disabled()  # no regions before the API key checks out
         page.locator("#f-api_key").fill("wrong-key")
         page.locator("#f-api_key-error").filter(has_text="does not accept this API key").wait_for()
         assert "Generate API key" in page.locator("#notes").inner_text()
@@ -84,15 +95,23 @@ def test_add_aws_and_lambda_backends_through_the_form(env: Env, aws: MotoAWS, la
         page.locator("#f-regions input[type=checkbox]").first.wait_for()
         checked = page.locator("#f-regions input[type=checkbox]:checked")
         assert checked.count() == page.locator("#f-regions input[type=checkbox]").count() > 2
+        page.get_by_role("button", name="Select none").click()
+        assert checked.count() == 0
+        page.get_by_role("button", name="Select all").click()
+        assert checked.count() == page.locator("#f-regions input[type=checkbox]").count()
         page.get_by_text("All fields check out.").wait_for()
         page.get_by_role("button", name="Save").click()
         page.wait_for_url("**/settings?edit=1")
         assert "Lambda" in page.locator("#backends tr[data-type=lambda]").inner_text()
         screenshot(page, "project-settings", tmp_path)
 
-        # Edit keeps the stored secrets behind the masked values.
+        # Edit keeps the stored secrets behind the masked values: the check uses the stored ones,
+        # so Bucket and Subnet keep their choices and every field checks out.
         page.locator("#backends tr[data-type=aws]").get_by_role("link", name="Edit").click()
         assert page.get_by_label("Secret access key").input_value() == "********"
+        page.get_by_text("All fields check out.").wait_for()
+        assert page.locator("select#f-bucket").input_value() == BUCKET
+        assert page.locator("select#f-subnet option").count() > 1
         page.get_by_role("button", name="Save").click()
         page.wait_for_url("**/settings?edit=1")
         assert secret not in page.content()

@@ -38,8 +38,17 @@ def test_logs_live_and_stop_from_the_ui(env: Env, server: Server, repo: Path, pa
     wait_for(lambda: logs.inner_text().count("tick-") > seen, 20, message="more log lines")
     page.locator("#status", has_text="running").wait_for()
     screenshot(page, "run-page", tmp_path)
+    # The configuration as written, the offer as a card.
+    assert page.locator("#configuration").inner_text().startswith("type: task\nname: ticker\n")
+    assert "local · local" in page.locator("#offer").inner_text()
+    # Stop asks first: dismissed, nothing happens; accepted, the run stops.
+    page.once("dialog", lambda dialog: dialog.dismiss())
     page.get_by_role("button", name="Stop").click()
-    page.locator("#status", has_text="stopped (stopped by user)").wait_for()
+    page.locator("#status", has_text="running").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Stop").click()
+    page.locator("#status", has_text="stopped").wait_for()
+    page.locator("#reason", has_text="stopped by user").wait_for()
     assert page.get_by_role("button", name="Stop").is_hidden()
 
 
@@ -92,3 +101,6 @@ def test_read_only_member_sees_no_controls_and_the_api_refuses(env: Env, server:
     response = httpx.post(f"{server.url}/api/projects/main/runs/sleeper/stop", json={},
                           headers={"Authorization": f"Bearer {reader['token']}"})
     assert response.status_code == 403
+    # The refusals above are the page's only console errors, and they were provoked on purpose.
+    assert page.console_errors and all("403" in e for e in page.console_errors), page.console_errors
+    page.console_errors.clear()

@@ -16,6 +16,14 @@ def test_members_secrets_and_users(env: Env, server: Server, page) -> None:  # n
     page.locator("#token-box").wait_for()
     token = page.locator("#token-value").inner_text()
     assert len(token) > 20
+    # carol is in the table at once (no reload), and the page marks where we are.
+    page.locator("#users td", has_text="carol").wait_for()
+    assert page.locator("nav a[aria-current=page]").inner_text() == "Users"
+    # The settings page: aligned backends table and the CLI snippet for this project.
+    page.goto(f"{server.url}/projects/main/settings")
+    assert f"dstack config --url {server.url} --project main --token" in page.locator("#cli-snippet").inner_text()
+    assert page.locator("#backends tr[data-type=local] .backend-status").inner_text() == "OK"
+    page.goto(f"{server.url}/admin/users")
     # Members: add carol as read-only, then make her a user.
     page.goto(f"{server.url}/projects/main/settings?edit=1")
     page.get_by_label("User", exact=True).fill("carol")

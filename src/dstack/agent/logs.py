@@ -58,7 +58,8 @@ class LogWriter:
         self._secrets = sorted((s for s in secrets or [] if len(s) >= 4), key=len, reverse=True)
         self._seq = 0
         self._buffer: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer
+        self._sink_lock = threading.Lock()  # one chunk written at a time, in order
         self._wake = threading.Event()
         self._closed = False
         self.written = 0  # lines the sink accepted
@@ -93,25 +94,29 @@ class LogWriter:
     def flush(self) -> bool:
         """Write what is buffered, in chunks within the line and byte bounds. False if the sink
         failed: the unwritten lines stay first in the buffer for the next try."""
-        while True:
-            with self._lock:
-                if not self._buffer:
-                    return True
-                count, size = 0, 0
-                for event in self._buffer[:MAX_LINES_PER_CHUNK]:
-                    size += len(event["m"].encode()) + EVENT_OVERHEAD
-                    if count and size > MAX_CHUNK_BYTES:
-                        break
-                    count += 1
-                batch = self._buffer[:count]
-                # Write inside the lock so chunks land strictly in sequence order.
+        # One writer at a time (chunks land strictly in sequence order), but never holding the
+        # buffer's lock over the network: the job's output is read on while a chunk is written (a
+        # slow or failing sink must not stall the reader, whose pipe would then fill up).
+        with self._sink_lock:
+            while True:
+                with self._lock:
+                    if not self._buffer:
+                        return True
+                    count, size = 0, 0
+                    for event in self._buffer[:MAX_LINES_PER_CHUNK]:
+                        size += len(event["m"].encode()) + EVENT_OVERHEAD
+                        if count and size > MAX_CHUNK_BYTES:
+                            break
+                        count += 1
+                    batch = self._buffer[:count]
                 try:
                     self._sink(self._seq, batch)
                 except Exception as exc:  # noqa: BLE001 - logging must never fail the job
                     self.errors += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     return False
-                del self._buffer[:count]
+                with self._lock:
+                    del self._buffer[:count]  # only this writer removes: the batch is still first
                 self._seq += 1
                 self.written += count
 

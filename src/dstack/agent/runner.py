@@ -63,6 +63,7 @@ class JobRunner:
         self.events: list[dict[str, Any]] = []
         self.log_events: int | None = None
         self.started_at: float | None = None  # when the job's process started
+        self.last_output = time.monotonic()  # when the job's output last gave a line
         self.ssh: SSHServer | None = None
         self._beat = 0
 
@@ -221,6 +222,7 @@ class JobRunner:
         if self.container is not None:  # the log follower ends when the daemon notices the exit: ask it
             threading.Thread(target=self._poll_container, daemon=True).start()
         for raw in iter(self.proc.stdout.readline, b""):
+            self.last_output = time.monotonic()
             logs.write(raw.decode("utf-8", "replace").rstrip("\r\n"))
         exit_code = self._container_exit_code(cwd_job if cwd_host is None else None) \
             if self.container is not None else self.proc.wait()
@@ -368,10 +370,15 @@ class JobRunner:
         runtime, name = self.container
         while self.proc.poll() is None and runtime.state(name)[0]:
             time.sleep(1.0)
-        try:
-            self.proc.wait(timeout=5)  # the rest of the output
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
+        # The container stopped: its follower ends once it has passed on the rest of the output.
+        # Only a follower that stays silent (a daemon that missed the exit) is stopped; one that is
+        # still delivering lines is left to finish, however long the rest takes to read.
+        stopped_at = time.monotonic()
+        while self.proc.poll() is None:
+            if time.monotonic() - max(self.last_output, stopped_at) > 10:
+                self.proc.terminate()
+                return
+            time.sleep(0.5)
 
     def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
         """The interpreter the job asked for (which must exist), else this machine's python3 if any."""

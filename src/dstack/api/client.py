@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -66,6 +68,19 @@ class Client:
             raise _error(response)
         return response
 
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str) -> Iterator[httpx.Response]:
+        """A streamed response (errors raised as for `request`)."""
+        try:
+            with self._http.stream(method, path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error(response)
+                yield response
+        except httpx.ConnectError:
+            raise DstackError(f"cannot reach the dstack server at {self.url}",
+                              fix="Is `dstack server` running?") from None
+
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
@@ -87,7 +102,10 @@ def _error(response: httpx.Response) -> DstackError:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = error_from_dict(body["error"])
         if isinstance(err, AuthenticationError):
-            err.fix = "Check the token in ~/.dstack/config.yml (`dstack config`)"
+            from dstack.api.config import config_path
+
+            err.fix = (f"Check the token in {config_path()}, or set it again with "
+                       "`dstack config --url URL --token TOKEN`")
         return err
     return DstackError(f"the server answered {response.status_code}: {response.text[:200]}")
 
@@ -197,6 +215,7 @@ class RunsAPI:
 
         repo = Path(repo_dir).resolve()
         run_spec = _models().RunSpec(configuration=configuration, configuration_path=str(path),
+                                     configuration_text=text if len(text) <= 65536 else None,
                                      repo_id=repo_id_for(repo), ssh_key_pub=user_key()[1])
         return self.upload_sources(run_spec, repo_dir=repo) if upload else run_spec
 
@@ -217,9 +236,22 @@ class RunsAPI:
             self._c.repos.upload_code(data, update["files_hash"])
         return run_spec.model_copy(update=update)
 
-    def list(self, *, all: bool = False, limit: int = 1000) -> list[Run]:
-        data = self._c.json("GET", self._c.project_path("/runs"), params={"all": all, "limit": limit})
+    def list(self, *, all: bool = False, limit: int = 1000, before: str | None = None) -> list[Run]:
+        """Newest first, at most `limit`; `before`: an ISO time, for the page after the one that ended there."""
+        params: dict[str, Any] = {"all": all, "limit": limit, **({"before": before} if before else {})}
+        data = self._c.json("GET", self._c.project_path("/runs"), params=params)
         return [_models().Run.model_validate(r) for r in data]
+
+    def iter_all(self, *, page: int = 100, last: int | None = None) -> Iterator[Run]:
+        """Every run of the project (or the `last` N), newest first, fetched a page at a time."""
+        before, seen = None, 0
+        while last is None or seen < last:
+            runs = self.list(all=True, limit=min(page, last - seen) if last else page, before=before)
+            yield from runs
+            seen += len(runs)
+            if len(runs) < page:
+                return
+            before = runs[-1].submitted_at.isoformat()
 
     def get(self, name: str) -> Run:
         return _models().Run.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}")))
@@ -259,3 +291,23 @@ class RunsAPI:
 
     def download_artifact(self, name: str, path: str) -> bytes:
         return self._c.request("GET", self._c.project_path(f"/runs/{name}/artifacts/{path}")).content
+
+    def save_artifact(self, name: str, path: str, dest: Path) -> int:
+        """Stream one artifact into `dest` (written whole or not at all); returns its size."""
+        import os
+        import tempfile
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f, self._c.stream("GET", self._c.project_path(
+                    f"/runs/{name}/artifacts/{quote(path)}")) as response:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size

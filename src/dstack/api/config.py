@@ -87,10 +87,12 @@ class CLIConfig:
         self.projects = [p for p in self.projects if p.name != project.name] + [project]
 
     def repo_for(self, path: Path) -> RepoConfig | None:
-        resolved = str(path.resolve())
-        for repo in self.repos:
-            if repo.path == resolved:
-                return repo
+        """The initialized repo `path` is in: itself, or its nearest initialized parent."""
+        by_path = {repo.path: repo for repo in self.repos}
+        resolved = path.resolve()
+        for candidate in (resolved, *resolved.parents):
+            if str(candidate) in by_path:
+                return by_path[str(candidate)]
         return None
 
     def set_repo(self, repo: RepoConfig) -> None:

@@ -22,11 +22,16 @@ OFFERS_SHOWN = 3
 
 def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, project: str | None,
                         overrides: Overrides | None = None) -> int:
+    if not Path(file).is_file():
+        raise ConfigurationError(f"configuration file {file} not found", field="file",
+                                 fix="Pass the right path with -f (relative to this directory), or create .dstack.yml")
     repo = load_config().repo_for(Path.cwd())
     if repo is None:
-        raise DstackError(f"{Path.cwd()} is not a dstack repo", fix="Run `dstack init` in it first")
+        raise DstackError(f"{Path.cwd()} is not in a dstack repo",
+                          fix="Run `dstack init` in the directory whose code the runs get")
     client = Client.from_config(project or repo.project)
-    run_spec = client.runs.prepare(file, repo_dir=Path.cwd(), upload=False)
+    # The code is the repo's (the directory `dstack init` ran in), also from a subdirectory of it.
+    run_spec = client.runs.prepare(file, repo_dir=Path(repo.path), upload=False)
     if overrides is not None:
         run_spec = run_spec.model_copy(update={"configuration": overrides.apply(run_spec.configuration)})
     run_spec = _resolve_env(run_spec)
@@ -55,7 +60,7 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
         _wait_finished(client, active.name)
         console.print(f"Stopped the active run {active.name}")
     with console.status("Uploading code…"):
-        run_spec = client.runs.upload_sources(run_spec, repo_dir=Path.cwd())
+        run_spec = client.runs.upload_sources(run_spec, repo_dir=Path(repo.path))
     run = client.runs.submit(run_spec)
     console.print(f"Run [bold]{run.name}[/] submitted")
     if run.status == JobStatus.SUBMITTED and run.reason and run.reason.startswith("scheduled"):

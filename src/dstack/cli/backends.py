@@ -7,11 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
+from dstack.cli.options import ProjectOption
+
 backend_app = typer.Typer(no_args_is_help=True, help="Manage the project's backends.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Manage the project's secrets (injected into jobs as env vars).")
 aws_app = typer.Typer(no_args_is_help=True, help="AWS helpers.")
 
-ProjectOpt = Annotated[str | None, typer.Option(help="project (default: the repo's or the config's)")]
+ProjectOpt = ProjectOption
 FileOpt = Annotated[Path, typer.Option("-f", "--file", help="YAML file with the backend's fields")]
 
 
@@ -63,10 +65,15 @@ def add(file: FileOpt, project: ProjectOpt = None,
     """Add (or with --update, replace) a backend from a YAML file of its fields."""
     from dstack.cli.runs import client_for
     from dstack.cli.ui import console
+    from dstack.core.errors import ResourceExistsError
 
     client = client_for(project)
     config = _read_config(file)
-    (client.backends.update if update else client.backends.add)(config)
+    try:
+        (client.backends.update if update else client.backends.add)(config)
+    except ResourceExistsError as exc:
+        exc.fix = f"Replace it with `dstack backend add -f {file} --update`, or delete it first"
+        raise
     console.print(f"OK: project {client.project} has the {config.get('type')} backend")
 
 

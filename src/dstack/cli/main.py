@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from dstack.cli.options import ProjectOption
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="dstack: run ML tasks on your own machine, AWS or Lambda Cloud.")
 
@@ -98,7 +100,7 @@ def apply(
     spot_policy: Annotated[str | None, typer.Option("--spot-policy", help="spot, on-demand or auto")] = None,
     retry: Annotated[bool | None, typer.Option("--retry/--no-retry", help="resubmit on failure")] = None,
     retry_duration: Annotated[str | None, typer.Option("--retry-duration", help="e.g. 1h")] = None,
-    project: Annotated[str | None, typer.Option("-P", "--project", help="project (default: the repo's)")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Show the plan, submit the run and stream its logs."""
     from dstack.cli.apply import apply_configuration
@@ -128,7 +130,7 @@ def offer(
     spot_auto: SpotAutoOpt = False,
     max_offers: Annotated[int, typer.Option("--max-offers", help="how many to list")] = 50,
     json_output: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """List the offers (instances and prices) for a configuration or for resource flags alone."""
     from dstack.cli.offer import show_offers
@@ -144,7 +146,7 @@ def offer(
 def delete(
     file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
     yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
-    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Delete what a configuration defines: a run configuration's active run (by its `name`) is stopped."""
     from dstack.cli.runs import delete_configuration
@@ -156,7 +158,7 @@ def delete(
 def metrics(
     run: Annotated[str, typer.Argument(help="run name")],
     watch: Annotated[bool, typer.Option("-w", "--watch", help="refresh until the run ends")] = False,
-    project: Annotated[str | None, typer.Option("-P", "--project", help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """CPU, memory and GPU use of a run's machine (the agent's latest sample)."""
     from dstack.cli.runs import show_metrics
@@ -168,20 +170,23 @@ def metrics(
 def ps(
     all: Annotated[bool, typer.Option("-a", "--all", help="show finished runs too")] = False,
     watch: Annotated[bool, typer.Option("-w", "--watch", help="refresh every 2 seconds")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show provisioning attempts")] = False,
-    project: Annotated[str | None, typer.Option(help="project")] = None,
+    last: Annotated[int | None, typer.Option("-n", "--last", min=1, help="show only the last N runs (implies -a)")
+                    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose",
+                                          help="whole reasons, provisioning attempts and events")] = False,
+    project: ProjectOption = None,
 ) -> None:
-    """List runs."""
+    """List runs: active ones and the latest finished one (-a: all of them)."""
     from dstack.cli.runs import show_runs
 
-    show_runs(all=all, watch=watch, verbose=verbose, project=project)
+    show_runs(all=all, last=last, watch=watch, verbose=verbose, project=project)
 
 
 @app.command()
 def logs(
     run: Annotated[str, typer.Argument(help="run name")],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="wait for new lines until the run ends")] = False,
-    project: Annotated[str | None, typer.Option(help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Print a run's logs."""
     from dstack.cli.runs import print_logs
@@ -193,7 +198,7 @@ def logs(
 def stop(
     run: Annotated[str, typer.Argument(help="run name")],
     abort: Annotated[bool, typer.Option("--abort", help="kill at once, without a grace period")] = False,
-    project: Annotated[str | None, typer.Option(help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Stop a run."""
     from dstack.cli.runs import stop_run
@@ -205,7 +210,7 @@ def stop(
 def attach(
     run: Annotated[str, typer.Argument(help="run name")],
     command: Annotated[str | None, typer.Option("--command", "-c", help="run this instead of a shell")] = None,
-    project: Annotated[str | None, typer.Option(help="project")] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Attach to a run: `ssh RUN` into its job, its `ports` forwarded, the IDE link (docs/attach.md)."""
     from dstack.cli.runs import attach_run
@@ -256,6 +261,9 @@ def _add_groups() -> None:
     app.add_typer(backend_app, name="backend")
     app.add_typer(secrets_app, name="secrets")
     app.add_typer(aws_app, name="aws")
+    from dstack.cli.artifacts import artifacts_app
+
+    app.add_typer(artifacts_app, name="artifacts")
 
 
 _add_groups()

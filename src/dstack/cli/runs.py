@@ -43,29 +43,45 @@ def init_repo(project: str | None) -> None:
 
 
 def configure(*, url: str, token: str, project: str, default: bool) -> None:
+    from dstack.core.errors import AuthenticationError
+
     client = Client(url=url, token=token, project=project)
-    client.projects.get(project)  # checks the URL, the token and the membership before saving
+    try:
+        client.projects.get(project)  # checks the URL, the token and the membership before saving
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"the server at {url} does not accept this token", field="token",
+                                  fix="Copy your token again: the server prints the admin's at its first start; "
+                                      "the UI's Users page issues new ones") from exc
     config = load_config()
     config.set_project(ProjectConfig(name=project, url=url, token=token, default=default))
     save_config(config)
     console.print(f"OK: project [bold]{project}[/] at {url} saved in the config")
 
 
+def one_line(text: str, width: int = 60) -> str:
+    """A reason for a table cell: one line, at most `width` characters (`dstack ps -v` shows it all)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
 def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
+    from rich.markup import escape
+
     from dstack.core.runs import status_text
 
     now = datetime.now(UTC)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "BACKEND", "INSTANCE", "RESOURCES", "PRICE", "STATUS", "SUBMITTED", "DURATION"):
-        table.add_column(column, no_wrap=column != "RESOURCES")
+    for column in ("NAME", "USER", "BACKEND", "INSTANCE", "RESOURCES", "PRICE", "STATUS", "SUBMITTED", "DURATION"):
+        table.add_column(column, no_wrap=column not in ("RESOURCES", "STATUS"), overflow="fold")
     for run in runs:
         job = run.job
         offer = job.offer if job else None
-        status = status_text(run.status, run.reason, run.exit_code)
+        reason = run.reason if verbose or not run.reason else one_line(run.reason)
+        status = escape(status_text(run.status, reason, run.exit_code))
         style = STATUS_STYLE.get(run.status.value, "")
         table.add_row(
-            run.name,
-            offer.backend if offer else "",
+            escape(run.name), escape(run.user),
+            f"{offer.backend} ({offer.region})" if offer else "",
             offer.instance_type if offer else "",
             offer.resources.pretty() if offer else run.spec.configuration.resources.pretty(),
             f"${offer.price:.4f}" if offer else "",
@@ -76,27 +92,31 @@ def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
         if verbose and job:
             for attempt in job.attempts:
                 mark = "launched" if attempt.ok else f"failed: {attempt.reason}"
-                table.add_row("  attempt", attempt.backend, attempt.instance_type, attempt.region,
-                              f"${attempt.price:.4f}", mark, ago(attempt.at), "")
+                table.add_row("  attempt", "", f"{attempt.backend} ({attempt.region})", attempt.instance_type, "",
+                              f"${attempt.price:.4f}", escape(mark), ago(attempt.at), "")
             for event in job.history:
                 if event.reason and event.status.value == "provisioning":  # e.g. an image pull's progress
-                    table.add_row("  event", "", "", "", "", event.reason, ago(event.at), "")
+                    table.add_row("  event", "", "", "", "", "", escape(event.reason), ago(event.at), "")
     return table
 
 
-def show_runs(*, all: bool, watch: bool, verbose: bool, project: str | None) -> None:
+def show_runs(*, all: bool, last: int | None, watch: bool, verbose: bool, project: str | None) -> None:
     client = client_for(project)
+
+    def fetch() -> list[Run]:
+        # Finished runs too: fetched from the server a page at a time (newest first).
+        return list(client.runs.iter_all(last=last)) if all or last else client.runs.list()
+
     if not watch:
-        console.print(runs_table(client.runs.list(all=all), verbose=verbose))
+        console.print(runs_table(fetch(), verbose=verbose))
         return
     from rich.live import Live
 
     try:
-        with Live(runs_table(client.runs.list(all=all), verbose=verbose), console=console,
-                  auto_refresh=False) as live:
+        with Live(runs_table(fetch(), verbose=verbose), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(2)
-                live.update(runs_table(client.runs.list(all=all), verbose=verbose), refresh=True)
+                live.update(runs_table(fetch(), verbose=verbose), refresh=True)
     except KeyboardInterrupt:
         pass
 

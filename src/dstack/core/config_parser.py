@@ -53,8 +53,14 @@ def parse_configuration(text: str, filename: str = ".dstack.yml") -> Any:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{filename}:{mark.line + 1}" if mark else filename
+        # A problem found at the end of the file (an unclosed bracket or quote) is marked past its
+        # last line: name the last line there is.
+        last = max(1, len(text.splitlines()))
+        where = f"{filename}:{min(mark.line + 1, last)}" if mark else filename
         problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and start.line != getattr(mark, "line", None):
+            problem += f" ({context} that starts on line {start.line + 1})"
         raise ConfigurationError(f"{where}: invalid YAML: {problem}", fix="Fix the syntax on that line") from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"{filename}: expected a mapping with `type: {' | '.join(_TYPES)}`")

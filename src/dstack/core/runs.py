@@ -34,6 +34,8 @@ class RunSpec(BaseModel):
 
     configuration: AnyRunConfiguration
     configuration_path: str = Field(default=".dstack.yml", max_length=1000)
+    configuration_text: str | None = Field(default=None, max_length=65536,
+                                           description="the configuration as its author wrote it (shown back)")
     repo_id: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,100}$")
     code_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                   description="sha256 of the uploaded code archive")
@@ -177,8 +179,9 @@ def status_text(status: JobStatus, reason: str | None, exit_code: int | None) ->
     elif reason and (status in FINISHED_STATUSES and status != JobStatus.DONE
                      or status in (JobStatus.PROVISIONING, JobStatus.SUBMITTED)):
         # Why it ended; while provisioning, what it is doing (pulling an image); while submitted, what
-        # it waits for (its schedule, capacity).
-        text += f" ({reason})"
+        # it waits for (its schedule, capacity). A reason that repeats the status stands for both:
+        # `stopped by user`, not `stopped (stopped by user)`.
+        text = reason if reason.startswith(text + " ") else f"{text} ({reason})"
     return text
 
 

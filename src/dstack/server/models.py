@@ -89,6 +89,10 @@ class BackendModel(Base):
     type: Mapped[str] = mapped_column(String(20))
     config: Mapped[str] = mapped_column(Text)  # JSON, encrypted (it holds credentials)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Why it could not launch anything the last time (denied, bad credentials), until it launches
+    # again or its configuration is saved: shown on the project's settings page.
+    warning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    warning_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     project: Mapped[ProjectModel] = relationship(back_populates="backends")
 
 

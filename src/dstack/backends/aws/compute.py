@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dstack.backends.aws import catalog
 from dstack.backends.aws import logs as cw
 from dstack.backends.aws import secrets as sm
+from dstack.backends.aws.errors import denied_fix, is_denied
 from dstack.backends.aws.models import AWSBackendConfig
 from dstack.backends.aws.resources import AWSResources
 from dstack.backends.aws.session import client, describe, error_code, make_session
@@ -230,6 +231,9 @@ class AWSCompute(Compute):
             ids = sm.sync(self.clients.secretsmanager, bucket=self.config.bucket, project=job.project,
                           secrets=job.secrets) if job.secrets else {}
         except (ClientError, BotoCoreError) as exc:
+            if is_denied(exc):
+                raise LaunchError(f"{describe(exc)}. {denied_fix(exc, bucket=self.config.bucket)}",
+                                  backend_wide=True) from exc
             raise LaunchError(f"could not prepare the job: {describe(exc)}") from exc
         extras: dict[str, Any] = {
             "logs": {"type": "cloudwatch", "group": group, "stream": stream, "region": self.config.region},
@@ -266,6 +270,9 @@ class AWSCompute(Compute):
                                   f"{UNSUPPORTED_TTL // 3600:.0f} h") from exc
             if code in CAPACITY_ERRORS:
                 raise LaunchError(describe(exc)) from exc
+            if is_denied(exc):  # no other offer of this backend can work either: say what to fix, once
+                raise LaunchError(f"{describe(exc)}. {denied_fix(exc, bucket=self.config.bucket)}",
+                                  backend_wide=True) from exc
             raise LaunchError(f"launch failed: {describe(exc)}") from exc
         except BotoCoreError as exc:
             raise LaunchError(f"launch failed: {exc}") from exc

@@ -28,7 +28,18 @@ def form_notes(config: dict[str, Any]) -> list[dict[str, Any]]:
     from dstack.backends.aws.iam_policy import render, template
 
     bucket = str(config.get("bucket") or "").strip()
-    return [{"title": "IAM policy", "copy": True,
+    return [{"title": "S3 bucket",
+             "text": "dstack stores state and artifacts in this bucket. Make sure that the bucket is created in "
+                     "the same region where you plan to provision infrastructure."},
+            {"title": "IAM user", "link": "https://docs.aws.amazon.com/IAM/latest/UserGuide/id_users_create.html",
+             "text": "Create an IAM user for dstack and grant it permissions on the s3, logs, secretsmanager, ec2 "
+                     "and iam services (the policy below is the narrowest)."},
+            {"title": "Access key",
+             "link": "https://docs.aws.amazon.com/cli/latest/userguide/cli-authentication-user.html"
+                     "#cli-authentication-user-get",
+             "text": "To use an access key, create one for the IAM user and download the .csv file with its Access "
+                     "key ID and Secret access key."},
+            {"title": "IAM policy", "copy": True,
              "text": "Grant the IAM user this least-privilege policy"
                      + (f" (filled in for bucket {bucket})." if bucket else "; fill in Bucket to complete it."),
              "body": render(bucket) if bucket else template()}]
@@ -165,12 +176,13 @@ def _check_subnet(config: AWSBackendConfig, ec2: Any, result: BackendCheck) -> N
         if config.subnet:
             result.errors.append(FieldError(field="subnet", message=f"cannot list subnets: {describe(exc)}"))
         return
-    result.choices["subnet"] = [
-        {"value": s["SubnetId"],
-         "label": f"{s['SubnetId']} ({s['VpcId']}, {s['AvailabilityZone']}, {s['CidrBlock']}"
-                  f"{', default' if s.get('DefaultForAz') else ''})"}
-        for s in subnets
-    ]
+    def label(subnet: dict[str, Any]) -> str:
+        name = next((t["Value"] for t in subnet.get("Tags") or [] if t.get("Key") == "Name"), None)
+        public = ", public IPs" if subnet.get("MapPublicIpOnLaunch") else ""
+        return (f"{name + ' · ' if name else ''}{subnet['SubnetId']} ({subnet['AvailabilityZone']}, "
+                f"{subnet['CidrBlock']}{', default' if subnet.get('DefaultForAz') else ''}{public})")
+
+    result.choices["subnet"] = [{"value": s["SubnetId"], "label": label(s)} for s in subnets]
     if config.subnet and config.subnet not in {s["SubnetId"] for s in subnets}:
         result.errors.append(FieldError(
             field="subnet", message=f"subnet {config.subnet} does not exist in {config.region}: "

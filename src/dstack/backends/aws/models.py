@@ -19,10 +19,13 @@ class DefaultCredentials(BaseModel):
 class AccessKeyCredentials(BaseModel):
     model_config = ConfigDict(extra="forbid", title="Access key")
     type: Literal["access_key"] = "access_key"
+    # "(Optional)" as the seed marks them: the credentials as a whole are (default ones otherwise).
     access_key_id: str = Field(min_length=1, title="Access key ID",
-                               description="The Access key ID to authenticate dstack")
+                               description="The Access key ID to authenticate dstack",
+                               json_schema_extra={"mark": "optional"})
     secret_access_key: str = Field(min_length=1, title="Secret access key",
-                                   description="The Secret access key to authenticate dstack")
+                                   description="The Secret access key to authenticate dstack",
+                                   json_schema_extra={"mark": "optional"})
 
 
 AWSCredentials = Annotated[DefaultCredentials | AccessKeyCredentials, Field(discriminator="type")]

@@ -14,8 +14,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, NoCredentialsError
 
+from dstack.backends.aws.errors import AUTH_ERRORS, DENIED_ERRORS, describe, error_code  # noqa: F401 - re-exported
 from dstack.backends.aws.models import AccessKeyCredentials, AWSBackendConfig
 from dstack.core.errors import ConfigurationError
 
@@ -27,9 +27,6 @@ _AUDIT_KEYS = {
 }
 _AUDIT_LOCK = threading.Lock()
 _RETRIES = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-AUTH_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthFailure",
-               "UnrecognizedClientException", "InvalidToken", "ExpiredToken"}
-DENIED_ERRORS = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403", "Forbidden"}
 
 
 def make_session(config: AWSBackendConfig) -> boto3.Session:
@@ -58,16 +55,4 @@ def client(session: boto3.Session, service: str, region: str) -> Any:
         result.meta.events.register("provide-client-params.*.*", _record)
     return result
 
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def describe(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
-    if isinstance(exc, NoCredentialsError):
-        return "no AWS credentials"
-    return str(exc)
 

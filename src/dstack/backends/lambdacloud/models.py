@@ -22,7 +22,8 @@ class LambdaBackendConfig(BaseModel):
                                "recommended to select as many regions as possible to maximize availability.")
     storage: Literal["aws"] = Field(default="aws", title="Storage",
                                     description="The storage provider that dstack will use to store the state and "
-                                    "artifacts. Currently, only AWS is supported.")
+                                    "artifacts. Currently, only AWS is supported.",
+                                    json_schema_extra={"labels": {"aws": "AWS"}})
     access_key_id: str = Field(min_length=1, title="Access key ID",
                                description="The Access key ID to authenticate dstack with AWS")
     secret_access_key: str = Field(min_length=1, title="Secret access key",

@@ -58,9 +58,11 @@ async def remove_member(user_name: str, project: ProjectAdmin, session: Session,
 
 
 @router.post("/{project_name}/backends/check")
-async def check_backend(config: dict[str, Any], project: ProjectAdmin) -> BackendCheck:
-    """Validate a backend form as it is filled: errors by field, and choices for fields."""
-    return await backends_svc.check_backend_form(config=config)
+async def check_backend(config: dict[str, Any], project: ProjectAdmin, ctx: Ctx) -> BackendCheck:
+    """Validate a backend form as it is filled: errors by field, and choices for fields. Masked
+    secrets (`********`, as an edit form shows them) are the stored ones."""
+    return await backends_svc.check_backend_form(config=backends_svc.with_stored_secrets(
+        config=config, project=project, encryptor=ctx.encryptor))
 
 
 @router.post("/{project_name}/backends", status_code=201)

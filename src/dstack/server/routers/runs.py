@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -41,8 +42,14 @@ async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser
 
 @router.get("/runs")
 async def list_runs(project: ProjectReader, session: Session, all: bool = False,
-                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> list[Run]:
-    return await svc.list_runs(session=session, project=project, include_finished=all, limit=limit)
+                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                    before: Annotated[datetime | None, Query(description="runs submitted before this time (the "
+                                                             "last one of the previous page)")] = None,
+                    user: Annotated[str | None, Query(max_length=100)] = None,
+                    backend: Annotated[str | None, Query(max_length=50)] = None) -> list[Run]:
+    """Newest first; a page of `limit`, the next one `before` the last `submitted_at`."""
+    return await svc.list_runs(session=session, project=project, include_finished=all, limit=limit,
+                               before=before, user=user, backend=backend)
 
 
 @router.get("/runs/{run_name}")

@@ -38,6 +38,9 @@ class Member(BaseModel):
 class BackendInfo(BaseModel):
     type: str
     config: dict[str, Any] = Field(description="the backend's settings, with secrets masked")
+    warning: str | None = Field(default=None, description="why it could not launch anything the last time "
+                                "(denied, bad credentials), until it launches again or is saved")
+    warning_at: datetime | None = None
 
 
 class ProjectInfo(BaseModel):

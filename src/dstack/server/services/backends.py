@@ -106,6 +106,19 @@ def load_config(encryptor: Encryptor, backend: BackendModel) -> dict[str, Any]:
     return json.loads(encryptor.decrypt(raw) if raw.startswith("enc:") else raw)
 
 
+def with_stored_secrets(*, config: dict[str, Any], project: ProjectModel, encryptor: Encryptor) -> dict[str, Any]:
+    """The form's config with each masked secret replaced by the stored backend's (an edit)."""
+    existing = next((b for b in project.backends if b.type == config.get("type")), None)
+    if existing is None:
+        return config
+    old = load_config(encryptor, existing)
+    try:
+        secrets = secret_fields(parse_backend_config(old))
+    except Exception:  # noqa: BLE001 - a stored config that no longer parses: check the form as sent
+        return config
+    return unmask(config, old, secrets)
+
+
 async def check_backend_form(*, config: dict[str, Any]) -> BackendCheck:
     """For a form being filled: never raises, reports what is wrong and what can be chosen."""
     import asyncio
@@ -170,6 +183,7 @@ async def update_backend(*, session: AsyncSession, encryptor: Encryptor, project
     secrets = secret_fields(parse_backend_config(old))
     model, _ = await validate_backend(config=unmask(config, old, secrets))
     backend.config = encryptor.encrypt(model.model_dump_json())
+    backend.warning = backend.warning_at = None  # checked just now
     await session.commit()
     return backend
 
@@ -187,7 +201,8 @@ async def delete_backend(*, session: AsyncSession, project: ProjectModel, backen
 def backend_info(encryptor: Encryptor, backend: BackendModel) -> BackendInfo:
     config = load_config(encryptor, backend)
     model = parse_backend_config(config)
-    return BackendInfo(type=backend.type, config=masked(config, secret_fields(model)))
+    return BackendInfo(type=backend.type, config=masked(config, secret_fields(model)), warning=backend.warning,
+                       warning_at=backend.warning_at)
 
 
 _COMPUTES: dict[tuple[str, str, str], Compute] = {}

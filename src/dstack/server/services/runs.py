@@ -185,9 +185,17 @@ async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:
 
 
 async def list_runs(
-    *, session: AsyncSession, project: ProjectModel, include_finished: bool, limit: int = 1000
+    *, session: AsyncSession, project: ProjectModel, include_finished: bool, limit: int = 1000,
+    before: datetime | None = None, user: str | None = None, backend: str | None = None,
 ) -> list[Run]:
     query = select(RunModel).where(RunModel.project_id == project.id)
+    if before is not None:
+        query = query.where(RunModel.submitted_at < (before.astimezone(UTC) if before.tzinfo
+                                                     else before.replace(tzinfo=UTC)))
+    if user:
+        query = query.where(RunModel.user.has(UserModel.name == user))
+    if backend:
+        query = query.where(RunModel.jobs.any(JobModel.backend == backend))
     if not include_finished:
         # Active runs, plus the latest run so a just-finished one is still shown.
         latest = select(func.max(RunModel.submitted_at)).where(RunModel.project_id == project.id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup, escape
 
 from dstack import __version__
 from dstack.core.errors import AuthenticationError
@@ -16,11 +18,20 @@ from dstack.server.services.users import authenticate
 HERE = Path(__file__).parent
 
 
+_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def code_spans(text: object) -> Markup:
+    """A message with `code` in backticks, escaped, its code spans as <code>."""
+    return Markup(_CODE.sub(r"<code>\1</code>", str(escape(text))))
+
+
 def _templates():  # noqa: ANN202 - created once, lazily
     from fastapi.templating import Jinja2Templates
 
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["version"] = __version__
+    templates.env.filters["code"] = code_spans
     return templates
 
 

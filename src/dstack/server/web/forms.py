@@ -42,7 +42,9 @@ def describe_field(name: str, info: FieldInfo, *, prefix: str, secrets: set[str]
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     field: dict[str, Any] = {
         "path": path, "title": info.title or name.replace("_", " ").capitalize(),
-        "description": info.description or "", "required": info.is_required() and not optional,
+        "description": info.description or "",
+        "required": info.is_required() and not optional and extra.get("mark") != "optional",
+        "labels": extra.get("labels") or {},
         "advanced": bool(extra.get("advanced")), "default": _default(info),
     }
     if isinstance(annotation, list) and all(_is_model(a) for a in annotation):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import yaml
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -92,4 +93,5 @@ async def run_page(project_name: str, run_name: str, request: Request, session: 
         return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
     return render(request, "run.html", user=user, project=project, role=role, run=run,
                    started_at=run.job.started_at.isoformat() if run.job and run.job.started_at else "",
-                   configuration=run.spec.configuration.model_dump(exclude_defaults=True))
+                   configuration=run.spec.configuration_text or yaml.safe_dump(
+                       run.spec.configuration.model_dump(mode="json", exclude_defaults=True), sort_keys=False))

@@ -18,9 +18,9 @@ from dstack.server.web.forms import backend_forms
 router = APIRouter(include_in_schema=False)
 
 
-def _summary(config: dict) -> dict[str, str]:
+def _summary(config: dict) -> dict[str, object]:
     regions = config.get("regions") or ([config["region"]] if config.get("region") else [])
-    return {"regions": ", ".join(regions) or "this machine", "bucket": config.get("bucket") or "(local directory)"}
+    return {"regions": list(regions), "bucket": config.get("bucket") or "(local directory)"}
 
 
 @router.get("/projects/{project_name}/settings")
@@ -30,11 +30,13 @@ async def settings_page(project_name: str, request: Request, session: Session, c
     backends = []
     for backend in project.backends:
         info = backend_info(ctx.encryptor, backend)
-        backends.append({"type": backend.type, "title": BACKEND_TYPES[backend.type].title, **_summary(info.config)})
+        backends.append({"type": backend.type, "title": BACKEND_TYPES[backend.type].title, **_summary(info.config),
+                         "warning": info.warning, "warning_at": info.warning_at})
     info = await projects_svc.project_info(session=session, encryptor=ctx.encryptor, project=project)
     secrets = await secrets_svc.list_secret_names(session=session, project=project)
+    server_url = str(request.base_url).rstrip("/")
     return render(request, "settings.html", user=user, project=project, role=role, backends=backends,
-                  members=info.members, secrets=secrets, edit=edit and role == "admin")
+                  members=info.members, secrets=secrets, edit=edit and role == "admin", server_url=server_url)
 
 
 @router.get("/projects/{project_name}/settings/backends/new")

@@ -149,6 +149,7 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             set_job_status(job, run, JobStatus.FAILED, reason=check.failure)
         else:
             if agent_status == "running" and status == JobStatus.PROVISIONING:
+                _started_from_agent(job, state.status or {})
                 set_job_status(job, run, JobStatus.RUNNING)
             spec = RunSpec.model_validate_json(run.spec)
             max_duration = spec.configuration.max_duration
@@ -310,15 +311,28 @@ def _finish_from_agent(job: JobModel, run: RunModel, status: dict[str, Any]) -> 
     exit_code = status.get("exit_code")
     if isinstance(status.get("log_events"), int):
         job.log_events = status["log_events"]
-    if job.started_at is None and isinstance(status.get("started_at"), int | float):
-        # A short job can end between two passes: it ran from when its agent says it started.
-        job.started_at = datetime.fromtimestamp(status["started_at"], UTC)
+    _started_from_agent(job, status)  # a short job can end between two passes
     if agent_status == "done":
         set_job_status(job, run, JobStatus.DONE, exit_code=0)
     elif agent_status == "failed":
         set_job_status(job, run, JobStatus.FAILED, reason=status.get("reason"), exit_code=exit_code)
     else:
         _finish_stopped(job, run)
+    # It ended when its agent wrote so, not when this pass read it (DURATION counts the job's real run).
+    ended = _agent_time(status.get("t"))
+    if ended is not None and job.started_at is not None and job.finished_at is not None:
+        job.finished_at = run.finished_at = min(max(ended, job.started_at), job.finished_at)
+
+
+def _agent_time(value: object) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) and value > 0 else None
+
+
+def _started_from_agent(job: JobModel, status: dict[str, Any]) -> None:
+    """The job ran from when its agent started its process, not from when the server noticed."""
+    started = _agent_time(status.get("started_at"))
+    if job.started_at is None and started is not None:
+        job.started_at = min(started, utcnow())
 
 
 def _finish_stopped(job: JobModel, run: RunModel) -> None:

@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import (
@@ -24,7 +25,7 @@ from dstack.core.errors import ConfigurationError
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
-from dstack.server.models import JobModel, RunModel, utcnow
+from dstack.server.models import BackendModel, JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.offers import find_offers
@@ -180,6 +181,10 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         except LaunchError as exc:
             attempts.append(_attempt(offer, ok=False, reason=exc.reason))
             if exc.backend_wide:
+                # Not capacity: the backend cannot launch anything (denied, bad credentials, no
+                # image). No other offer of it is tried for this run; the settings page says why.
+                logger.warning("backend %s of project %s cannot launch: %s", offer.backend, project.name,
+                               exc.reason)
                 broken_backends.add(offer.backend)
             if exc.skip_instance_type:
                 broken_types.add((offer.backend, offer.instance_type))
@@ -189,6 +194,8 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         break
 
     async with ctx.db.session() as session:
+        await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
+                                       broken=broken_backends)
         job = await _load(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
         if instance is None:
@@ -209,6 +216,22 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         await session.commit()
     failpoint("after-record")
     ctx.reconciler_wake.set()
+
+
+async def _record_backend_warnings(session: AsyncSession, *, project_id: str, attempts: list[ProvisioningAttempt],
+                                   broken: set[str]) -> None:
+    """A backend that could not launch anything gets the reason as its warning; one that launched
+    loses its warning."""
+    backends = {b.type: b for b in await session.scalars(
+        select(BackendModel).where(BackendModel.project_id == project_id))}
+    for attempt in attempts:
+        backend = backends.get(attempt.backend)
+        if backend is None:
+            continue
+        if attempt.ok:
+            backend.warning = backend.warning_at = None
+        elif attempt.backend in broken and attempt.reason:
+            backend.warning, backend.warning_at = attempt.reason, utcnow()
 
 
 async def _record_intent(ctx: ServerContext, job_id: str, intent: LaunchIntent) -> None:

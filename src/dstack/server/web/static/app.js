@@ -17,17 +17,83 @@ const dstack = (() => {
     return body;
   }
 
-  function cell(text) {
+  function cell(text, title) {
     const td = document.createElement("td");
     td.textContent = text;
+    if (title) td.title = title;
     return td;
   }
 
+  // A message with `code` in backticks, as text and <code> nodes (never as HTML).
+  function setMessage(node, text) {
+    const parts = String(text || "").split("`");
+    node.replaceChildren(...parts.map((part, i) => (i % 2 && i < parts.length - 1)
+      ? Object.assign(document.createElement("code"), { textContent: part })
+      : document.createTextNode(i % 2 ? "`" + part : part)));
+  }
+
+  const FINISHED = ["done", "failed", "stopped", "terminated"];
+
+  // The reason beside the status word: why it ended (or what it waits for), once.
+  function reasonText(run) {
+    if (run.status === "failed" && run.exit_code !== null && run.exit_code !== undefined) {
+      return run.reason && run.reason !== `exit code ${run.exit_code}` ? `exit code ${run.exit_code}: ${run.reason}`
+        : `exit code ${run.exit_code}`;
+    }
+    return run.reason || "";
+  }
+
+  function oneLine(text, width = 80) {
+    const line = String(text || "").replace(/\s+/g, " ").trim();
+    return line.length <= width ? line : line.slice(0, width - 1).trimEnd() + "…";
+  }
+
+  // One date format everywhere: relative in lists ("3 min ago"), the exact local time on hover.
+  function exact(iso) {
+    const d = new Date(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  function ago(iso) {
+    const seconds = Math.max(0, Math.round((Date.now() - new Date(iso)) / 1000));
+    if (seconds < 60) return `${seconds} sec ago`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+    if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+    return exact(iso).slice(0, 16);
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    seconds = Math.floor(seconds);
+    if (seconds < 60) return `${seconds}s`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${seconds % 60}s`;
+    return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m`;
+  }
+
+  function runSeconds(run) {
+    const job = run.jobs[run.jobs.length - 1];
+    if (!job || !job.started_at) return null;
+    const end = job.finished_at ? new Date(job.finished_at) : new Date();
+    return Math.max(0, (end - new Date(job.started_at)) / 1000);
+  }
+
+  function resourcesText(resources) {
+    const parts = [`${resources.cpus}xCPU`, `${Math.round(resources.memory_gb)}GB`];
+    if (resources.gpus && resources.gpus.length) {
+      parts.push(`${resources.gpus.length}x${resources.gpus[0].name} (${Math.round(resources.gpus[0].memory_gb)}GB)`);
+    }
+    if (resources.disk_gb) parts.push(`${Math.round(resources.disk_gb)}GB disk`);
+    return parts.join(", ");
+  }
+
+  function badge(status) {
+    return Object.assign(document.createElement("span"), { className: `status status-${status}`, textContent: status });
+  }
+
   function statusText(run) {
-    let text = run.status;
-    if (run.status === "failed" && run.exit_code !== null) text += ` (exit code ${run.exit_code})`;
-    else if (run.reason && ["failed", "stopped", "terminated"].includes(run.status)) text += ` (${run.reason})`;
-    return text;
+    const reason = reasonText(run);
+    return reason ? `${run.status} (${reason})` : run.status;
   }
 
   // Price per hour times the time each submission ran.
@@ -63,50 +129,104 @@ const dstack = (() => {
 
   function runsPage(table) {
     const project = table.dataset.project;
+    const canStop = table.dataset.canStop === "true";
     const tbody = table.querySelector("tbody");
+    const filters = document.getElementById("run-filters");
+    const params = new URLSearchParams(window.location.search);
+    for (const el of filters.elements) if (params.has(el.name)) el.value = params.get(el.name);
+    const known = { user: new Set(), backend: new Set() };
+
+    function addOptions(select, values) {
+      for (const value of values) {
+        if (known[select.name].has(value)) continue;
+        known[select.name].add(value);
+        select.appendChild(Object.assign(document.createElement("option"), { value, textContent: value }));
+      }
+    }
+
+    function row(run) {
+      const job = run.jobs[run.jobs.length - 1] || {};
+      const offer = job.offer;
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      const link = document.createElement("a");
+      link.href = `/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(run.name)}`;
+      link.textContent = run.name;
+      name.appendChild(link);
+      const status = document.createElement("td");
+      status.appendChild(badge(run.status));
+      const reason = reasonText(run);
+      const why = cell(oneLine(reason), reason.length > 80 ? reason : "");
+      why.className = "reason";
+      const submitted = cell(ago(run.submitted_at), exact(run.submitted_at));
+      const actions = document.createElement("td");
+      if (canStop && !FINISHED.includes(run.status) && run.status !== "terminating") {
+        const stop = Object.assign(document.createElement("button"), {
+          type: "button", className: "link danger-text", textContent: "Stop" });
+        stop.dataset.stopRun = run.name;
+        actions.appendChild(stop);
+      }
+      tr.append(name, cell(run.user), cell(offer ? `${offer.backend} · ${offer.region}` : ""),
+        cell(offer ? offer.instance_type : ""), cell(offer ? resourcesText(offer.resources) : ""),
+        cell(offer ? `$${offer.price.toFixed(4)}/h` : ""), cell(offer ? `$${cost(run).toFixed(4)}` : ""),
+        status, why, submitted, cell(duration(runSeconds(run))),
+        cell(run.exit_code === null || run.exit_code === undefined ? "" : String(run.exit_code)), actions);
+      return tr;
+    }
+
     async function refresh() {
+      const query = new URLSearchParams({ limit: "200", all: filters.elements.show.value === "all" ? "true" : "false" });
+      if (filters.elements.user.value) query.set("user", filters.elements.user.value);
+      if (filters.elements.backend.value) query.set("backend", filters.elements.backend.value);
       try {
-        const runs = await api(`/api/projects/${encodeURIComponent(project)}/runs?all=true&limit=200`);
-        const rows = runs.map((run) => {
-          const job = run.jobs[run.jobs.length - 1] || {};
-          const offer = job.offer;
-          const tr = document.createElement("tr");
-          const name = document.createElement("td");
-          const link = document.createElement("a");
-          link.href = `/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(run.name)}`;
-          link.textContent = run.name;
-          name.appendChild(link);
-          tr.append(
-            name,
-            cell(offer ? offer.backend : ""),
-            cell(offer ? offer.instance_type : ""),
-            cell(offer ? `${offer.resources.cpus}xCPU, ${Math.round(offer.resources.memory_gb)}GB` : ""),
-            cell(offer ? `$${offer.price.toFixed(4)}/h` : ""),
-            cell(offer ? `$${cost(run).toFixed(4)}` : ""),
-            cell(statusText(run)),
-            cell(new Date(run.submitted_at).toLocaleString()),
-          );
-          return tr;
-        });
+        const runs = await api(`/api/projects/${encodeURIComponent(project)}/runs?${query}`);
+        addOptions(filters.elements.user, runs.map((r) => r.user));
+        addOptions(filters.elements.backend, runs.flatMap((r) => r.jobs.filter((j) => j.offer).map((j) => j.offer.backend)));
+        const rows = runs.map(row);
         if (!rows.length) {
           const tr = document.createElement("tr");
-          const td = cell("No runs yet. Submit one with `dstack apply`.");
-          td.colSpan = 8;
+          const td = cell("");
+          setMessage(td, "No runs here yet. Submit one with `dstack apply`.");
+          td.colSpan = 13;
           tr.appendChild(td);
           rows.push(tr);
         }
+        // Only the rows change: the page keeps its scroll position and the filters their values.
         tbody.replaceChildren(...rows);
       } catch (err) {
-        tbody.replaceChildren(cell(`Could not load runs: ${err.message}`));
+        const tr = document.createElement("tr");
+        const td = cell(`Could not load runs: ${err.message}`);
+        td.colSpan = 13;
+        tr.appendChild(td);
+        tbody.replaceChildren(tr);
       }
     }
+
+    filters.addEventListener("change", () => {
+      const query = new URLSearchParams();
+      for (const el of filters.elements) if (el.name && el.value && !(el.name === "show" && el.value === "active")) query.set(el.name, el.value);
+      history.replaceState(null, "", query.toString() ? `?${query}` : window.location.pathname);
+      refresh();
+    });
+    table.addEventListener("click", async (e) => {
+      const name = e.target.dataset && e.target.dataset.stopRun;
+      if (!name || !confirm(`Stop ${name}?`)) return;
+      e.target.disabled = true;
+      try {
+        await api(`/api/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(name)}/stop`,
+          { method: "POST", body: JSON.stringify({ abort: false }) });
+      } catch (err) {
+        notice(err.message, true);
+      }
+      refresh();
+    });
     refresh();
     setInterval(refresh, 3000);
   }
 
   function notice(text, isError = false) {
     const node = document.getElementById("notice") || document.getElementById("users-error");
-    if (node) { node.textContent = text; node.className = isError ? "error" : "help"; }
+    if (node) { setMessage(node, text); node.className = isError ? "error" : "help"; }
   }
 
   function settingsPage(project) {
@@ -155,8 +275,21 @@ const dstack = (() => {
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const data = Object.fromEntries(new FormData(form));
-      try { showToken(await api("/api/users", { method: "POST", body: JSON.stringify(data) })); notice(""); }
-      catch (err) { notice(err.message, true); }
+      try {
+        const user = await api("/api/users", { method: "POST", body: JSON.stringify(data) });
+        showToken(user);
+        notice("");
+        // The new user joins the table at once (no reload: the token stays on the screen).
+        const tr = document.createElement("tr");
+        const actions = document.createElement("td");
+        const rotate = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: "New token" });
+        rotate.dataset.rotate = user.name;
+        actions.appendChild(rotate);
+        tr.append(cell(user.name), cell(user.global_role || data.global_role),
+          cell(user.created_at ? exact(user.created_at).slice(0, 10) : ""), actions);
+        document.querySelector("#users tbody").appendChild(tr);
+        form.reset();
+      } catch (err) { notice(err.message, true); }
     });
     document.addEventListener("click", async (e) => {
       const name = e.target.dataset.rotate;
@@ -205,33 +338,61 @@ const dstack = (() => {
     async function pollRun() {
       try {
         const run = await api(base);
-        status.textContent = statusText(run);
+        status.textContent = run.status;
         status.className = `status status-${run.status}`;
-        reason.textContent = run.reason || "";
+        setMessage(reason, reasonText(run));
         const wasFinished = finished;
-        finished = ["done", "failed", "stopped", "terminated"].includes(run.status);
-        if (stop) stop.hidden = finished;
+        finished = FINISHED.includes(run.status);
+        if (stop) stop.hidden = finished || run.status === "terminating";
+        const durationNode = document.getElementById("duration");
+        if (durationNode) durationNode.textContent = duration(runSeconds(run)) || "—";
+        const costNode = document.getElementById("cost");
+        if (costNode) costNode.textContent = run.jobs.some((j) => j.offer) ? `$${cost(run).toFixed(4)}` : "—";
         if (finished && !wasFinished) refreshArtifacts(base, project, runName);
       } catch (err) {
-        reason.textContent = `Could not refresh: ${err.message}`;
+        setMessage(reason, `Could not refresh: ${err.message}`);
       }
       if (!finished) setTimeout(pollRun, 1500);
     }
 
+    async function pollMetrics() {
+      const node = document.getElementById("metrics");
+      if (!node) return;
+      try {
+        const metrics = await api(`${base}/metrics`);
+        const sample = metrics.samples && metrics.samples[metrics.samples.length - 1];
+        if (sample) {
+          const parts = [];
+          if (sample.cpu_percent !== null && sample.cpu_percent !== undefined) parts.push(`CPU ${Math.round(sample.cpu_percent)}%`);
+          if (sample.memory_used_mb) {
+            parts.push(`memory ${(sample.memory_used_mb / 1024).toFixed(1)} of ${((sample.memory_total_mb || 0) / 1024).toFixed(1)} GB`);
+          }
+          (sample.gpus || []).forEach((gpu, i) => parts.push(`GPU ${i}: ${Math.round(gpu.util ?? 0)}%`));
+          node.textContent = `${parts.join(" · ")} (sampled ${ago(new Date(sample.t * 1000).toISOString())})`;
+        }
+      } catch (err) {
+        // No metrics for this run (not started, or gone): the placeholder stays.
+      }
+      if (!finished) setTimeout(pollMetrics, 5000);
+    }
+
     if (stop) {
       stop.addEventListener("click", async () => {
+        if (!confirm(`Stop ${runName}?`)) return;
         stop.disabled = true;
         try {
           await api(`${base}/stop`, { method: "POST", body: JSON.stringify({ abort: false }) });
-          reason.textContent = "Stopping…";
+          setMessage(reason, "Stopping…");
+          stop.hidden = true;
         } catch (err) {
-          reason.textContent = err.message;
+          setMessage(reason, err.message);
         }
         stop.disabled = false;
       });
     }
     pollLogs();
     pollRun();
+    pollMetrics();
     refreshArtifacts(base, project, runName);
   }
 
@@ -253,5 +414,5 @@ const dstack = (() => {
   }
   boot();
 
-  return { api, pageData, runsPage, runPage, settingsPage, usersPage };
+  return { api, pageData, setMessage, runsPage, runPage, settingsPage, usersPage };
 })();

@@ -61,19 +61,23 @@ const dstackForm = (() => {
       return el("fieldset", { class: "field", id }, el("legend", { text: f.title + " " + mark }), help, ...radios,
                 ...chosen.fields.map(fieldNode), error);
     }
-    const opts = f.kind === "select" ? f.options.map((o) => ({ value: o, label: o })) : optionsOf(f.path);
+    const opts = f.kind === "select" ? f.options.map((o) => ({ value: o, label: (f.labels || {})[o] || o })) : optionsOf(f.path);
     if (f.kind === "multiselect") {
       if (opts) {
         const selected = new Set(s.values[f.path] ?? []);
         const boxes = opts.map((o) => el("label", { class: "check" }, el("input", {
           type: "checkbox", value: o.value, checked: selected.has(o.value), "data-path": f.path, "data-multi": "1" }),
           " " + o.label));
+        const all = el("button", { type: "button", class: "link", "data-select-all": f.path, text: "Select all" });
+        const none = el("button", { type: "button", class: "link", "data-select-none": f.path, text: "Select none" });
         return el("fieldset", { class: "field", id, "aria-describedby": describedBy },
                   el("legend", {}, f.title + " ", el("span", { class: "mark", text: mark })), help,
-                  el("div", { class: "checks" }, ...boxes), error);
+                  el("p", { class: "select-all" }, all, " · ", none), el("div", { class: "checks" }, ...boxes), error);
       }
+      // Its choices come from the cloud once the fields above check out (e.g. Lambda's API key).
       input = el("input", { id, "data-path": f.path, "data-list": "1", value: (s.values[f.path] ?? f.default ?? []).join(", "),
-                            "aria-describedby": describedBy, placeholder: "comma-separated" });
+                            "aria-describedby": describedBy, disabled: true,
+                            placeholder: "choices appear once the fields above check out" });
     } else if (opts) {
       input = el("select", { id, "data-path": f.path, "aria-describedby": describedBy });
       const values = opts.map((o) => String(o.value));
@@ -94,6 +98,16 @@ const dstackForm = (() => {
     // Keep the focus across the rebuild (callers read the inputs into s.values first).
     const focused = document.activeElement && document.activeElement.id;
     const f = form();
+    $("save").disabled = !f;
+    if (!f) {  // no type chosen yet
+      $("fields").replaceChildren();
+      $("advanced-fields").replaceChildren();
+      $("advanced").hidden = true;
+      s.notes = [];
+      renderNotes();
+      $("form-status").textContent = "Choose the backend's type.";
+      return;
+    }
     const main = f.fields.filter((x) => !x.advanced).map(fieldNode).filter(Boolean);
     const advanced = f.fields.filter((x) => x.advanced).map(fieldNode).filter(Boolean);
     $("fields").replaceChildren(...main);
@@ -163,14 +177,18 @@ const dstackForm = (() => {
     $("form-error").textContent = "";
     for (const e of errors) {
       const target = e.field && ($(fid(e.field) + "-error") || $(fid(e.field.split(".")[0]) + "-error"));
-      const shown = s.submitted || !e.field || [...s.touched].some((t) => t === e.field || t.startsWith(e.field));
+      // Shown once the field (or the group it is in) was touched; on an edit, at once (every
+      // field was filled before); everything after Save.
+      const filled = (v) => v !== undefined && v !== null && v !== "" && !(Array.isArray(v) && !v.length);
+      const shown = s.submitted || s.existing || !e.field || filled(s.values[e.field]) || [...s.touched].some(
+        (t) => t === e.field || t.startsWith(e.field + ".") || e.field.startsWith(t + "."));
       if (!shown) continue;
-      if (target) target.textContent = e.message;
-      else $("form-error").textContent = e.message;
+      dstack.setMessage(target || $("form-error"), e.message);
     }
   }
 
   async function check() {
+    if (!form()) return;
     const seq = ++s.seq;
     $("form-status").textContent = "Checking…";
     try {
@@ -220,6 +238,8 @@ const dstackForm = (() => {
   function init(opts) {
     Object.assign(s, opts);
     const select = $("f-type");
+    // The user picks the type, as the seeds say: nothing is chosen for them.
+    if (!s.existing) select.append(el("option", { value: "", text: "— choose —" }));
     for (const f of s.forms) {
       if (s.taken.includes(f.type)) continue;
       select.append(el("option", { value: f.type, text: f.title }));
@@ -229,8 +249,6 @@ const dstackForm = (() => {
       select.value = s.existing.type;
       select.disabled = true;
       $("form-title").textContent = `Edit the ${form().title} backend`;
-    } else if ([...select.options].some((o) => o.value === "aws")) {
-      select.value = "aws";
     }
     select.addEventListener("change", () => { s.values = {}; s.choices = {}; s.touched.clear(); s.lastErrors = []; render(); check(); });
     const formNode = $("backend-form");
@@ -241,6 +259,14 @@ const dstackForm = (() => {
     });
     formNode.addEventListener("change", (e) => { if (e.target.dataset.path) { s.touched.add(e.target.dataset.path); schedule(); } });
     formNode.addEventListener("submit", save);
+    formNode.addEventListener("click", (e) => {
+      const path = e.target.dataset && (e.target.dataset.selectAll || e.target.dataset.selectNone);
+      if (!path) return;
+      for (const box of formNode.querySelectorAll(`input[data-multi][data-path="${path}"]`)) box.checked = !!e.target.dataset.selectAll;
+      s.touched.add(path);
+      collect();
+      schedule();
+    });
     render();
     check();
   }
