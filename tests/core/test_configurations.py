@@ -61,7 +61,7 @@ def test_dev_environment() -> None:
         ("type: tsk\n", r":1: type: expected one of task, dev-environment, service, fleet, volume, gateway, got 'tsk'"),
         ("type: task\n", r":1: commands: this field is required"),
         ("type: task\ncommands: []\n", r":2: commands: this field is required"),
-        ("a: [\n", r"\.dstack\.yml:2: invalid YAML"),
+        ("a: [\n", r"\.dstack\.yml:1: invalid YAML"),  # the last line there is, not one past it
         ("- just\n- a list\n", r"expected a mapping"),
         ("type: task\ncommands: [x]\npython: '3.8'\n", r":3: python: expected a Python version among 3\.9, 3\.10"),
         ("type: task\ncommands: [x]\npython: 3.2\n", r":3: python: expected a Python version among .* got '3\.2'"),

@@ -62,7 +62,9 @@ def make_stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterat
     key_id, secret_key = seed_policy_user(aws, BUCKET)
     audit_log = env.home / "aws-calls.jsonl"
     env.extra.update(aws.server_env(str(audit_log)))
-    env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3", **default_image_env()})
+    # Metrics every 2 s: `inactivity_duration` and `utilization_policy` are seen soon after they apply.
+    env.extra.update({"DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "3", "DSTACK_METRICS_INTERVAL": "2",
+                      **default_image_env()})
     proxy = FaultProxy(aws.port)
     proxy.normalize = stable_cloudwatch_event_ids
     env.extra["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"

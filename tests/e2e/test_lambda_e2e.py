@@ -54,7 +54,7 @@ def stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stack]:
     # moto cannot authenticate presigned requests under IAM enforcement, so it stays off here.
     env.extra.update(aws.server_env())
     env.extra.update(default_image_env())
-    env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20",
+    env.extra.update({"DSTACK_LAMBDA_RATE_SCALE": "0.02", "DSTACK_HEARTBEAT_TIMEOUT": "20", "DSTACK_METRICS_INTERVAL": "2",
                       "DSTACK_PROVISIONING_TIMEOUT": "12",
                       "DSTACK_REAPER_INTERVAL": "1", "DSTACK_REAPER_GRACE": "2"})
     vms = LambdaVMs(lambda_fake, aws, env.home / "vms")

@@ -117,3 +117,35 @@ def test_add_aws_and_lambda_backends_through_the_form(env: Env, aws: MotoAWS, la
         assert secret not in page.content()
     finally:
         server.stop()
+
+
+def test_keyboard_only_walk_of_the_add_backend_form(env: Env, server: Server, page) -> None:  # noqa: ANN001
+    """The add-backend flow with the keyboard alone: the skip link, Tab order through Type and the
+    fields, a type chosen with the arrow keys, focus always visible, Advanced opened with Enter."""
+    login(page, server.url, env.token())
+    page.goto(f"{server.url}/projects/main/settings/backends/new")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+
+    def focus_on(element_id: str, limit: int = 30) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == element_id:
+                # Focus is visible: the browser's :focus-visible outline, not none.
+                assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+                return
+        raise AssertionError(f"Tab never reached #{element_id}")
+
+    focus_on("f-type")
+    page.keyboard.press("ArrowDown")  # — choose — → the first type
+    chosen = page.evaluate("document.getElementById('f-type').value")
+    assert chosen and page.locator("#fields .field").count() > 0
+    if page.locator("#advanced").is_visible():
+        page.evaluate("document.getElementById('advanced').querySelector('summary').id = 'advanced-summary'")
+        focus_on("advanced-summary")
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.getElementById('advanced').open")
+    focus_on("save")
+    assert page.evaluate("document.activeElement.disabled") is False

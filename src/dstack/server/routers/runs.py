@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -43,13 +42,14 @@ async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser
 @router.get("/runs")
 async def list_runs(project: ProjectReader, session: Session, all: bool = False,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-                    before: Annotated[datetime | None, Query(description="runs submitted before this time (the "
-                                                             "last one of the previous page)")] = None,
+                    before: Annotated[str | None, Query(
+                        max_length=64, description="runs submitted before this RFC 3339 time (the last "
+                        "`submitted_at` of the previous page)", json_schema_extra={"format": "date-time"})] = None,
                     user: Annotated[str | None, Query(max_length=100)] = None,
                     backend: Annotated[str | None, Query(max_length=50)] = None) -> list[Run]:
     """Newest first; a page of `limit`, the next one `before` the last `submitted_at`."""
     return await svc.list_runs(session=session, project=project, include_finished=all, limit=limit,
-                               before=before, user=user, backend=backend)
+                               before=svc.parse_time(before, field="before"), user=user, backend=backend)
 
 
 @router.get("/runs/{run_name}")

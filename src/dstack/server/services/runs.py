@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -182,6 +183,25 @@ async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:
         if not await session.scalar(select(RunModel.id).where(RunModel.project_id == project.id,
                                                               RunModel.name == name)):
             return name
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_time(value: str | None, *, field: str) -> datetime | None:
+    """An RFC 3339 time (with its zone, as the API gives them) from a query; a clear error otherwise."""
+    if value is None:
+        return None
+    try:
+        if not _RFC3339.match(value):
+            raise ValueError(value)
+        # Python reads at most microseconds.
+        text = re.sub(r"(\.\d{6})\d+", r"\1", value.upper().replace("Z", "+00:00").replace(" ", "T"))
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(f"{field}: {value!r} is not an RFC 3339 time with its zone", field=field,
+                                 fix="Pass a time such as 2026-11-26T20:00:00+00:00") from None
+    return parsed
 
 
 async def list_runs(

@@ -318,14 +318,47 @@ const dstack = (() => {
     let token = "";
     let finished = false;
 
+    // The log is windowed: every line is kept, only the lines in view (and a margin) are in the
+    // page, under a spacer as tall as all of them, so a million lines scroll as smoothly as ten.
+    // Lines do not wrap (each is one fixed-height row); the whole log downloads as a file.
+    const lines = [];
+    const spacer = logs.querySelector(".logs-spacer");
+    const view = logs.querySelector(".logs-window");
+    const lineHeight = parseFloat(getComputedStyle(view).lineHeight) || 19;
+    let pending = false;
+
+    function renderWindow() {
+      pending = false;
+      const first = Math.max(0, Math.floor(logs.scrollTop / lineHeight) - 50);
+      const count = Math.ceil(logs.clientHeight / lineHeight) + 100;
+      spacer.style.height = `${lines.length * lineHeight}px`;
+      view.style.top = `${first * lineHeight}px`;
+      view.textContent = lines.slice(first, first + count).join("\n");
+      logs.dataset.lines = String(lines.length);
+    }
+    logs.addEventListener("scroll", () => {
+      if (!pending) { pending = true; requestAnimationFrame(renderWindow); }
+    });
+    const download = document.getElementById("logs-download");
+    if (download) download.addEventListener("click", () => {
+      const url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/plain" }));
+      const a = Object.assign(document.createElement("a"), { href: url, download: `${runName}.log` });
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+
     async function pollLogs() {
       try {
         const page = await api(`${base}/logs?next_token=${encodeURIComponent(token)}`);
         if (page.events.length) {
           // Follow the tail only if the reader is already at the bottom.
-          const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 8;
-          logs.appendChild(document.createTextNode(page.events.map((e) => e.message + "\n").join("")));
+          const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - lineHeight;
+          for (const e of page.events) lines.push(e.message);
+          spacer.style.height = `${lines.length * lineHeight}px`;
           if (atBottom) logs.scrollTop = logs.scrollHeight;
+          renderWindow();
         }
         token = page.next_token;
         if (page.finished) return;
