@@ -8,9 +8,21 @@ import signal
 import socket
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 from tests.harness import Env, Server, wait_for
+
+
+def time_attach(env: Env, run: str, repo: Path, times: int = 7) -> list[float]:
+    """Seconds of each `dstack attach RUN -c true`, the run already running and reachable."""
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        result = env.cli("attach", run, "-c", "true", cwd=repo)
+        samples.append(time.perf_counter() - started)
+        assert result.returncode == 0, result.stderr
+    return samples
 
 
 def bench_attach(server: Server, env: Env) -> tuple[float, float]:
@@ -29,12 +41,7 @@ def bench_attach(server: Server, env: Env) -> tuple[float, float]:
     with server.api() as api:
         wait_for(lambda: api.get("/api/projects/main/runs/bench-dev").json()["status"] == "running", 60,
                  message="the dev environment")
-    samples = []
-    for _ in range(7):
-        started = time.perf_counter()
-        result = env.cli("attach", "bench-dev", "-c", "true", cwd=repo)
-        samples.append(time.perf_counter() - started)
-        assert result.returncode == 0, result.stderr
+    samples = time_attach(env, "bench-dev", repo)
     attach = env.popen_cli("attach", "bench-dev", cwd=repo)
     try:
         out = ""
