@@ -72,6 +72,12 @@ def check_attach(*, env: Env, server: Server, project: str, repo: Path, image: s
         config = ssh_config(env).read_text()
         assert f"Host {run}\n" in config
         assert (f"ProxyJump {run}-host" in config and f"Host {run}-host" in config) == jump, config
+        # Through a jump host, the inner hop's key exchange is the fast classical one (it runs inside
+        # the outer connection); the outer one, and a direct connection, keep the client's own.
+        job_block = config.split(f"Host {run}\n", 1)[1].split("Host ", 1)[0]
+        assert ("KexAlgorithms curve25519-sha256" in job_block) == jump
+        if jump:
+            assert "KexAlgorithms" not in config.split(f"Host {run}-host\n", 1)[1]
 
         def served() -> bool:
             try:

@@ -63,6 +63,10 @@ def write_host_entry(run: str, info: dict[str, Any]) -> Path:
         # share it: no new handshake, no second hop.
         lines.append(f"  ControlPath {control}")
     if jump:
+        # The hop to the job's sshd runs inside the instance's SSH connection, whose key exchange is
+        # the client's own (post-quantum by default): the inner one can be the fast classical one
+        # without exposing anything to the network.
+        lines += ["  KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org"]
         lines += [f"  ProxyJump {run}-host", f"Host {run}-host", f"  HostName {jump['host']}",
                   f"  Port {jump.get('port') or 22}", f"  User {jump['user']}", f"  HostKeyAlias {run}-host", *common]
         if jump.get("via"):  # a bastion in front of an instance without a public IP
