@@ -242,7 +242,7 @@ class RunsAPI:
         data = self._c.json("GET", self._c.project_path("/runs"), params=params)
         return [_models().Run.model_validate(r) for r in data]
 
-    def iter_all(self, *, page: int = 100, last: int | None = None) -> Iterator[Run]:
+    def iter_all(self, *, page: int = 500, last: int | None = None) -> Iterator[Run]:
         """Every run of the project (or the `last` N), newest first, fetched a page at a time."""
         before, seen = None, 0
         while last is None or seen < last:

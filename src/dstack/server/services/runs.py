@@ -275,8 +275,14 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
     conf = RunSpec.model_validate_json(run.spec).configuration
     about = {"ports": [p.model_dump() for p in getattr(conf, "ports", [])], "type": conf.type,
              "ide": getattr(conf, "ide", None), "working_dir": conf.job_working_dir()}
-    # The job's own sshd: its address and host key, published by the agent once it listens.
-    own = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json")
+    instance = LaunchedInstance.model_validate_json(job.instance) if job.instance else None
+    jump = compute.ssh_jump(instance=instance) if instance is not None else None
+    # The job's own sshd (its address and host key, published by the agent once it listens) and,
+    # through a jump host, the instance's host keys: read together.
+    own, published = await asyncio.gather(
+        asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/ssh.json"),
+        asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json") if jump
+        else asyncio.sleep(0, result=None))
     if not own:
         raise InvalidStateError(f"run {name!r} is not reachable over SSH yet ({job.status})",
                                 fix="Wait until it is running; `dstack ps` shows its status")
@@ -284,11 +290,8 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
         "host": own["host"], "port": int(own["port"]), "user": own["user"],
         "host_keys": list(own.get("host_keys") or []), "forward_host": own.get("forward_host") or "localhost",
         **about}
-    instance = LaunchedInstance.model_validate_json(job.instance) if job.instance else None
-    jump = compute.ssh_jump(instance=instance) if instance is not None else None
     if jump is not None:
         # The instance's own sshd, pinned to the host keys its agent published.
-        published = await asyncio.to_thread(compute.storage.get_json, f"{job.storage_prefix}/host_keys.json")
         host_keys = (published or {}).get("keys") or []
         if not host_keys:
             raise InvalidStateError(f"run {name!r}: its instance has not published its SSH host key yet",
