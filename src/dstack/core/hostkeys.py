@@ -7,20 +7,14 @@ import tempfile
 from pathlib import Path
 
 
-def known_hosts_entry(host: str, port: int, keys: list[str]) -> str:
-    name = host if port == 22 else f"[{host}]:{port}"
-    return "".join(f"{name} {key}\n" for key in keys)
+def known_hosts_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
 
 
 def write_known_hosts(path: Path, host: str, port: int, keys: list[str]) -> Path:
     """A known_hosts file that trusts exactly `keys` for host:port (ssh then runs with
     StrictHostKeyChecking=yes: a changed key is refused)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".known_hosts")
-    with os.fdopen(fd, "w") as f:
-        f.write(known_hosts_entry(host, port, keys))
-    os.replace(tmp, path)
-    return path
+    return write_known_hosts_entries(path, [(known_hosts_name(host, port), keys)])
 
 
 def write_known_hosts_entries(path: Path, entries: list[tuple[str, list[str]]]) -> Path:

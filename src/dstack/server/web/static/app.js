@@ -91,11 +91,6 @@ const dstack = (() => {
     return Object.assign(document.createElement("span"), { className: `status status-${status}`, textContent: status });
   }
 
-  function statusText(run) {
-    const reason = reasonText(run);
-    return reason ? `${run.status} (${reason})` : run.status;
-  }
-
   // Price per hour times the time each submission ran.
   function cost(run) {
     let total = 0;
