@@ -357,7 +357,8 @@ const dstack = (() => {
         }
         token = page.next_token;
         if (page.finished) return;
-        setTimeout(pollLogs, page.events.length ? 100 : 1000);
+        // More already stored: fetch it at once; new lines: soon; nothing new: in a second.
+        setTimeout(pollLogs, page.more ? 0 : page.events.length ? 100 : 1000);
       } catch (err) {
         setTimeout(pollLogs, 3000);
       }
