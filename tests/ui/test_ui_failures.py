@@ -55,6 +55,11 @@ def test_denied_launch_reads_as_one_line_everywhere(stack: Stack, page, tmp_path
     page.locator("#reason", has_text="(ec2:RunInstances)").wait_for()
     assert page.locator("#reason code", has_text="dstack aws iam-policy").count() == 1  # code shown as code
     assert page.evaluate("document.documentElement.scrollWidth") <= 1366
+    # The whole reason once: the status history points at it, no empty log pane.
+    page.locator("#logs-empty").wait_for()
+    assert page.locator("#logs").is_hidden() and page.locator("#logs-download").is_hidden()
+    assert page.locator("#history tr", has_text="failed").inner_text().endswith("the reason above")
+    assert page.get_by_text("is not authorized to perform").count() == 2  # under the title, in the attempt
     screenshot(page, "run-failed", tmp_path)
     page.goto(f"{stack.server.url}/projects/cloud")
     row = page.locator("#runs tr", has_text="denied")

@@ -154,6 +154,8 @@ const dstack = (() => {
       const why = cell(oneLine(reason), reason.length > 80 ? reason : "");
       why.className = "reason";
       const submitted = cell(ago(run.submitted_at), exact(run.submitted_at));
+      const resources = cell(offer ? resourcesText(offer.resources) : "");
+      resources.className = "resources";
       const actions = document.createElement("td");
       if (canStop && !FINISHED.includes(run.status) && run.status !== "terminating") {
         const stop = Object.assign(document.createElement("button"), {
@@ -162,7 +164,7 @@ const dstack = (() => {
         actions.appendChild(stop);
       }
       tr.append(name, cell(run.user), cell(offer ? `${offer.backend} · ${offer.region}` : ""),
-        cell(offer ? offer.instance_type : ""), cell(offer ? resourcesText(offer.resources) : ""),
+        cell(offer ? offer.instance_type : ""), resources,
         cell(offer ? `$${offer.price.toFixed(4)}/h` : ""), cell(offer ? `$${cost(run).toFixed(4)}` : ""),
         status, why, submitted, cell(duration(runSeconds(run))),
         cell(run.exit_code === null || run.exit_code === undefined ? "" : String(run.exit_code)), actions);
@@ -356,7 +358,14 @@ const dstack = (() => {
           renderWindow();
         }
         token = page.next_token;
-        if (page.finished) return;
+        if (page.finished) {
+          if (!lines.length) {  // a finished job without a line: say so instead of an empty pane
+            logs.classList.add("empty");
+            document.getElementById("logs-empty").hidden = false;
+            if (download) download.hidden = true;
+          }
+          return;
+        }
         // More already stored: fetch it at once; new lines: soon; nothing new: in a second.
         setTimeout(pollLogs, page.more ? 0 : page.events.length ? 100 : 1000);
       } catch (err) {
