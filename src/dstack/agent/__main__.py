@@ -1,5 +1,5 @@
 import sys
 
-from dstack.agent.runner import main
+from dstack.agent.main import main
 
 sys.exit(main())

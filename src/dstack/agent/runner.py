@@ -1,18 +1,18 @@
 """Runs one job: fetch spec and code, run the commands, stream logs, save artifacts, report status.
 
-Usage: python -m dstack.agent --storage URL --job PREFIX --workdir DIR
+Usage (main.py): python -m dstack.agent --storage URL --job PREFIX --workdir DIR
+       python -m dstack.agent --storage URL --instance PREFIX --workdir DIR   (a fleet instance: instance.py)
+       python -m dstack.agent --probe                                        (what this machine has)
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import platform
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +42,7 @@ from dstack.agent.sandbox import (
 from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.agent.ssh import SSHServer, instance_host_keys, start_job_sshd
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
-from dstack.storage import Storage, storage_from_url
+from dstack.storage import Storage
 from dstack.storage.layout import artifact_key
 
 
@@ -471,22 +471,3 @@ def _unpack(data: bytes, target: Path) -> None:
                 if not (member.isfile() or member.isdir()) or (dest != root and root not in dest.parents):
                     raise RuntimeError(f"the code archive holds an unsafe entry: {member.name}") from None
             tar.extractall(target)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dstack.agent")
-    parser.add_argument("--storage", required=True, help="bucket URL, e.g. file:///path or s3://bucket")
-    parser.add_argument("--job", required=True, help="the job's prefix in the bucket")
-    parser.add_argument("--workdir", required=True, help="a fresh directory to run the job in")
-    args = parser.parse_args(argv)
-    runner = JobRunner(storage_from_url(args.storage), args.job, Path(args.workdir))
-    # A terminate (SIGTERM to the agent) is handled like a stop request, so the status is written.
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop({"reason": "agent terminated"}))
-    try:
-        return runner.run()
-    finally:
-        sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -187,3 +187,38 @@ def instance_host_keys() -> list[str]:
         if len(parts) >= 2:
             keys.append(f"{parts[0]} {parts[1]}")
     return keys
+
+
+def jump_key_line(public_key: str, port: int) -> str:
+    """An authorized_keys line for the instance's default user: this key may open a forward to the
+    job's sshd on the instance's loopback, and nothing else (no shell, no other forward)."""
+    # `restrict` alone would still run a command; the forced one refuses every session.
+    return (f'restrict,port-forwarding,permitopen="127.0.0.1:{port}",permitopen="localhost:{port}",'
+            f'command="/bin/false" {" ".join(public_key.split()[:2])}')
+
+
+def authorize_jump_keys(keys: list[str], port: int, user: str | None) -> None:
+    """On a fleet instance, for a job assigned after boot: its user's keys as jump-only keys of the
+    instance's default user (the user data did the same for the keys known at launch)."""
+    import pwd  # noqa: PLC0415 - POSIX only, like everything that runs on instances
+
+    if not keys or not user:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return
+    ssh_dir = os.path.join(entry.pw_dir, ".ssh")
+    path = os.path.join(ssh_dir, "authorized_keys")
+    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
+    existing: list[str] = []
+    if os.path.exists(path):
+        with open(path) as f:
+            existing = f.read().splitlines()
+    new = [line for line in (jump_key_line(k, port) for k in keys) if line not in existing]
+    if new:
+        with open(path, "a") as f:
+            f.write("".join(line + "\n" for line in new))
+    for target in (ssh_dir, path):
+        os.chown(target, entry.pw_uid, entry.pw_gid)
+    os.chmod(path, 0o600)

@@ -48,6 +48,7 @@ class Client:
         self.repos = ReposAPI(self)
         self.backends = BackendsAPI(self)
         self.secrets = SecretsAPI(self)
+        self.fleets = FleetsAPI(self)
 
     @classmethod
     def from_config(cls, project: str | None = None) -> Client:
@@ -176,6 +177,53 @@ class ReposAPI:
         if self._c.request("HEAD", path).status_code == 200:
             return  # content-addressed: already there
         self._c.request("PUT", path, content=data, headers={"Content-Type": "application/gzip"})
+
+
+class FleetsAPI:
+    """Fleets: instances kept for runs to reuse (`type: fleet`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def spec(self, configuration_path: str | Path) -> Any:
+        from dstack.core.config_parser import parse_configuration
+        from dstack.core.fleets import FleetSpec
+
+        path = Path(configuration_path)
+        text = path.read_text()
+        configuration = parse_configuration(text, str(path))
+        if configuration.type != "fleet":
+            raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a fleet", field="type")
+        return FleetSpec(configuration=configuration, configuration_path=str(path),
+                         configuration_text=text if len(text) <= 65536 else None)
+
+    def plan(self, spec: Any) -> Any:
+        from dstack.core.fleets import FleetPlan
+
+        return FleetPlan.model_validate(self._c.json("POST", self._c.project_path("/fleets/plan"),
+                                                     json=spec.model_dump(mode="json")))
+
+    def apply(self, spec: Any) -> Any:
+        from dstack.core.fleets import Fleet
+
+        return Fleet.model_validate(self._c.json("POST", self._c.project_path("/fleets"),
+                                                 json=spec.model_dump(mode="json")))
+
+    def list(self, *, all: bool = False) -> list[Any]:
+        from dstack.core.fleets import Fleet
+
+        return [Fleet.model_validate(f) for f in self._c.json("GET", self._c.project_path("/fleets"),
+                                                              params={"all": str(all).lower()})]
+
+    def get(self, name: str) -> Any:
+        from dstack.core.fleets import Fleet
+
+        return Fleet.model_validate(self._c.json("GET", self._c.project_path(f"/fleets/{name}")))
+
+    def delete(self, name: str) -> Any:
+        from dstack.core.fleets import Fleet
+
+        return Fleet.model_validate(self._c.json("DELETE", self._c.project_path(f"/fleets/{name}")))
 
 
 class RunsAPI:

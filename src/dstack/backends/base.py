@@ -91,6 +91,10 @@ class JobLaunch(BaseModel):
     # The run's `tags`, for the cloud resources (the backend's own tags win a conflict, as upstream).
     tags: dict[str, str] = Field(default_factory=dict)
     availability_zones: list[str] | None = None
+    # A fleet instance: `job_id` is the instance's id, `job_prefix` its prefix, `run_name` its name;
+    # the agent stays and runs the jobs the server assigns there (agent/instance.py).
+    fleet_instance: bool = False
+    fleet: str | None = None
 
 
 class InstanceCheck(BaseModel):
@@ -170,6 +174,11 @@ class Compute(abc.ABC):
     @abc.abstractmethod
     def get_offers(self, requirements: Requirements) -> list[Offer]:
         """Every candidate instance; the offers service filters and sorts them."""
+
+    def fleets_unsupported(self) -> str | None:
+        """Why this backend cannot launch fleet instances (None if it can: `launch` of a JobLaunch
+        with `fleet_instance` starts an agent that waits for jobs, see agent/instance.py)."""
+        return f"the {self.TYPE} backend has no fleets yet"
 
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         """Backend-specific entries of the job spec (log destination, secret references, …)."""

@@ -17,11 +17,12 @@ import zlib
 from pathlib import Path
 
 import dstack
+from dstack.agent.ssh import jump_key_line
 
 _PACKAGE_ROOT = Path(dstack.__file__).parent
 # The agent needs only these, and nothing but the standard library (no pydantic, boto3 or psutil).
 _AGENT_MODULES = ["__init__.py", "agent", "storage"]
-_MAIN = "import sys\nfrom dstack.agent.runner import main\nsys.exit(main())\n"
+_MAIN = "import sys\nfrom dstack.agent.main import main\nsys.exit(main())\n"
 
 
 @functools.cache
@@ -90,14 +91,6 @@ def _fetch_script() -> str:
     )
 
 
-def jump_key_line(public_key: str, port: int) -> str:
-    """An authorized_keys line for the instance's default user: this key may open a forward to the
-    job's sshd on the instance's loopback, and nothing else (no shell, no other forward)."""
-    # `restrict` alone would still run a command; the forced one refuses every session.
-    return (f'restrict,port-forwarding,permitopen="127.0.0.1:{port}",permitopen="localhost:{port}",'
-            f'command="/bin/false" {" ".join(public_key.split()[:2])}')
-
-
 def authorize_jump_keys(*, keys: list[str], users: list[str], port: int) -> str:
     """Bash for the user data: the run's user's keys, as jump-only keys (`jump_key_line`), for the
     first of `users` the image has (its default user); that user's name is exported for the agent,
@@ -126,20 +119,23 @@ AWS_IMAGE_USERS = ["ec2-user", "ubuntu", "admin"]
 
 
 def user_data(*, storage_url: str, bucket: str, region: str, job_prefix: str, job_id: str,
-              package_digest: str, ssh_public_keys: list[str] = (), ssh_port: int = 10022) -> str:
+              package_digest: str, ssh_public_keys: list[str] = (), ssh_port: int = 10022,
+              fleet_instance: bool = False) -> str:
     """A cloud-init shell script for a stock image (python3 >= 3.9, nothing installed): fetch the agent
-    with the instance role, start it, detach. No pip, no SDK, nothing from the internet but the bucket."""
+    with the instance role, start it, detach. No pip, no SDK, nothing from the internet but the bucket.
+    For a fleet instance, `job_prefix` is the instance's prefix: the agent waits there for jobs."""
     q = shlex.quote
     agent = f"/opt/dstack/agent-{package_digest[:16]}.pyz"
+    mode = "--instance" if fleet_instance else "--job"
     fetch = _fetch_script()
     return f"""#!/bin/bash
-# dstack: start the agent of job {job_id}
+# dstack: start the agent of {"fleet instance" if fleet_instance else "job"} {job_id}
 set -eu
 export HOME="${{HOME:-/root}}"  # cloud-init runs user data without one
 export AWS_DEFAULT_REGION={q(region)}
 mkdir -p /opt/dstack/jobs
 {authorize_jump_keys(keys=list(ssh_public_keys), users=AWS_IMAGE_USERS, port=ssh_port)}PY=$(command -v python3)
 [ -s {q(agent)} ] || "$PY" -c {q(fetch)} {q(region)} {q(bucket)} {q(agent_package_key(package_digest))} {q(agent)}
-setsid nohup "$PY" {q(agent)} --storage {q(storage_url)} --job {q(job_prefix)} \\
+setsid nohup "$PY" {q(agent)} --storage {q(storage_url)} {mode} {q(job_prefix)} \\
   --workdir /opt/dstack/jobs/{q(job_id)} >> /opt/dstack/agent-{q(job_id)}.log 2>&1 < /dev/null &
 """

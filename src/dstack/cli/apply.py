@@ -25,6 +25,10 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
     if not Path(file).is_file():
         raise ConfigurationError(f"configuration file {file} not found", field="file",
                                  fix="Pass the right path with -f (relative to this directory), or create .dstack.yml")
+    if _configuration_type(file) == "fleet":  # no repo, no code: the fleet's own flow
+        from dstack.cli.fleets import apply_fleet
+
+        return apply_fleet(file=file, yes=yes, detach=detach, project=project)
     repo = load_config().repo_for(Path.cwd())
     if repo is None:
         raise DstackError(f"{Path.cwd()} is not in a dstack repo",
@@ -70,6 +74,17 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
         console.print(f"Detached. Follow it with `dstack logs -f {run.name}`, stop it with `dstack stop {run.name}`")
         return 0
     return attach(client, run)
+
+
+def _configuration_type(file: str) -> str | None:
+    """The `type:` of a configuration file, read without validating the rest (that comes next)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(file).read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None  # the full parse reports it, with the line
+    return data.get("type") if isinstance(data, dict) else None
 
 
 def _confirm(question: str) -> None:
@@ -125,7 +140,8 @@ def _print_plan(plan: RunPlan, client: Client) -> None:
     for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
         offers.add_column(column)
     for i, offer in enumerate(plan.offers[:OFFERS_SHOWN], start=1):
-        offers.add_row(str(i), offer.backend, offer.region, offer.instance_type, offer.resources.pretty(),
+        instance = f"{offer.instance_type} (idle)" if offer.availability == "idle" else offer.instance_type
+        offers.add_row(str(i), offer.backend, offer.region, instance, offer.resources.pretty(),
                        "yes" if offer.spot else "no", f"${offer.price:.4f}")
     console.print(offers)
     if plan.total_offers > OFFERS_SHOWN:

@@ -144,11 +144,18 @@ def offer(
 
 @app.command()
 def delete(
+    name: Annotated[str | None, typer.Argument(help="a fleet's name (instead of -f)")] = None,
     file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
     yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
     project: ProjectOption = None,
 ) -> None:
-    """Delete what a configuration defines: a run configuration's active run (by its `name`) is stopped."""
+    """Delete a fleet by NAME, or what a configuration defines: a fleet is deleted (its instances
+    terminated), a run configuration's active run (by its `name`) is stopped."""
+    if name is not None:
+        from dstack.cli.fleets import delete_fleet
+
+        delete_fleet(name=name, yes=yes, project=project)
+        return
     from dstack.cli.runs import delete_configuration
 
     delete_configuration(file=file, yes=yes, project=project)
@@ -264,6 +271,9 @@ def _add_groups() -> None:
     from dstack.cli.artifacts import artifacts_app
 
     app.add_typer(artifacts_app, name="artifacts")
+    from dstack.cli.fleets import fleet_app
+
+    app.add_typer(fleet_app, name="fleet")
 
 
 _add_groups()

@@ -186,6 +186,14 @@ def delete_configuration(*, file: str, yes: bool, project: str | None) -> None:
     if not path.is_file():
         raise DstackError(f"configuration file {path} not found", fix="Pass the right path with -f")
     conf = parse_configuration(path.read_text(), str(path))
+    if conf.type == "fleet":
+        if conf.name is None:
+            raise ConfigurationError(f"{path}: has no `name`, so it names no fleet to delete", field="name",
+                                     fix="Delete a fleet by its name with `dstack delete NAME` (see `dstack fleet`)")
+        from dstack.cli.fleets import delete_fleet
+
+        delete_fleet(name=conf.name, yes=yes, project=project)
+        return
     if conf.type not in RUN_TYPES:
         raise ConfigurationError(f"{path}: not supported yet: {infra_not_supported(conf)[0]}", field="type")
     if conf.name is None:

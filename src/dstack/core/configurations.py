@@ -359,9 +359,7 @@ RUN_TYPES = ("task", "dev-environment", "service")
 # refused at apply time with this reason (see `not_supported_yet`).
 _NOT_YET: dict[str, str] = {
     "volumes": "volumes",
-    "fleets": "fleets",
-    "creation_policy": "fleets",
-    "idle_duration": "fleets",
+    "idle_duration": "instances kept idle after a run (use a fleet)",
     "startup_order": "multi-node tasks",
     "stop_criteria": "multi-node tasks",
 }

@@ -19,6 +19,7 @@ class ServerContext:
     # Set on submit/stop so the workers react at once instead of at their next tick.
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     reconciler_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    fleets_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     last_reap: float = 0.0

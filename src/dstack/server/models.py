@@ -206,4 +206,61 @@ class JobModel(Base):
     # The run's `priority` (queue order, higher first) and, for a `schedule`, when it may start.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The fleet instance the job runs on (None: an instance of its own, torn down when it ends).
+    fleet_instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
     run: Mapped[RunModel] = relationship(back_populates="jobs")
+
+
+class FleetModel(Base):
+    """A `type: fleet` configuration applied: instances kept for runs to reuse."""
+
+    __tablename__ = "fleets"
+    __table_args__ = (
+        Index("ux_fleets_active_name", "project_id", "name", unique=True,
+              sqlite_where=text("deleted = false"), postgresql_where=text("deleted = false")),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20))  # active | terminating | terminated
+    spec: Mapped[str] = mapped_column(Text)  # JSON FleetSpec: the configuration and its text
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    project: Mapped[ProjectModel] = relationship(lazy="joined")
+    user: Mapped[UserModel] = relationship(lazy="joined")
+    instances: Mapped[list[InstanceModel]] = relationship(
+        back_populates="fleet", lazy="selectin", order_by="InstanceModel.num")
+
+
+class InstanceModel(Base):
+    """A machine of a fleet: launched for the fleet, reused by the runs it fits, terminated when
+    idle for the fleet's `idle_duration` or when the fleet is deleted."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_status", "status"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    fleet_id: Mapped[str] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    num: Mapped[int] = mapped_column(Integer)
+    # pending | provisioning | idle | busy | terminating | terminated
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    backend: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    offer: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON Offer
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    instance_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    instance: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON LaunchedInstance
+    launch_intent: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON LaunchIntent
+    storage_prefix: Mapped[str] = mapped_column(Text)
+    # The jobs running on it now (JSON list of job ids): one on a cloud instance, several on a
+    # host of an SSH fleet when its resources allow.
+    job_ids: Mapped[str] = mapped_column(Text, default="[]")
+    heartbeat_seq: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lock_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    fleet: Mapped[FleetModel] = relationship(back_populates="instances", lazy="joined")

@@ -220,6 +220,9 @@ class AWSCompute(Compute):
         return prices
 
     # --- launch ------------------------------------------------------------------------------
+    def fleets_unsupported(self) -> str | None:
+        return None
+
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         group = cw.job_group(self.config.bucket, job.project)
         stream = job.job_prefix.split("/runs/", 1)[-1].split("/", 1)[-1].replace("/jobs/", "/")
@@ -285,10 +288,12 @@ class AWSCompute(Compute):
         image_id, root_device = self.resources.image(gpu)
         script = user_data(storage_url=self.storage.url, bucket=self.config.bucket, region=self.config.region,
                            job_prefix=job.job_prefix, job_id=job.job_id, package_digest=self._publish_agent(),
-                           ssh_public_keys=job.ssh_public_keys)
+                           ssh_public_keys=job.ssh_public_keys, fleet_instance=job.fleet_instance)
         tags = [*self.resources.tags(), {"Key": "dstack_project", "Value": job.project},
                 {"Key": "dstack_run", "Value": job.run_name}, {"Key": "dstack_job_id", "Value": job.job_id},
                 {"Key": "Name", "Value": f"dstack-{job.run_name}"}]
+        if job.fleet:
+            tags.append({"Key": "dstack_fleet", "Value": job.fleet})
         taken = {t["Key"] for t in tags}  # the backend's and dstack's own tags win a conflict (as upstream)
         tags += [{"Key": k, "Value": v} for k, v in job.tags.items() if k not in taken]
         request: dict[str, Any] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from dstack.backends.base import job_image
+from dstack.backends.base import Compute, JobLaunch, job_image
 from dstack.backends.bootstrap import DIND_START
 from dstack.core.configurations import (
     WORKFLOW_DIR,
@@ -104,3 +104,18 @@ def build_job_spec(*, settings: Settings, run_spec: RunSpec, run_name: str, run_
 def _gpus(conf: BaseRunConfiguration) -> int:
     gpu = conf.resources.gpu
     return (gpu.count.min or 0) if gpu and gpu.count.max != 0 else 0
+
+
+def stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object],
+               archives: dict[str, bytes], *, keep_instance: bool = False) -> dict[str, object]:
+    """Put what the agent needs into the bucket of the backend about to run the job. On a fleet
+    instance (`keep_instance`) the agent must not terminate its instance when the job ends."""
+    storage = compute.storage
+    for archive_hash, data in archives.items():  # the code and the `files`, content-addressed
+        if not storage.exists(code_key(archive_hash)):
+            storage.put(code_key(archive_hash), data)
+    extras = compute.prepare_job(launch)
+    if keep_instance:
+        extras.pop("terminate", None)
+    storage.put_json(f"{launch.job_prefix}/spec.json", {**spec, **extras, "secret_names": sorted(launch.secrets)})
+    return extras

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import requirements_for
 from dstack.core.configurations import not_supported_yet
-from dstack.core.errors import ConfigurationError, InvalidStateError, ResourceNotFoundError
+from dstack.core.errors import ConfigurationError, InvalidStateError, NoOffersError, ResourceNotFoundError
 from dstack.core.runs import (
     FINISHED_STATUSES,
     Job,
@@ -29,7 +29,8 @@ from dstack.core.runs import (
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, new_id, utcnow
-from dstack.server.services.offers import find_offers
+from dstack.server.services import fleets as fleets_svc
+from dstack.server.services.offers import OfferSearch, find_offers
 from dstack.server.services.repos import check_repo, code_exists
 from dstack.storage.layout import job_prefix
 
@@ -70,9 +71,23 @@ def check_supported(run_spec: RunSpec) -> None:
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
     check_supported(run_spec)
-    requirements = requirements_for(run_spec.configuration, admin=user.global_role == "admin")
-    search = await find_offers(ctx=ctx, project=project, backend_types=backend_types_for(project, run_spec),
-                               requirements=requirements)
+    conf = run_spec.configuration
+    requirements = requirements_for(conf, admin=user.global_role == "admin")
+    backend_types = backend_types_for(project, run_spec)
+    # Idle fleet instances that fit come first (the scheduler takes one before launching anything).
+    idle = await fleets_svc.idle_offers(ctx=ctx, project=project, requirements=requirements,
+                                        backend_types=backend_types, fleets=conf.fleets)
+    if conf.creation_policy == "reuse" or conf.fleets:
+        if not idle:
+            named = ", ".join(conf.fleets or []) or "the project's fleets"
+            raise NoOffersError(f"no idle instance of {named} fits the run (it may not create one: "
+                                f"{'fleets' if conf.fleets else 'creation_policy: reuse'})",
+                                fix="See `dstack fleet`; wait for an instance to be idle, or drop "
+                                    f"`{'fleets' if conf.fleets else 'creation_policy'}`")
+        search = OfferSearch(offers=idle)
+    else:
+        search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
+        search.offers[:0] = idle
     missing = missing_backends(project, run_spec)
     if missing:
         search.rejections.insert(0, f"backends: {missing}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import or_, update
 
@@ -13,24 +14,25 @@ LEASE = timedelta(seconds=15)
 CONCURRENCY = 8
 
 
-async def try_lease(ctx: ServerContext, job_id: str, **where: object) -> bool:
-    """Take a short lease on a job; False if another replica (or step) holds it."""
+async def try_lease(ctx: ServerContext, job_id: str, *, model: Any = JobModel, **where: object) -> bool:
+    """Take a short lease on a job (or a fleet instance: `model`); False if another replica (or
+    step) holds it."""
     now = utcnow()
-    conditions = [JobModel.id == job_id, or_(JobModel.lock_until.is_(None), JobModel.lock_until < now)]
-    conditions += [getattr(JobModel, k) == v for k, v in where.items()]
+    conditions = [model.id == job_id, or_(model.lock_until.is_(None), model.lock_until < now)]
+    conditions += [getattr(model, k) == v for k, v in where.items()]
     async with ctx.db.session() as session:
         result = await session.execute(
-            update(JobModel).where(*conditions).values(lock_owner=ctx.replica_id, lock_until=now + LEASE)
+            update(model).where(*conditions).values(lock_owner=ctx.replica_id, lock_until=now + LEASE)
             .execution_options(synchronize_session=False)
         )
         await session.commit()
         return result.rowcount == 1
 
 
-async def release_lease(ctx: ServerContext, job_id: str) -> None:
+async def release_lease(ctx: ServerContext, job_id: str, *, model: Any = JobModel) -> None:
     async with ctx.db.session() as session:
         await session.execute(
-            update(JobModel).where(JobModel.id == job_id, JobModel.lock_owner == ctx.replica_id)
+            update(model).where(model.id == job_id, model.lock_owner == ctx.replica_id)
             .values(lock_owner=None, lock_until=None).execution_options(synchronize_session=False)
         )
         await session.commit()

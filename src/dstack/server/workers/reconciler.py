@@ -15,15 +15,17 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
+from dstack.core.fleets import InstanceStatus
 from dstack.core.profiles import duration_text
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
-from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
 from dstack.server.services.runs import WAITING_FOR_CAPACITY, add_agent_events, new_job, reschedule, set_job_status
 from dstack.server.workers.common import for_each, release_lease, try_lease
+from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
 _FOLLOWED = [JobStatus.PROVISIONING.value, JobStatus.RUNNING.value, JobStatus.TERMINATING.value]
@@ -52,11 +54,14 @@ async def reconcile_once(ctx: ServerContext) -> None:
 
 
 async def _reap(ctx: ServerContext) -> None:
-    """Terminate cloud instances of this server's backends that no live job owns."""
+    """Terminate cloud instances of this server's backends that no live job or fleet owns."""
     async with ctx.db.session() as session:
         live = set(await session.scalars(
             select(JobModel.instance_id).where(JobModel.instance_terminated.is_(False),
                                                JobModel.instance_id.is_not(None))))
+        live |= set(await session.scalars(  # fleet instances, idle ones included
+            select(InstanceModel.instance_id).where(InstanceModel.status != InstanceStatus.TERMINATED.value,
+                                                    InstanceModel.instance_id.is_not(None))))
         projects = list(await session.scalars(select(ProjectModel)))
         await session.commit()
     for project in projects:
@@ -343,6 +348,9 @@ def _finish_stopped(job: JobModel, run: RunModel) -> None:
 
 async def _terminate(ctx: ServerContext, job: JobModel) -> None:
     if job.instance is None or job.instance_terminated or job.backend is None:
+        return
+    if job.fleet_instance_id is not None:  # not the job's to end: its fleet keeps it
+        await release_fleet_instance(ctx, instance_id=job.fleet_instance_id, job_id=job.id, reason=job.reason)
         return
     compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=job.run.project,
                           backend_type=job.backend)

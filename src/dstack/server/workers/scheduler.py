@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import (
-    Compute,
     JobLaunch,
     LaunchedInstance,
     LaunchError,
@@ -27,14 +26,14 @@ from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import BackendModel, JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.job_specs import build_job_spec
+from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
 from dstack.server.services.runs import WAITING_FOR_CAPACITY, backend_types_for, reschedule, set_job_status
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
-from dstack.storage.layout import code_key
+from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 
 logger = logging.getLogger("dstack.server.scheduler")
 MAX_LAUNCH_ATTEMPTS = 10
@@ -136,11 +135,6 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         await session.commit()  # no transaction stays open across cloud calls
 
     requirements = requirements_for(run_spec.configuration, admin=run.user.global_role == "admin")
-    search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
-    if not search.offers:
-        await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
-        return
-
     try:
         spec = build_job_spec(settings=ctx.settings, run_spec=run_spec, run_name=run.name, run_id=run.id,
                               job_id=job_id, secrets=secrets)
@@ -162,6 +156,23 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
                        **_reserved(run_spec))
+    # An idle fleet instance that fits comes first: no launch, no boot.
+    reused = await take_fleet_instance(ctx, job_id=job_id, project=project, requirements=requirements,
+                                       backend_types=backend_types, fleets=run_spec.configuration.fleets)
+    if reused is not None:
+        await run_on_fleet_instance(ctx, job_id=job_id, project=project, instance=reused, launch=launch,
+                                    spec=spec, archives=archives)
+        return
+    if run_spec.configuration.creation_policy == "reuse" or run_spec.configuration.fleets:
+        named = ", ".join(run_spec.configuration.fleets or []) or "the project's fleets"
+        await _no_capacity(ctx, job_id, f"no idle instance of {named} fits the run (it may not create one: "
+                                        f"{'fleets' if run_spec.configuration.fleets else 'creation_policy: reuse'})",
+                           run_spec)
+        return
+    search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
+    if not search.offers:
+        await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
+        return
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
     broken_backends: set[str] = set()
@@ -172,7 +183,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=offer.backend)
         try:
-            extras = await asyncio.to_thread(_stage_job, compute, launch, spec, archives)
+            extras = await asyncio.to_thread(stage_job, compute, launch, spec, archives)
             await _record_intent(ctx, job_id, LaunchIntent(job_id=job_id, job_prefix=launch.job_prefix, offer=offer,
                                                            read_keys=launch.read_keys, at=time.time()))
             failpoint("before-launch")
@@ -259,18 +270,6 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
         reschedule(session, job, run, latest=True)  # the job being provisioned is its run's latest
         await session.commit()
-
-
-def _stage_job(compute: Compute, launch: JobLaunch, spec: dict[str, object],
-               archives: dict[str, bytes]) -> dict[str, object]:
-    """Put what the agent needs into the bucket of the backend about to run the job."""
-    storage = compute.storage
-    for archive_hash, data in archives.items():  # the code and the `files`, content-addressed
-        if not storage.exists(code_key(archive_hash)):
-            storage.put(code_key(archive_hash), data)
-    extras = compute.prepare_job(launch)
-    storage.put_json(f"{launch.job_prefix}/spec.json", {**spec, **extras, "secret_names": sorted(launch.secrets)})
-    return extras
 
 
 def _reserved(run_spec: RunSpec) -> dict[str, float]:

@@ -1,0 +1,157 @@
+"""`dstack apply -f fleet.yml`, `dstack fleet` (list, delete) and `dstack delete FLEET`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dstack.cli.options import ProjectOption
+from dstack.cli.ui import ago, console, duration
+from dstack.core.errors import DstackError
+
+fleet_app = typer.Typer(help="Fleets: instances kept for runs to reuse.", invoke_without_command=True,
+                        no_args_is_help=False)
+WAIT_TIMEOUT = 1800.0
+
+
+def _client(project: str | None) -> Any:
+    from dstack.api.client import Client
+    from dstack.api.config import load_config
+
+    repo = load_config().repo_for(Path.cwd())
+    return Client.from_config(project or (repo.project if repo else None))
+
+
+def apply_fleet(*, file: str, yes: bool, detach: bool, project: str | None) -> int:
+    client = _client(project)
+    spec = client.fleets.spec(file)
+    plan = client.fleets.plan(spec)
+    _print_plan(plan)
+    if plan.current is not None:
+        raise DstackError(f"fleet {plan.current.name!r} already exists ({plan.current.status.value})",
+                          fix=f"Delete it first with `dstack delete {plan.current.name}`, or choose another name")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise DstackError("cannot ask for confirmation: standard input is not a terminal",
+                              fix="Pass -y to create the fleet without asking")
+        if not typer.confirm("Create the fleet?", default=True):
+            console.print("Fleet not created")
+            return 0
+    fleet = client.fleets.apply(spec)
+    console.print(f"Fleet [bold]{fleet.name}[/] created: {len(fleet.instances)} instance(s) provisioning")
+    if detach or not fleet.instances:
+        console.print(f"See it with `dstack fleet`; delete it with `dstack delete {fleet.name}`")
+        return 0
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    with console.status("Provisioning…") as status:
+        while time.monotonic() < deadline:
+            fleet = client.fleets.get(fleet.name)
+            states = [i.status.value for i in fleet.instances]
+            status.update(f"Provisioning… {', '.join(f'{i.name}: {i.status.value}' for i in fleet.instances)}")
+            if all(s in ("idle", "busy", "terminated") for s in states):
+                break
+            time.sleep(1)
+    console.print(fleet_table([fleet], verbose=True))
+    failed = [i for i in fleet.instances if i.status.value == "terminated"]
+    for instance in failed:
+        console.print(f"[red]{instance.name}[/]: {instance.reason}", soft_wrap=True)
+    return 1 if failed else 0
+
+
+def _print_plan(plan: Any) -> None:
+    conf = plan.spec.configuration
+    props = Table(box=None, show_header=False, pad_edge=False)
+    props.add_column(style="bold")
+    props.add_column()
+    props.add_row("Project", plan.project)
+    props.add_row("User", plan.user)
+    props.add_row("Configuration", plan.spec.configuration_path)
+    props.add_row("Type", "fleet")
+    props.add_row("Nodes", str(plan.nodes))
+    props.add_row("Resources", conf.resources.pretty() if conf.resources else "default")
+    props.add_row("Spot policy", conf.spot_policy or "on-demand")
+    idle = conf.idle_duration
+    props.add_row("Idle duration", "3d" if idle is None else "off" if idle < 0 else duration(idle))
+    console.print(props)
+    console.print()
+    offers = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
+        offers.add_column(column)
+    for i, offer in enumerate(plan.offers[:3], start=1):
+        offers.add_row(str(i), offer.backend, offer.region, offer.instance_type, offer.resources.pretty(),
+                       "yes" if offer.spot else "no", f"${offer.price:.4f}")
+    console.print(offers)
+    if plan.total_offers > 3:
+        console.print(f"Shown 3 of {plan.total_offers} offers")
+    console.print()
+
+
+def fleet_table(fleets: list[Any], *, verbose: bool = False) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("FLEET", "INSTANCE", "BACKEND", "RESOURCES", "PRICE", "STATUS", "CREATED"):
+        table.add_column(column)
+    for fleet in fleets:
+        live = [i for i in fleet.instances if verbose or i.status.value != "terminated"]
+        if not live:
+            table.add_row(fleet.name, "-", "-", "-", "-", fleet.status.value if fleet.status.value != "active"
+                          else "no instances", ago(fleet.created_at))
+        for n, instance in enumerate(live):
+            where = f"{instance.backend} ({instance.region})" if instance.backend else "-"
+            status = instance.status.value
+            if instance.runs:
+                status += f" ({', '.join(instance.runs)})"
+            elif instance.reason and (verbose or instance.status.value == "terminating"):
+                status += f" ({instance.reason})"
+            table.add_row(fleet.name if n == 0 else "", instance.name, where,
+                          f"{instance.instance_type}: {instance.resources.pretty()}" if instance.resources else "-",
+                          f"${instance.price:.4f}" if instance.price is not None else "-", status,
+                          ago(instance.created_at))
+    return table
+
+
+@fleet_app.callback()
+def _default(ctx: typer.Context, project: ProjectOption = None) -> None:
+    """List the fleets (the same as `dstack fleet list`)."""
+    if ctx.invoked_subcommand is None:
+        list_fleets(project=project)
+
+
+@fleet_app.command("list")
+def list_fleets(
+    all: Annotated[bool, typer.Option("-a", "--all", help="deleted fleets and terminated instances too")] = False,
+    project: ProjectOption = None,
+) -> None:
+    """List the fleets with their instances: status (idle, busy with which run), backend, price."""
+    client = _client(project)
+    fleets = client.fleets.list(all=all)
+    if not fleets:
+        console.print("No fleets. Create one with `dstack apply -f fleet.dstack.yml` (`type: fleet`).")
+        return
+    console.print(fleet_table(fleets, verbose=all))
+
+
+@fleet_app.command("delete")
+def delete_fleet_command(
+    name: Annotated[str, typer.Argument(help="the fleet's name")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
+    project: ProjectOption = None,
+) -> None:
+    """Terminate a fleet's instances and delete it (refused while an instance runs a job)."""
+    delete_fleet(name=name, yes=yes, project=project)
+
+
+def delete_fleet(*, name: str, yes: bool, project: str | None) -> None:
+    client = _client(project)
+    fleet = client.fleets.get(name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise DstackError("cannot ask for confirmation: standard input is not a terminal", fix="Pass -y")
+        if not typer.confirm(f"Delete the fleet {fleet.name} and terminate its instances?", default=True):
+            return
+    client.fleets.delete(name)
+    console.print(f"Fleet {name} deleted: its instances are terminating")

@@ -1,0 +1,282 @@
+"""Fleets: plan, apply, list, delete; and the match of a run with an idle fleet instance.
+
+A cloud fleet's instances are launched through the same offers and failover as runs
+(workers/fleets.py), each with an agent that stays and runs the jobs assigned to it
+(agent/instance.py); the scheduler gives a run an idle instance that fits before it launches one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dstack.backends.base import Requirements
+from dstack.core.errors import ConfigurationError, InvalidStateError, NoOffersError, ResourceNotFoundError
+from dstack.core.fleets import (
+    DEFAULT_FLEET_IDLE_DURATION,
+    Fleet,
+    FleetPlan,
+    FleetSpec,
+    FleetStatus,
+    Instance,
+    InstanceStatus,
+    instance_name,
+)
+from dstack.core.infra_configurations import FleetConfiguration
+from dstack.core.resources import ResourcesSpec
+from dstack.core.runs import JobStatus, Offer
+from dstack.server.context import ServerContext
+from dstack.server.models import (
+    FleetModel,
+    InstanceModel,
+    JobModel,
+    ProjectModel,
+    RunModel,
+    UserModel,
+    new_id,
+    utcnow,
+)
+from dstack.server.services.backends import compute_for
+from dstack.server.services.offers import filter_offers, find_offers
+
+LIVE_INSTANCE_STATUSES = [InstanceStatus.PENDING.value, InstanceStatus.PROVISIONING.value,
+                          InstanceStatus.IDLE.value, InstanceStatus.BUSY.value, InstanceStatus.TERMINATING.value]
+
+
+def instance_prefix(project: str, instance_id: str) -> str:
+    return f"dstack/instances/{project}/{instance_id}"
+
+
+def fleet_requirements(conf: FleetConfiguration) -> Requirements:
+    return Requirements(resources=conf.resources or ResourcesSpec(), spot_policy=conf.spot_policy or "on-demand",
+                        max_price=conf.max_price, regions=conf.regions, availability_zones=conf.availability_zones,
+                        instance_types=conf.instance_types, reservation=conf.reservation, tags=conf.tags or {})
+
+
+def nodes_to_provision(conf: FleetConfiguration) -> int:
+    """`nodes: N` provisions N; `min..max` provisions `target` if given, else `min` (at least one
+    when the range allows none: a fleet of nothing is created by naming no fleet at all)."""
+    nodes = conf.nodes
+    if nodes is None:
+        return 0
+    if nodes.target is not None:
+        return nodes.target
+    return nodes.min if nodes.min is not None else 0
+
+
+def idle_duration(conf: FleetConfiguration) -> int:
+    """Seconds an idle instance is kept (-1: for ever)."""
+    return DEFAULT_FLEET_IDLE_DURATION if conf.idle_duration is None else conf.idle_duration
+
+
+def _fleet_backends(ctx: ServerContext, project: ProjectModel, conf: FleetConfiguration) -> tuple[list[str], list[str]]:
+    """(backends that can launch this fleet's instances, why the others cannot)."""
+    wanted = conf.backends
+    usable, reasons = [], []
+    for backend in project.backends:
+        if wanted and backend.type not in wanted:
+            continue
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=backend.type)
+        why = compute.fleets_unsupported()
+        if why:
+            reasons.append(why)
+        else:
+            usable.append(backend.type)
+    return usable, reasons
+
+
+async def get_plan(*, session: AsyncSession, ctx: ServerContext, project: ProjectModel, user: UserModel,
+                   spec: FleetSpec) -> FleetPlan:
+    conf = spec.configuration
+    if conf.ssh_config is not None:
+        raise ConfigurationError("ssh_config: SSH fleets are not supported yet (issue #14): use a cloud fleet "
+                                 "(`nodes`)", field="ssh_config")
+    if conf.placement == "cluster":
+        raise ConfigurationError("placement: `cluster` is not supported yet: its placement group needs the "
+                                 "optional IAM statement of issue #14", field="placement",
+                                 fix="Remove `placement` (instances are then placed independently)")
+    backends, reasons = _fleet_backends(ctx, project, conf)
+    requirements = fleet_requirements(conf)
+    search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
+    current = await _active_fleet(session, project, conf.name) if conf.name else None
+    if not search.offers:
+        search.rejections[:0] = reasons
+        if not backends:
+            raise NoOffersError(f"no backend of project {project.name!r} can launch fleet instances: "
+                                f"{'; '.join(reasons) or 'it has none'}",
+                                fix="Add an AWS backend to the project, or run without a fleet")
+        raise search.no_offers_error(requirements)
+    return FleetPlan(spec=spec, project=project.name, user=user.name, nodes=nodes_to_provision(conf),
+                     offers=search.offers[:50], total_offers=len(search.offers),
+                     current=fleet_to_model(current) if current else None)
+
+
+async def apply_fleet(*, session: AsyncSession, ctx: ServerContext, project: ProjectModel, user: UserModel,
+                      spec: FleetSpec) -> Fleet:
+    plan = await get_plan(session=session, ctx=ctx, project=project, user=user, spec=spec)
+    conf = spec.configuration
+    name = conf.name or await _unique_name(session, project)
+    if plan.current is not None:
+        raise InvalidStateError(f"fleet {name!r} already exists ({plan.current.status.value}, "
+                                f"{len([i for i in plan.current.instances if not i.status.finished])} instances)",
+                                field="name", fix=f"Delete it first with `dstack delete {name}`, or choose "
+                                                  "another name")
+    spec = spec.model_copy(update={"configuration": conf.model_copy(update={"name": name})})
+    fleet = FleetModel(id=new_id(), project_id=project.id, user_id=user.id, name=name,
+                       status=FleetStatus.ACTIVE.value, spec=spec.model_dump_json(), created_at=utcnow())
+    session.add(fleet)
+    for num in range(plan.nodes):
+        session.add(_new_instance(fleet, project, num))
+    try:
+        await session.commit()
+    except IntegrityError:  # a parallel apply of the same name won
+        await session.rollback()
+        raise InvalidStateError(f"fleet {name!r} already exists", field="name",
+                                fix=f"Delete it first with `dstack delete {name}`") from None
+    ctx.fleets_wake.set()
+    return await get_fleet(session=session, project=project, name=name)
+
+
+def _new_instance(fleet: FleetModel, project: ProjectModel, num: int) -> InstanceModel:
+    instance_id = new_id()
+    return InstanceModel(id=instance_id, project_id=project.id, fleet_id=fleet.id, num=num,
+                         status=InstanceStatus.PENDING.value, storage_prefix=instance_prefix(project.name, instance_id),
+                         job_ids="[]", heartbeat_seq=0, created_at=utcnow())
+
+
+async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:
+    while True:
+        name = f"fleet-{random.randrange(16**4):04x}"
+        if await _active_fleet(session, project, name) is None:
+            return name
+
+
+async def _active_fleet(session: AsyncSession, project: ProjectModel, name: str | None) -> FleetModel | None:
+    return await session.scalar(select(FleetModel).where(
+        FleetModel.project_id == project.id, FleetModel.name == name, FleetModel.deleted.is_(False)))
+
+
+async def list_fleets(*, session: AsyncSession, project: ProjectModel, include_deleted: bool = False) -> list[Fleet]:
+    query = select(FleetModel).where(FleetModel.project_id == project.id)
+    if not include_deleted:
+        query = query.where(FleetModel.status != FleetStatus.TERMINATED.value)
+    fleets = list(await session.scalars(query.order_by(FleetModel.created_at.desc()).limit(500)))
+    runs = await _runs_by_instance(session, [i.id for f in fleets for i in f.instances])
+    return [fleet_to_model(f, runs) for f in fleets]
+
+
+async def _runs_by_instance(session: AsyncSession, instance_ids: list[str]) -> dict[str, list[str]]:
+    """The runs each instance serves now."""
+    if not instance_ids:
+        return {}
+    rows = await session.execute(
+        select(JobModel.fleet_instance_id, RunModel.name).join(RunModel, RunModel.id == JobModel.run_id)
+        .where(JobModel.fleet_instance_id.in_(instance_ids), JobModel.instance_terminated.is_(False)))
+    found: dict[str, list[str]] = {}
+    for instance_id, run_name in rows:
+        found.setdefault(instance_id, []).append(run_name)
+    return found
+
+
+async def get_fleet(*, session: AsyncSession, project: ProjectModel, name: str) -> Fleet:
+    fleet = await _active_fleet(session, project, name)
+    if fleet is None:
+        raise ResourceNotFoundError(f"fleet {name!r} does not exist in project {project.name!r}", field="name",
+                                    fix="See `dstack fleet` for the project's fleets")
+    await session.refresh(fleet, ["instances"])
+    return fleet_to_model(fleet, await _runs_by_instance(session, [i.id for i in fleet.instances]))
+
+
+async def delete_fleet(*, session: AsyncSession, ctx: ServerContext, project: ProjectModel, name: str) -> Fleet:
+    """Its idle instances are terminated; one that runs a job is refused, naming the runs."""
+    fleet = await _active_fleet(session, project, name)
+    if fleet is None:
+        raise ResourceNotFoundError(f"fleet {name!r} does not exist in project {project.name!r}", field="name",
+                                    fix="See `dstack fleet` for the project's fleets")
+    await session.refresh(fleet, ["instances"])
+    busy = [i for i in fleet.instances if i.status == InstanceStatus.BUSY.value]
+    if busy:
+        runs = sorted({r for i in busy for r in await _instance_runs(session, i)})
+        raise InvalidStateError(f"fleet {name!r} has instances running {', '.join(runs) or 'jobs'}",
+                                fix=f"Stop {'them' if len(runs) > 1 else 'it'} first (`dstack stop "
+                                    f"{runs[0] if runs else 'RUN'}`), then delete the fleet")
+    fleet.status = FleetStatus.TERMINATING.value
+    fleet.deleted = True
+    for instance in fleet.instances:
+        if instance.status in (InstanceStatus.PENDING.value,):
+            instance.status = InstanceStatus.TERMINATED.value
+            instance.reason = "fleet deleted"
+            instance.finished_at = utcnow()
+        elif instance.status in (InstanceStatus.PROVISIONING.value, InstanceStatus.IDLE.value):
+            instance.status = InstanceStatus.TERMINATING.value
+            instance.reason = "fleet deleted"
+    await session.commit()
+    ctx.fleets_wake.set()
+    return fleet_to_model(fleet)
+
+
+async def _instance_runs(session: AsyncSession, instance: InstanceModel) -> list[str]:
+    ids = json.loads(instance.job_ids or "[]")
+    if not ids:
+        return []
+    return list(await session.scalars(
+        select(RunModel.name).join(JobModel, JobModel.run_id == RunModel.id).where(JobModel.id.in_(ids))))
+
+
+def fleet_to_model(fleet: FleetModel, runs: dict[str, list[str]] | None = None) -> Fleet:
+    return Fleet(name=fleet.name, project=fleet.project.name, user=fleet.user.name, status=FleetStatus(fleet.status),
+                 created_at=fleet.created_at, spec=FleetSpec.model_validate_json(fleet.spec),
+                 instances=[instance_to_model(fleet, i, (runs or {}).get(i.id)) for i in fleet.instances])
+
+
+def instance_to_model(fleet: FleetModel, instance: InstanceModel, runs: list[str] | None = None) -> Instance:
+    offer = Offer.model_validate_json(instance.offer) if instance.offer else None
+    return Instance(name=instance_name(fleet.name, instance.num), num=instance.num,
+                    status=InstanceStatus(instance.status), reason=instance.reason, backend=instance.backend,
+                    region=offer.region if offer else None, instance_type=offer.instance_type if offer else None,
+                    resources=offer.resources if offer else None, price=instance.price,
+                    spot=offer.spot if offer else False, runs=runs or [], created_at=instance.created_at,
+                    idle_since=instance.idle_since, finished_at=instance.finished_at)
+
+
+# --- runs on fleet instances ------------------------------------------------------------------
+
+def instance_fits(instance: InstanceModel, fleet: FleetModel, *, requirements: Requirements,
+                  backend_types: list[str], fleets: list[str] | None) -> bool:
+    """An idle instance the run may take: of a fleet it names (any, if it names none), of a backend
+    it allows, and whose offer meets its requirements (resources, spot policy, price, regions)."""
+    if instance.offer is None or instance.backend not in backend_types:
+        return False
+    if fleets and fleet.name not in fleets:
+        return False
+    offer = Offer.model_validate_json(instance.offer)
+    return bool(filter_offers(instance.backend, [offer], requirements).offers)
+
+
+async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements: Requirements,
+                      backend_types: list[str], fleets: list[str] | None) -> list[Offer]:
+    """The idle instances a run could take now, as offers (availability "idle"), cheapest first."""
+    async with ctx.db.session() as session:
+        instances = list(await session.scalars(
+            select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
+            .where(InstanceModel.project_id == project.id, InstanceModel.status == InstanceStatus.IDLE.value,
+                   FleetModel.deleted.is_(False)).order_by(InstanceModel.price)))
+        await session.commit()
+    return [Offer.model_validate_json(i.offer).model_copy(update={"availability": "idle"}) for i in instances
+            if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets)]
+
+
+def idle_expired(instance: InstanceModel, fleet: FleetModel, now: datetime) -> bool:
+    limit = idle_duration(FleetSpec.model_validate_json(fleet.spec).configuration)
+    return (limit >= 0 and instance.idle_since is not None
+            and (now - instance.idle_since).total_seconds() >= limit)
+
+
+def job_is_active(job: JobModel) -> bool:
+    return JobStatus(job.status) not in (JobStatus.DONE, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.TERMINATED)

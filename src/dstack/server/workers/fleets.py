@@ -1,0 +1,210 @@
+"""Fleet instances: pending -> provisioning (launched through the offers, cheapest first, with the
+runs' failover) -> idle (its agent heard from) <-> busy (the scheduler assigns a job; the reconciler
+gives it back) -> terminating (idle for `idle_duration`, fleet deleted, lost) -> terminated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from dstack.backends.base import InstanceCheck, JobLaunch, LaunchedInstance, LaunchError, LaunchIntent
+from dstack.core.fleets import FleetSpec, FleetStatus, InstanceStatus, instance_name
+from dstack.core.runs import Offer
+from dstack.server.context import ServerContext
+from dstack.server.models import FleetModel, InstanceModel, utcnow
+from dstack.server.services.backends import compute_for
+from dstack.server.services.fleets import LIVE_INSTANCE_STATUSES, _fleet_backends, fleet_requirements, idle_expired
+from dstack.server.services.offers import find_offers
+from dstack.server.workers.common import for_each, release_lease, try_lease
+
+logger = logging.getLogger("dstack.server.fleets")
+MAX_LAUNCH_ATTEMPTS = 10
+_FOLLOWED = [s for s in LIVE_INSTANCE_STATUSES if s != InstanceStatus.BUSY.value]
+
+
+async def process_fleets_once(ctx: ServerContext) -> None:
+    async with ctx.db.session() as session:
+        ids = list(await session.scalars(select(InstanceModel.id).where(InstanceModel.status.in_(_FOLLOWED))))
+        terminating = list(await session.scalars(
+            select(FleetModel).where(FleetModel.status == FleetStatus.TERMINATING.value)))
+        for fleet in terminating:  # a deleted fleet ends once its last instance has
+            await session.refresh(fleet, ["instances"])
+            if all(i.status == InstanceStatus.TERMINATED.value for i in fleet.instances):
+                fleet.status = FleetStatus.TERMINATED.value
+        await session.commit()
+    await for_each(ids, lambda instance_id: _process(ctx, instance_id))
+
+
+async def _process(ctx: ServerContext, instance_id: str) -> None:
+    if not await try_lease(ctx, instance_id, model=InstanceModel):
+        return
+    try:
+        await _step(ctx, instance_id)
+    except Exception:
+        logger.exception("processing fleet instance %s failed", instance_id)
+    finally:
+        await release_lease(ctx, instance_id, model=InstanceModel)
+
+
+async def _load(session: Any, instance_id: str) -> InstanceModel:
+    return (await session.scalars(select(InstanceModel).where(InstanceModel.id == instance_id))).one()
+
+
+async def _step(ctx: ServerContext, instance_id: str) -> None:
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        fleet = instance.fleet
+        project = fleet.project
+        status = InstanceStatus(instance.status)
+        await session.commit()
+    if status == InstanceStatus.PENDING:
+        await _launch(ctx, instance_id, fleet, project)
+    elif status == InstanceStatus.TERMINATING:
+        await _terminate(ctx, instance_id)
+    elif status in (InstanceStatus.PROVISIONING, InstanceStatus.IDLE):
+        await _follow(ctx, instance_id)
+
+
+async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, project: Any) -> None:
+    conf = FleetSpec.model_validate_json(fleet.spec).configuration
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        intent = LaunchIntent.model_validate_json(instance.launch_intent) if instance.launch_intent else None
+        prefix, num = instance.storage_prefix, instance.num
+        await session.commit()
+    if intent is not None:  # a launch this (or a dead) replica began: adopt what it started, if anything
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=intent.offer.backend)
+        found = await asyncio.to_thread(compute.find_launched, intent=intent)
+        if found is not None:
+            await _record_launch(ctx, instance_id, intent.offer, found)
+            return
+    backends, reasons = _fleet_backends(ctx, project, conf)
+    requirements = fleet_requirements(conf)
+    search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
+    launch = JobLaunch(job_id=instance_id, project=project.name, run_name=instance_name(fleet.name, num),
+                       job_prefix=prefix, fleet_instance=True, fleet=fleet.name, tags=conf.tags or {},
+                       availability_zones=conf.availability_zones)
+    failures: list[str] = []
+    broken: set[str] = set()
+    for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
+        if offer.backend in broken:
+            continue
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=offer.backend)
+        async with ctx.db.session() as session:
+            (await _load(session, instance_id)).launch_intent = LaunchIntent(
+                job_id=instance_id, job_prefix=prefix, offer=offer, at=time.time()).model_dump_json()
+            await session.commit()
+        try:
+            launched = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
+        except LaunchError as exc:
+            failures.append(f"{offer.backend}/{offer.region}/{offer.instance_type}: {exc.reason}")
+            if exc.backend_wide:
+                logger.warning("backend %s of project %s cannot launch: %s", offer.backend, project.name, exc.reason)
+                broken.add(offer.backend)
+            continue
+        await _record_launch(ctx, instance_id, offer, launched)
+        return
+    why = "; ".join(failures) or "; ".join(reasons + search.rejections) or "no offers match"
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        instance.status = InstanceStatus.TERMINATED.value
+        instance.reason = f"could not be provisioned: {why}"
+        instance.finished_at = utcnow()
+        await session.commit()
+
+
+async def _record_launch(ctx: ServerContext, instance_id: str, offer: Offer, launched: LaunchedInstance) -> None:
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        instance.backend = offer.backend
+        instance.offer = offer.model_dump_json()
+        instance.price = offer.price
+        instance.instance_id = launched.instance_id
+        instance.instance = launched.model_dump_json()
+        instance.status = InstanceStatus.PROVISIONING.value
+        instance.heartbeat_at = utcnow()
+        await session.commit()
+
+
+async def _follow(ctx: ServerContext, instance_id: str) -> None:
+    """A provisioning or idle instance: its agent's heartbeat, the cloud's word, its idle time."""
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        fleet = instance.fleet
+        await session.commit()
+    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=fleet.project,
+                          backend_type=instance.backend)
+    launched = LaunchedInstance.model_validate_json(instance.instance)
+    heartbeat = await asyncio.to_thread(compute.storage.get_json, f"{instance.storage_prefix}/heartbeat.json")
+    try:
+        check = await asyncio.to_thread(compute.check_instance, instance=launched)
+    except Exception:
+        logger.exception("checking fleet instance %s failed", launched.instance_id)
+        check = InstanceCheck()
+    now = utcnow()
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        if instance.status not in (InstanceStatus.PROVISIONING.value, InstanceStatus.IDLE.value):
+            return  # taken by a job meanwhile: the job's reconciler follows it now
+        if check.data is not None:
+            instance.instance = launched.model_copy(update={"data": check.data}).model_dump_json()
+        if heartbeat and int(heartbeat.get("seq", 0)) != instance.heartbeat_seq:
+            instance.heartbeat_seq = int(heartbeat["seq"])
+            instance.heartbeat_at = now
+            if instance.status == InstanceStatus.PROVISIONING.value:
+                instance.status = InstanceStatus.IDLE.value
+                instance.idle_since = now
+                ctx.scheduler_wake.set()  # runs waiting for capacity may fit here
+        silent = (now - instance.heartbeat_at).total_seconds() if instance.heartbeat_at else 0.0
+        if check.failure:
+            _end(instance, check.failure, now, terminate=False)
+        elif check.booting and not instance.heartbeat_seq:
+            instance.heartbeat_at = now  # the provisioning timeout counts from when it is up
+        elif not instance.heartbeat_seq and silent > ctx.settings.provisioning_timeout:
+            _end(instance, "the instance did not start in time", now)
+        elif instance.heartbeat_seq and silent > ctx.settings.heartbeat_timeout:
+            _end(instance, "instance lost (its agent stopped answering)", now)
+        elif instance.status == InstanceStatus.IDLE.value and idle_expired(instance, fleet, now):
+            _end(instance, "idle for the fleet's idle_duration", now)
+        await session.commit()
+    if instance.status == InstanceStatus.TERMINATING.value:
+        await _terminate(ctx, instance_id)
+
+
+def _end(instance: InstanceModel, reason: str, now: datetime, *, terminate: bool = True) -> None:
+    instance.reason = reason
+    if terminate:
+        instance.status = InstanceStatus.TERMINATING.value
+    else:  # the cloud has ended it already
+        instance.status = InstanceStatus.TERMINATED.value
+        instance.finished_at = now
+
+
+async def _terminate(ctx: ServerContext, instance_id: str) -> None:
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        project = instance.fleet.project
+        await session.commit()
+    if instance.instance is not None and instance.backend is not None:
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=instance.backend)
+        try:
+            await asyncio.to_thread(compute.terminate, instance=LaunchedInstance.model_validate_json(instance.instance))
+        except Exception:  # tried again on the next pass
+            logger.warning("terminating fleet instance %s failed; trying again", instance_id, exc_info=True)
+            return
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        instance.status = InstanceStatus.TERMINATED.value
+        instance.finished_at = utcnow()
+        instance.job_ids = json.dumps([])
+        await session.commit()
+    ctx.fleets_wake.set()
