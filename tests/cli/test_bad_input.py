@@ -61,10 +61,19 @@ def test_every_problem_on_its_own_line(env: Env, server: Server, repo: Path) -> 
 def test_not_supported_yet_is_one_line_naming_the_field(env: Env, server: Server, repo: Path) -> None:
     (repo / ".dstack.yml").write_text("type: task\nnodes: 2\ncommands: [echo hi]\n")
     assert_one_line_error(env.cli("apply", "-y", cwd=repo), "not supported yet: `nodes` (multi-node tasks)")
+    assert runs_count(server) == 0
+
+
+def test_a_fleet_the_project_cannot_launch_is_one_line_naming_why(env: Env, server: Server, repo: Path) -> None:
     (repo / "fleet.dstack.yml").write_text("type: fleet\nnodes: 2\n")
     assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo),
-                          "not supported yet: `type: fleet` (fleets)")
-    assert runs_count(server) == 0
+                          "no backend of project 'main' can launch fleet instances: the local backend has no "
+                          "fleets yet", "Add an AWS backend")
+    (repo / "fleet.dstack.yml").write_text("type: fleet\nname: mine\nssh_config:\n  hosts: [10.0.0.1]\n")
+    assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo), "ssh_config: SSH fleets")
+    assert_one_line_error(env.cli("delete", "ghost", "-y", cwd=repo), "fleet 'ghost' does not exist",
+                          "dstack fleet")
+    assert env.cli("fleet", cwd=repo).stdout.startswith("No fleets")
 
 
 def test_missing_file(env: Env, server: Server, repo: Path) -> None:

@@ -54,10 +54,16 @@ EXPECTED = {
     "GET /api/projects/{project_name}/runs/{run_name}/metrics": "read-only",
     "GET /api/projects/{project_name}/runs/{run_name}/artifacts": "read-only",
     "GET /api/projects/{project_name}/runs/{run_name}/artifacts/{path}": "read-only",
+    "POST /api/projects/{project_name}/fleets/plan": "read-only",
+    "POST /api/projects/{project_name}/fleets": "user",
+    "GET /api/projects/{project_name}/fleets": "read-only",
+    "GET /api/projects/{project_name}/fleets/{fleet_name}": "read-only",
+    "DELETE /api/projects/{project_name}/fleets/{fleet_name}": "user",
 }
 # Harmless arguments: targets that do not exist or belong to nobody who matters.
 PATH_ARGS = {"project_name": "target", "name": "TARGET_SECRET", "user_name": "target-user", "run_name": "ghost",
-             "backend_type": "lambda", "code_hash": "0" * 64, "path": "nothing.txt"}
+             "backend_type": "lambda", "code_hash": "0" * 64, "path": "nothing.txt",
+             "fleet_name": "ghost-fleet"}
 BODIES = {
     "POST /api/users": {"name": "made-by-matrix"},
     "POST /api/projects": {"name": "made-by-matrix"},
@@ -73,6 +79,8 @@ BODIES = {
     "POST /api/projects/{project_name}/runs": {"run_spec": {"configuration": {"type": "task", "commands": ["true"]},
                                                             "repo_id": "matrix"}},
     "POST /api/projects/{project_name}/runs/{run_name}/stop": {},
+    "POST /api/projects/{project_name}/fleets/plan": {"configuration": {"type": "fleet", "nodes": 1}},
+    "POST /api/projects/{project_name}/fleets": {"configuration": {"type": "fleet", "nodes": 1}},
 }
 
 
