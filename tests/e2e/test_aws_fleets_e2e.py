@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from dstack.backends.aws.iam_policy import policy
@@ -63,6 +64,9 @@ def test_cloud_fleet_is_provisioned_reused_and_terminated_when_idle(stack: Stack
     assert "warm-0" in listing and "warm-1" in listing and "idle" in listing
     fleet_tags = {stack.instance_tags(i["InstanceId"]).get("dstack_fleet") for i in stack.instances()}
     assert fleet_tags == {"warm"}
+    with httpx.Client(base_url=stack.server.url, cookies={"dstack_token": stack.env.token()}) as web:
+        html = web.get("/projects/cloud/fleets").text
+    assert "warm-1" in html and "t3.medium" in html and "status-idle" in html
 
     # Two consecutive runs take the idle instances: no new launch.
     (stack.repo / ".dstack.yml").write_text(TASK.format(name="first", extra="fleets: [warm]"))

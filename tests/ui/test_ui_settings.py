@@ -23,6 +23,10 @@ def test_members_secrets_and_users(env: Env, server: Server, page) -> None:  # n
     page.goto(f"{server.url}/projects/main/settings")
     assert f"dstack config --url {server.url} --project main --token" in page.locator("#cli-snippet").inner_text()
     assert page.locator("#backends tr[data-type=local] .backend-status").inner_text() == "OK"
+    # The project's fleets page (none here), reached from the runs page.
+    page.goto(f"{server.url}/projects/main")
+    page.get_by_role("link", name="Fleets").click()
+    page.get_by_text("No fleets yet.").wait_for()
     page.goto(f"{server.url}/admin/users")
     # Members: add carol as read-only, then make her a user.
     page.goto(f"{server.url}/projects/main/settings?edit=1")

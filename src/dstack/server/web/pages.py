@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from dstack.core.errors import AuthenticationError, DstackError
 from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
+from dstack.server.services import fleets as fleets_svc
 from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
 from dstack.server.services.users import authenticate
@@ -82,6 +83,13 @@ async def create_project(request: Request, session: Session, ctx: Ctx, name: Ann
 async def runs_page(project_name: str, request: Request, session: Session) -> Response:
     user, project, role = await require_project(request, session, project_name)
     return render(request, "runs.html", user=user, project=project, role=role)
+
+
+@router.get("/projects/{project_name}/fleets")
+async def fleets_page(project_name: str, request: Request, session: Session) -> Response:
+    user, project, role = await require_project(request, session, project_name)
+    fleets = await fleets_svc.list_fleets(session=session, project=project)
+    return render(request, "fleets.html", user=user, project=project, role=role, fleets=fleets)
 
 
 @router.get("/projects/{project_name}/runs/{run_name}")

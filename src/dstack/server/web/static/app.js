@@ -434,6 +434,23 @@ const dstack = (() => {
     refreshArtifacts(base, project, runName);
   }
 
+  function fleetsPage(table) {
+    const project = table.dataset.project;
+    const error = document.getElementById("fleets-error");
+    table.addEventListener("click", async (e) => {
+      const name = e.target.dataset && e.target.dataset.deleteFleet;
+      if (!name || !confirm(`Delete the fleet ${name} and terminate its instances?`)) return;
+      try {
+        await api(`/api/projects/${encodeURIComponent(project)}/fleets/${encodeURIComponent(name)}`, { method: "DELETE" });
+        location.reload();
+      } catch (err) {
+        setMessage(error, err.message);
+      }
+    });
+    // Instances change state in the background (provisioning, idle, busy): a quiet page refreshes itself.
+    setInterval(() => { if (!document.hidden && !error.textContent) location.reload(); }, 10000);
+  }
+
   function pageData() {
     const node = document.getElementById("page-data");
     return node ? JSON.parse(node.textContent || "{}") : {};
@@ -448,9 +465,10 @@ const dstack = (() => {
       case "run": runPage(data.project, data.run); break;
       case "settings": settingsPage(data.project); break;
       case "users": usersPage(); break;
+      case "fleets": fleetsPage(document.getElementById("fleets")); break;
     }
   }
   boot();
 
-  return { api, pageData, setMessage, runsPage, runPage, settingsPage, usersPage };
+  return { api, pageData, setMessage, runsPage, runPage, settingsPage, usersPage, fleetsPage };
 })();
