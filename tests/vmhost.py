@@ -118,13 +118,13 @@ class VMHost:
         return forwarder.port
 
     def boot(self, script: str, env: dict[str, str], *, sshd: bool = False, ssh_user: str = "ubuntu",
-             loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = ()
-             ) -> subprocess.Popen[bytes]:
+             loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = (),
+             sshd_env: dict[str, str] | None = None, private_dirs: list[str] = ()) -> subprocess.Popen[bytes]:
         """Boot like a cloud VM from a stock image: the user data runs as root, chrooted into a private
         overlay of the stock OS tree (tests/stock_tree.py), with /opt/dstack a tmpfs of the VM's own,
         Docker's client and socket as the ECS AMI has them (served by a podman service in the VM's
         namespaces, with a storage of its own that also reads the host's images), optional sshd (the
-        image's default user `ssh_user`, keys from its ~/.ssh), and forwarders from the VM's 127.0.0.1:PORT to services here."""
+        image's default user `ssh_user`, keys from its ~/.ssh, `sshd_env` set in its sessions), and forwarders from the VM's 127.0.0.1:PORT to services here."""
         from tests.stock_tree import docker_client, stock_tree
 
         w = self.workdir
@@ -150,6 +150,8 @@ class VMHost:
             f"mount -t tmpfs -o mode=755 tmpfs {root}/run && mount --bind {root}/run {VM_RUN}",
             f"touch {root}/usr/bin/docker && mount --bind {docker_client()} {root}/usr/bin/docker",
             f"cp {w}/user-data.sh {root}/var/lib/user-data.sh",
+            # Directories of the machine that are the VM's own (where an SSH fleet installs its agent).
+            *[f"mkdir -p {d} && mount -t tmpfs -o mode=755 tmpfs {d}" for d in private_dirs],
         ]
         if host_cgroups():  # `ip netns exec` remounts /sys: give the VM the host's cgroups (for containers)
             lines.append(f"mount --rbind {HOST_CGROUPS} /sys/fs/cgroup && mount --rbind {HOST_CGROUPS} {root}/sys/fs/cgroup")
@@ -168,7 +170,9 @@ class VMHost:
                 f"Port 22\nListenAddress {self.vm_ip}\nHostKey {w}/host_key\nPidFile {w}/sshd.pid\n"
                 "AuthorizedKeysFile .ssh/authorized_keys\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
-                "StrictModes no\n")
+                "StrictModes no\n"
+                # One SetEnv line: sshd takes the first of each keyword, so a second line is ignored.
+                + ("SetEnv " + " ".join(f'{k}="{v}"' for k, v in sshd_env.items()) + "\n" if sshd_env else ""))
             user = f"{ssh_user}:x:0:0:{ssh_user}:/opt/dstack/home/{ssh_user}:/bin/bash"
             lines += [
                 # The default user exists in the image (where the user data authorizes keys) and for the
@@ -219,6 +223,11 @@ class VMHost:
                 pass
         (target / "environ.txt").write_text("\n".join(envs))
         return target
+
+    def path(self, path: str) -> Path:
+        """A path as the VM's sshd and its sessions see it (the VM's own mounts, outside the chroot)."""
+        pid = int((self.workdir / "sshd.pid").read_text())
+        return Path(f"/proc/{pid}/root") / path.lstrip("/")
 
     def pids(self) -> list[int]:
         out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout

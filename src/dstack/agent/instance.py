@@ -4,7 +4,7 @@ server assigns to it, through the bucket like everything else.
     {instance}/machine.json     what the machine has (agent writes once)
     {instance}/host_keys.json   the machine's SSH host keys and default user (agent writes once)
     {instance}/heartbeat.json   last sign of life (agent writes)
-    {instance}/jobs.json        the jobs assigned to it: [{"id", "prefix"}] (server writes)
+    {instance}/jobs/{job}.json  a job assigned to it: {"id", "prefix"} (server writes, deletes when done)
     {instance}/shutdown.json    stop taking jobs and exit once they end (server writes)
 
 Each job runs exactly as on an instance of its own (runner.JobRunner, its own prefix, status and
@@ -72,9 +72,12 @@ class InstanceAgent:
         self._beat += 1
         running = sorted(job_id for job_id, thread in self.threads.items() if thread.is_alive())
         self.storage.put_json(self._key("heartbeat.json"), {"seq": self._beat, "t": time.time(), "running": running})
-        assigned = self.storage.get_json(self._key("jobs.json")) or {}
-        for job in assigned.get("jobs") or []:
-            if job["id"] not in self.threads:
+        for key in self.storage.list(self._key("jobs/")):
+            job_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+            if job_id in self.threads:
+                continue  # started once (running, or done and not yet released)
+            job = self.storage.get_json(key)
+            if job is not None:
                 self._start(job["id"], job["prefix"])
         if self.storage.get_json(self._key("shutdown.json")) is not None and not running:
             self.log("shutdown requested and no job runs: exiting")

@@ -292,7 +292,9 @@ class JobRunner:
                 secrets.update(json.load(f))
             os.unlink(secrets_file)  # read once; nothing left on disk
         source = self.spec.get("secrets_source")
-        if source:
+        if source and source.get("type") == "server":  # an SSH fleet host: through the server's tunnel
+            secrets.update(self.storage.job_secrets(self.prefix.rsplit("/", 1)[-1]))  # type: ignore[attr-defined]
+        elif source:
             secrets.update(fetch_secrets(source))
         return secrets
 

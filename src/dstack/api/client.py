@@ -194,6 +194,9 @@ class FleetsAPI:
         configuration = parse_configuration(text, str(path))
         if configuration.type != "fleet":
             raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a fleet", field="type")
+        if configuration.ssh_config is not None:
+            configuration = configuration.model_copy(update={
+                "ssh_config": _with_ssh_keys(configuration.ssh_config, path.parent)})
         return FleetSpec(configuration=configuration, configuration_path=str(path),
                          configuration_text=text if len(text) <= 65536 else None)
 
@@ -224,6 +227,45 @@ class FleetsAPI:
         from dstack.core.fleets import Fleet
 
         return Fleet.model_validate(self._c.json("DELETE", self._c.project_path(f"/fleets/{name}")))
+
+
+def _read_key(identity_file: str, base: Path, field: str) -> Any:
+    from dstack.core.infra_configurations import SSHKey
+
+    key_path = (base / Path(identity_file).expanduser()).resolve()
+    try:
+        private = key_path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"{field}: cannot read {key_path}: {exc.strerror}", field=field,
+                                 fix="Point identity_file at the private key that logs in to the hosts") from None
+    if "PRIVATE KEY" not in private:
+        raise ConfigurationError(f"{field}: {key_path} is not a private key", field=field,
+                                 fix="Point identity_file at the private key (not the .pub file)")
+    public = key_path.with_name(key_path.name + ".pub")
+    return SSHKey(private=private, public=public.read_text().strip() if public.exists() else None)
+
+
+def _with_ssh_keys(ssh_config: Any, base: Path) -> Any:
+    """An SSH fleet's `identity_file`s read here (the server never sees the user's files), sent as
+    `ssh_key` content, as upstream does."""
+    update: dict[str, Any] = {}
+    if ssh_config.identity_file and ssh_config.ssh_key is None:
+        update["ssh_key"] = _read_key(ssh_config.identity_file, base, "ssh_config.identity_file")
+    if ssh_config.proxy_jump and ssh_config.proxy_jump.identity_file and ssh_config.proxy_jump.ssh_key is None:
+        update["proxy_jump"] = ssh_config.proxy_jump.model_copy(update={"ssh_key": _read_key(
+            ssh_config.proxy_jump.identity_file, base, "ssh_config.proxy_jump.identity_file")})
+    hosts = []
+    for i, host in enumerate(ssh_config.hosts):
+        if host.identity_file and host.ssh_key is None:
+            host = host.model_copy(update={"ssh_key": _read_key(host.identity_file, base,
+                                                                f"ssh_config.hosts[{i}].identity_file")})
+        if (host.ssh_key or update.get("ssh_key") or ssh_config.ssh_key) is None:
+            raise ConfigurationError(f"ssh_config.hosts[{i}] ({host.hostname}): no key to log in with",
+                                     field="ssh_config.identity_file",
+                                     fix="Set ssh_config.identity_file (or the host's identity_file)")
+        hosts.append(host)
+    update["hosts"] = hosts
+    return ssh_config.model_copy(update=update)
 
 
 class RunsAPI:

@@ -43,7 +43,8 @@ def apply_fleet(*, file: str, yes: bool, detach: bool, project: str | None) -> i
             console.print("Fleet not created")
             return 0
     fleet = client.fleets.apply(spec)
-    console.print(f"Fleet [bold]{fleet.name}[/] created: {len(fleet.instances)} instance(s) provisioning")
+    console.print(f"Fleet [bold]{fleet.name}[/] created: {len(fleet.instances)} instance(s) provisioning"
+                  + (" (installing the agent on each host)" if spec.configuration.ssh_config else ""))
     if detach or not fleet.instances:
         console.print(f"See it with `dstack fleet`; delete it with `dstack delete {fleet.name}`")
         return 0
@@ -73,6 +74,20 @@ def _print_plan(plan: Any) -> None:
     props.add_row("Configuration", plan.spec.configuration_path)
     props.add_row("Type", "fleet")
     props.add_row("Nodes", str(plan.nodes))
+    if conf.ssh_config is not None:  # the team's own hosts: what they have is found over SSH
+        console.print(props)
+        console.print()
+        hosts = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("#", "HOST", "USER", "PORT", "PROXY JUMP"):
+            hosts.add_column(column)
+        ssh = conf.ssh_config
+        for i, host in enumerate(ssh.hosts, start=1):
+            jump = host.proxy_jump or ssh.proxy_jump
+            hosts.add_row(str(i), host.hostname, host.user or ssh.user or "-", str(host.port or ssh.port or 22),
+                          jump.hostname if jump else "-")
+        console.print(hosts)
+        console.print()
+        return
     props.add_row("Resources", conf.resources.pretty() if conf.resources else "default")
     props.add_row("Spot policy", conf.spot_policy or "on-demand")
     idle = conf.idle_duration
@@ -101,7 +116,7 @@ def fleet_table(fleets: list[Any], *, verbose: bool = False) -> Table:
             table.add_row(fleet.name, "-", "-", "-", "-", fleet.status.value if fleet.status.value != "active"
                           else "no instances", ago(fleet.created_at))
         for n, instance in enumerate(live):
-            where = f"{instance.backend} ({instance.region})" if instance.backend else "-"
+            where = f"{instance.backend} ({instance.region})" if instance.region else instance.backend or "-"
             status = instance.status.value
             if instance.runs:
                 status += f" ({', '.join(instance.runs)})"

@@ -68,7 +68,7 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     from dstack.server.migrate import upgrade
     from dstack.server.settings import Settings
 
-    settings = Settings()
+    settings = Settings(listen_port=port)
     _check_port(host, port)
     make_private(settings.server_dir)
     try:

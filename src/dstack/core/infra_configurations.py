@@ -25,11 +25,20 @@ def _resource_name(value: str | None) -> str | None:
     return value
 
 
+class SSHKey(StrictModel):
+    """A private key's content: the CLI reads `identity_file` and sends it (as upstream); the server
+    keeps it encrypted and never shows it back."""
+
+    public: str | None = None
+    private: str = Field(max_length=16384)
+
+
 class ProxyJump(StrictModel):
     hostname: str
     port: int | None = Field(default=None, ge=1, le=65535)
     user: str | None = None
     identity_file: str | None = None
+    ssh_key: SSHKey | None = None
 
 
 class SSHHost(StrictModel):
@@ -40,6 +49,7 @@ class SSHHost(StrictModel):
     proxy_jump: ProxyJump | None = None
     internal_ip: str | None = None
     blocks: int | Literal["auto"] = 1
+    ssh_key: SSHKey | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -56,6 +66,7 @@ class SSHConfig(StrictModel):
     proxy_jump: ProxyJump | None = None
     hosts: list[SSHHost] = Field(min_length=1)
     network: str | None = Field(default=None, description="the hosts' private network, e.g. 10.0.0.0/24")
+    ssh_key: SSHKey | None = None
 
 
 class _NamedResource(StrictModel):

@@ -22,7 +22,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Documented limits (docs/server.md): 413 names the limit that was passed.
 MAX_JSON_BODY = 1 * 2**20
 MAX_CODE_BODY = 128 * 2**20
-_CODE_PATH = re.compile(r"^/api/projects/[^/]+/code/[^/]+$")
+# Code archives, and objects SSH fleet agents put in the bucket (log chunks, artifacts).
+_CODE_PATH = re.compile(r"^(/api/projects/[^/]+/code/[^/]+|/api/agent/storage/objects/.+)$")
 
 # No inline script or style anywhere: pages carry their data as JSON, and scripts come from /static.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

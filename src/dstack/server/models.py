@@ -227,6 +227,8 @@ class FleetModel(Base):
     spec: Mapped[str] = mapped_column(Text)  # JSON FleetSpec: the configuration and its text
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An SSH fleet's private keys (JSON, encrypted): never in `spec`, never shown back.
+    secret: Mapped[str | None] = mapped_column(Text, nullable=True)
     project: Mapped[ProjectModel] = relationship(lazy="joined")
     user: Mapped[UserModel] = relationship(lazy="joined")
     instances: Mapped[list[InstanceModel]] = relationship(
@@ -256,6 +258,11 @@ class InstanceModel(Base):
     # The jobs running on it now (JSON list of job ids): one on a cloud instance, several on a
     # host of an SSH fleet when its resources allow.
     job_ids: Mapped[str] = mapped_column(Text, default="[]")
+    # What each of those jobs holds of the machine (JSON {job_id: {"cpus", "memory_gb", "gpus"}}):
+    # a host of an SSH fleet runs several jobs while its resources allow (GPUs are not shared).
+    allocations: Mapped[str] = mapped_column(Text, default="{}")
+    # An SSH fleet host's agent reaches the bucket through the server with this token (sha256).
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     heartbeat_seq: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

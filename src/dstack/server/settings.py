@@ -44,6 +44,8 @@ class Settings:
     # How long a replica's claim on a job lasts without renewal; a dead replica's claims are
     # resolved by the others after it runs out.
     claim_lease: float = field(default_factory=lambda: _float("DSTACK_CLAIM_LEASE", 30))
+    # The port this server listens on (set by `dstack server`): SSH fleet hosts' tunnels end there.
+    listen_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.project_creation not in ("everyone", "admins"):

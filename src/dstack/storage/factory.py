@@ -18,6 +18,11 @@ def storage_from_url(url: str) -> Storage:
 
         region = parse_qs(parsed.query).get("region", ["us-east-1"])[0]
         return StdlibS3Storage(parsed.netloc, region)
+    if parsed.scheme == "tunnel":
+        from dstack.storage.tunnel import TunnelStorage
+
+        token_file = parse_qs(parsed.query).get("token_file", [""])[0]
+        return TunnelStorage(unquote(parsed.path), token_file)
     if parsed.scheme == "presigned":
         from dstack.storage.presigned import PresignedStorage
 

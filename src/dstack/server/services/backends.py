@@ -211,6 +211,8 @@ _COMPUTES_LOCK = threading.Lock()
 
 def compute_for(*, settings: Settings, encryptor: Encryptor, project: ProjectModel, backend_type: str) -> Compute:
     """The project's compute of that type; cached per config so clouds' caches (prices, IAM) persist."""
+    if backend_type == "ssh":  # SSH fleets: no backend to configure, every project has them
+        return _ssh_compute(settings, project)
     backend = next((b for b in project.backends if b.type == backend_type), None)
     if backend is None:
         raise ConfigurationError(f"project {project.name!r} has no {backend_type} backend (it was deleted?)",
@@ -228,5 +230,18 @@ def compute_for(*, settings: Settings, encryptor: Encryptor, project: ProjectMod
                                      local_jobs_dir=settings.local_jobs_dir,
                                      local_ssh_host=settings.local_ssh_host)
             compute = kind.compute_class(model, context)
+            _COMPUTES[key] = compute
+        return compute
+
+
+def _ssh_compute(settings: Settings, project: ProjectModel) -> Compute:
+    from dstack.backends.ssh.compute import SSHCompute
+    from dstack.backends.ssh.models import SSHFleetConfig
+
+    key = (project.name, "ssh", "")
+    with _COMPUTES_LOCK:
+        compute = _COMPUTES.get(key)
+        if compute is None:
+            compute = SSHCompute(SSHFleetConfig(), BackendContext(project=project.name, server_dir=settings.server_dir))
             _COMPUTES[key] = compute
         return compute

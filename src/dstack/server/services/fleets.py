@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +29,7 @@ from dstack.core.fleets import (
     InstanceStatus,
     instance_name,
 )
-from dstack.core.infra_configurations import FleetConfiguration
+from dstack.core.infra_configurations import FleetConfiguration, SSHConfig
 from dstack.core.resources import ResourcesSpec
 from dstack.core.runs import JobStatus, Offer
 from dstack.server.context import ServerContext
@@ -94,9 +96,14 @@ def _fleet_backends(ctx: ServerContext, project: ProjectModel, conf: FleetConfig
 async def get_plan(*, session: AsyncSession, ctx: ServerContext, project: ProjectModel, user: UserModel,
                    spec: FleetSpec) -> FleetPlan:
     conf = spec.configuration
+    current = await _active_fleet(session, project, conf.name) if conf.name else None
     if conf.ssh_config is not None:
-        raise ConfigurationError("ssh_config: SSH fleets are not supported yet (issue #14): use a cloud fleet "
-                                 "(`nodes`)", field="ssh_config")
+        ssh_hosts(conf)  # every host has a user and a key, or a clear error naming the field
+        if ctx.settings.listen_port is None:
+            raise ConfigurationError("SSH fleets need the server started by `dstack server` (its port is where "
+                                     "the hosts' tunnels end)", field="ssh_config")
+        return FleetPlan(spec=spec, project=project.name, user=user.name, nodes=len(conf.ssh_config.hosts),
+                         offers=[], total_offers=0, current=fleet_to_model(current) if current else None)
     if conf.placement == "cluster":
         raise ConfigurationError("placement: `cluster` is not supported yet: its placement group needs the "
                                  "optional IAM statement of issue #14", field="placement",
@@ -104,7 +111,6 @@ async def get_plan(*, session: AsyncSession, ctx: ServerContext, project: Projec
     backends, reasons = _fleet_backends(ctx, project, conf)
     requirements = fleet_requirements(conf)
     search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
-    current = await _active_fleet(session, project, conf.name) if conf.name else None
     if not search.offers:
         search.rejections[:0] = reasons
         if not backends:
@@ -127,12 +133,19 @@ async def apply_fleet(*, session: AsyncSession, ctx: ServerContext, project: Pro
                                 f"{len([i for i in plan.current.instances if not i.status.finished])} instances)",
                                 field="name", fix=f"Delete it first with `dstack delete {name}`, or choose "
                                                   "another name")
+    secret = None
+    if conf.ssh_config is not None:  # the keys leave the spec: encrypted, in a column of their own
+        secret = ctx.encryptor.encrypt(json.dumps([host.keys for host in ssh_hosts(conf)]))
+        conf = conf.model_copy(update={"ssh_config": without_keys(conf.ssh_config)})
     spec = spec.model_copy(update={"configuration": conf.model_copy(update={"name": name})})
-    fleet = FleetModel(id=new_id(), project_id=project.id, user_id=user.id, name=name,
+    fleet = FleetModel(id=new_id(), project_id=project.id, user_id=user.id, name=name, secret=secret,
                        status=FleetStatus.ACTIVE.value, spec=spec.model_dump_json(), created_at=utcnow())
     session.add(fleet)
     for num in range(plan.nodes):
-        session.add(_new_instance(fleet, project, num))
+        instance = _new_instance(fleet, project, num)
+        if conf.ssh_config is not None:
+            instance.backend = "ssh"
+        session.add(instance)
     try:
         await session.commit()
     except IntegrityError:  # a parallel apply of the same name won
@@ -147,7 +160,63 @@ def _new_instance(fleet: FleetModel, project: ProjectModel, num: int) -> Instanc
     instance_id = new_id()
     return InstanceModel(id=instance_id, project_id=project.id, fleet_id=fleet.id, num=num,
                          status=InstanceStatus.PENDING.value, storage_prefix=instance_prefix(project.name, instance_id),
-                         job_ids="[]", heartbeat_seq=0, created_at=utcnow())
+                         job_ids="[]", allocations="{}", heartbeat_seq=0, created_at=utcnow())
+
+
+@dataclass
+class SSHHostPlan:
+    """One host of an SSH fleet, resolved: its address, user, jump host and keys (private)."""
+
+    hostname: str
+    port: int
+    user: str
+    keys: list[str]
+    proxy_jump: dict[str, Any] | None
+    internal_ip: str | None
+
+
+def ssh_hosts(conf: FleetConfiguration, stored_keys: list[list[str]] | None = None) -> list[SSHHostPlan]:
+    """The fleet's hosts; with `stored_keys` (the fleet's decrypted secret) in place of the spec's keys."""
+    ssh = conf.ssh_config
+    assert ssh is not None
+    hosts = []
+    for i, host in enumerate(ssh.hosts):
+        if stored_keys is not None:
+            user = host.user or ssh.user or ""
+            jump = host.proxy_jump or ssh.proxy_jump
+            hosts.append(SSHHostPlan(
+                hostname=host.hostname, port=host.port or ssh.port or 22, user=user, keys=stored_keys[i],
+                proxy_jump={"hostname": jump.hostname, "port": jump.port or 22, "user": jump.user or user}
+                if jump is not None else None, internal_ip=host.internal_ip))
+            continue
+        field = f"ssh_config.hosts[{i}]"
+        user = host.user or ssh.user
+        if not user:
+            raise ConfigurationError(f"{field} ({host.hostname}): no user to log in as", field=f"{field}.user",
+                                     fix="Set ssh_config.user (or the host's user)")
+        key = host.ssh_key or ssh.ssh_key
+        if key is None:
+            raise ConfigurationError(f"{field} ({host.hostname}): no key to log in with",
+                                     field="ssh_config.identity_file",
+                                     fix="Set ssh_config.identity_file (the CLI sends the key's content)")
+        jump = host.proxy_jump or ssh.proxy_jump
+        keys = [key.private]
+        if jump is not None and jump.ssh_key is not None:
+            keys.append(jump.ssh_key.private)
+        hosts.append(SSHHostPlan(
+            hostname=host.hostname, port=host.port or ssh.port or 22, user=user, keys=keys,
+            proxy_jump={"hostname": jump.hostname, "port": jump.port or 22, "user": jump.user or user}
+            if jump is not None else None, internal_ip=host.internal_ip))
+    return hosts
+
+
+def without_keys(ssh: SSHConfig) -> SSHConfig:
+    def strip(item: Any) -> Any:
+        return item.model_copy(update={"ssh_key": None}) if item is not None else None
+
+    return ssh.model_copy(update={"ssh_key": None, "proxy_jump": strip(ssh.proxy_jump),
+                                  "hosts": [h.model_copy(update={"ssh_key": None, "proxy_jump": strip(h.proxy_jump)})
+                                            for h in ssh.hosts]})
 
 
 async def _unique_name(session: AsyncSession, project: ProjectModel) -> str:
@@ -256,7 +325,52 @@ def instance_fits(instance: InstanceModel, fleet: FleetModel, *, requirements: R
     if fleets and fleet.name not in fleets:
         return False
     offer = Offer.model_validate_json(instance.offer)
+    if instance.backend == "ssh":  # a shared host: the job is measured against the share it would get
+        offer = shared_view(offer, json.loads(instance.allocations or "{}"), requirements)
+        if offer is None:
+            return False
     return bool(filter_offers(instance.backend, [offer], requirements).offers)
+
+
+def shared_view(offer: Offer, allocations: dict[str, Any], requirements: Requirements) -> Offer | None:
+    """What a job would get of a host of an SSH fleet, beside the jobs there: as many of the free CPUs,
+    memory and GPUs as its ranges take (its minimum at least), or None if that is not free."""
+    share = allocate(offer, allocations, requirements)
+    if share is None:
+        return None
+    spec = requirements.resources
+    used_cpus = sum(a.get("cpus", 0) for a in allocations.values())
+    used_memory = sum(a.get("memory_gb", 0) for a in allocations.values())
+    free_cpus, free_memory = offer.resources.cpus - used_cpus, offer.resources.memory_gb - used_memory
+    cpus = min(free_cpus, spec.cpu.max) if spec.cpu.max is not None else free_cpus
+    memory = min(free_memory, spec.memory.max) if spec.memory.max is not None else free_memory
+    gpus = [offer.resources.gpus[int(i)] for i in share["gpus"]]
+    resources = offer.resources.model_copy(update={"cpus": cpus, "memory_gb": memory, "gpus": gpus})
+    return offer.model_copy(update={"resources": resources})
+
+
+def allocate(offer: Offer, allocations: dict[str, Any], requirements: Requirements) -> dict[str, Any] | None:
+    """The share of the machine a job takes (its minimum CPUs and memory, whole GPUs), or None if
+    what the running jobs leave free is not enough."""
+    resources = requirements.resources
+    cpus = resources.cpu.min or 1
+    memory = resources.memory.min or 0.0
+    gpu = resources.gpu
+    gpu_count = (gpu.count.min or 0) if gpu and gpu.count.max != 0 else 0
+    used_cpus = sum(a.get("cpus", 0) for a in allocations.values())
+    used_memory = sum(a.get("memory_gb", 0) for a in allocations.values())
+    used_gpus = {g for a in allocations.values() for g in a.get("gpus", [])}
+    free_gpus = [str(i) for i in range(len(offer.resources.gpus)) if str(i) not in used_gpus]
+    if allocations and (used_cpus + cpus > offer.resources.cpus or used_memory + memory > offer.resources.memory_gb
+                        or gpu_count > len(free_gpus)):
+        return None
+    return {"cpus": cpus, "memory_gb": memory, "gpus": free_gpus[:gpu_count]}
+
+
+def fleet_backend_types(backend_types: list[str], wanted: list[str] | None) -> list[str]:
+    """The backends whose fleet instances a run may take: its own, and SSH fleet hosts (upstream's
+    `remote`) unless its `backends` leaves them out."""
+    return [*backend_types, "ssh"] if not wanted or {"ssh", "remote"} & set(wanted) else backend_types
 
 
 async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements: Requirements,
@@ -265,15 +379,25 @@ async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements
     async with ctx.db.session() as session:
         instances = list(await session.scalars(
             select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
-            .where(InstanceModel.project_id == project.id, InstanceModel.status == InstanceStatus.IDLE.value,
-                   FleetModel.deleted.is_(False)).order_by(InstanceModel.price)))
+            .where(InstanceModel.project_id == project.id, FleetModel.deleted.is_(False),
+                   (InstanceModel.status == InstanceStatus.IDLE.value)
+                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
+            .order_by(InstanceModel.price)))
         await session.commit()
-    return [Offer.model_validate_json(i.offer).model_copy(update={"availability": "idle"}) for i in instances
-            if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets)]
+    offers = []
+    for i in instances:
+        offer = Offer.model_validate_json(i.offer)
+        if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets) and \
+                allocate(offer, json.loads(i.allocations or "{}"), requirements) is not None:
+            offers.append(offer.model_copy(update={"availability": "idle"}))
+    return offers
 
 
 def idle_expired(instance: InstanceModel, fleet: FleetModel, now: datetime) -> bool:
-    limit = idle_duration(FleetSpec.model_validate_json(fleet.spec).configuration)
+    conf = FleetSpec.model_validate_json(fleet.spec).configuration
+    if conf.ssh_config is not None:
+        return False  # the team's own hosts stay in their fleet until it is deleted
+    limit = idle_duration(conf)
     return (limit >= 0 and instance.idle_since is not None
             and (now - instance.idle_since).total_seconds() >= limit)
 

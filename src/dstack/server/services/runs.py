@@ -75,8 +75,9 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
     requirements = requirements_for(conf, admin=user.global_role == "admin")
     backend_types = backend_types_for(project, run_spec)
     # Idle fleet instances that fit come first (the scheduler takes one before launching anything).
-    idle = await fleets_svc.idle_offers(ctx=ctx, project=project, requirements=requirements,
-                                        backend_types=backend_types, fleets=conf.fleets)
+    idle = await fleets_svc.idle_offers(
+        ctx=ctx, project=project, requirements=requirements,
+        backend_types=fleets_svc.fleet_backend_types(backend_types, conf.backends), fleets=conf.fleets)
     if conf.creation_policy == "reuse" or conf.fleets:
         if not idle:
             named = ", ".join(conf.fleets or []) or "the project's fleets"

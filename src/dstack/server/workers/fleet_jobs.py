@@ -18,7 +18,7 @@ from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt
 from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.fleets import instance_fits
+from dstack.server.services.fleets import allocate, instance_fits
 from dstack.server.services.job_specs import stage_job
 from dstack.server.services.runs import set_job_status
 
@@ -30,26 +30,39 @@ _INSTANCE_GONE = ("instance lost", "interrupted", "the instance did not")
 async def take_fleet_instance(ctx: ServerContext, *, job_id: str, project: ProjectModel,
                               requirements: Requirements, backend_types: list[str],
                               fleets: list[str] | None) -> InstanceModel | None:
-    """The cheapest idle instance of the project's fleets that fits, now busy with this job."""
+    """The cheapest instance of the project's fleets that fits, now holding this job: an idle one, or
+    a host of an SSH fleet whose free CPUs, memory and GPUs still fit it (GPUs are not shared)."""
     async with ctx.db.session() as session:
         candidates = list(await session.scalars(
             select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
-            .where(InstanceModel.project_id == project.id, InstanceModel.status == InstanceStatus.IDLE.value,
-                   FleetModel.deleted.is_(False))
-            .order_by(InstanceModel.price, InstanceModel.created_at)))
+            .where(InstanceModel.project_id == project.id, FleetModel.deleted.is_(False),
+                   (InstanceModel.status == InstanceStatus.IDLE.value)
+                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
+            # Busy hosts first ("busy" < "idle"): small jobs pack onto shared hosts, leaving whole
+            # hosts free for the jobs that need them.
+            .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num)))
         await session.commit()
     for instance in candidates:
         if not instance_fits(instance, instance.fleet, requirements=requirements, backend_types=backend_types,
                              fleets=fleets):
             continue
+        allocations = json.loads(instance.allocations or "{}")
+        share = allocate(Offer.model_validate_json(instance.offer), allocations, requirements)
+        if share is None:
+            continue
+        jobs = json.loads(instance.job_ids or "[]")
         async with ctx.db.session() as session:
+            # Compare-and-set on what was read: a parallel scheduler that took a share first wins.
             taken = await session.execute(
                 update(InstanceModel)
-                .where(InstanceModel.id == instance.id, InstanceModel.status == InstanceStatus.IDLE.value)
-                .values(status=InstanceStatus.BUSY.value, job_ids=json.dumps([job_id]), idle_since=None)
+                .where(InstanceModel.id == instance.id, InstanceModel.status == instance.status,
+                       InstanceModel.job_ids == instance.job_ids)
+                .values(status=InstanceStatus.BUSY.value, job_ids=json.dumps([*jobs, job_id]), idle_since=None,
+                        allocations=json.dumps({**allocations, job_id: share}))
                 .execution_options(synchronize_session=False))
             await session.commit()
         if taken.rowcount == 1:
+            instance.allocations = json.dumps({**allocations, job_id: share})
             return instance
     return None
 
@@ -60,10 +73,12 @@ async def run_on_fleet_instance(ctx: ServerContext, *, job_id: str, project: Pro
                           backend_type=instance.backend)
     offer = Offer.model_validate_json(instance.offer)
     name = instance_name(instance.fleet.name, instance.num)
+    share = json.loads(instance.allocations or "{}").get(job_id) or {}
+    if instance.backend == "ssh" and spec.get("gpus"):  # its own GPUs of a shared host
+        spec = {**spec, "gpus": share.get("gpus") or None}
     try:
         extras = await asyncio.to_thread(stage_job, compute, launch, spec, archives, keep_instance=True)
-        await asyncio.to_thread(compute.storage.put_json, f"{instance.storage_prefix}/jobs.json",
-                                {"jobs": [{"id": job_id, "prefix": launch.job_prefix}]})
+        await asyncio.to_thread(_add_assignment, compute.storage, instance.storage_prefix, job_id, launch.job_prefix)
     except Exception as exc:
         logger.exception("assigning job %s to fleet instance %s failed", job_id, name)
         await release_fleet_instance(ctx, instance_id=instance.id, job_id=job_id, reason=None)
@@ -93,6 +108,11 @@ async def run_on_fleet_instance(ctx: ServerContext, *, job_id: str, project: Pro
     ctx.reconciler_wake.set()
 
 
+def _add_assignment(storage: Any, prefix: str, job_id: str, job_prefix: str) -> None:
+    """One object per assigned job (a shared host runs several): no read-modify-write to race on."""
+    storage.put_json(f"{prefix}/jobs/{job_id}.json", {"id": job_id, "prefix": job_prefix})
+
+
 async def release_fleet_instance(ctx: ServerContext, *, instance_id: str, job_id: str, reason: str | None) -> None:
     """The job ended: its instance is idle again (its idle time starts now), unless the job ended
     because the instance was lost, which the fleet then terminates."""
@@ -103,6 +123,8 @@ async def release_fleet_instance(ctx: ServerContext, *, instance_id: str, job_id
             return
         jobs = [j for j in json.loads(instance.job_ids or "[]") if j != job_id]
         instance.job_ids = json.dumps(jobs)
+        instance.allocations = json.dumps({k: v for k, v in json.loads(instance.allocations or "{}").items()
+                                           if k != job_id})
         if instance.status == InstanceStatus.BUSY.value and not jobs:
             if gone:
                 instance.status = InstanceStatus.TERMINATING.value
@@ -115,11 +137,15 @@ async def release_fleet_instance(ctx: ServerContext, *, instance_id: str, job_id
     if not gone and backend:
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project, backend_type=backend)
         try:
-            await asyncio.to_thread(compute.storage.put_json, f"{storage_prefix}/jobs.json", {"jobs": []})
+            await asyncio.to_thread(_remove_assignment, compute.storage, storage_prefix, job_id)
         except Exception:  # the agent ignores jobs it has run already: a stale list is harmless
             logger.warning("clearing the jobs of fleet instance %s failed", instance_id, exc_info=True)
     ctx.fleets_wake.set()
     ctx.scheduler_wake.set()
+
+
+def _remove_assignment(storage: Any, prefix: str, job_id: str) -> None:
+    storage.delete(f"{prefix}/jobs/{job_id}.json")
 
 
 async def _load_job(session: Any, job_id: str) -> JobModel:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import subprocess
 import time
 from datetime import datetime
 from typing import Any
@@ -14,13 +16,23 @@ from typing import Any
 from sqlalchemy import select
 
 from dstack.backends.base import InstanceCheck, JobLaunch, LaunchedInstance, LaunchError, LaunchIntent
+from dstack.backends.ssh.compute import agent_paths, machine_offer
+from dstack.backends.ssh.connection import TUNNELS
+from dstack.backends.ssh.models import SSHHostData
 from dstack.core.fleets import FleetSpec, FleetStatus, InstanceStatus, instance_name
 from dstack.core.runs import Offer
 from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.fleets import LIVE_INSTANCE_STATUSES, _fleet_backends, fleet_requirements, idle_expired
+from dstack.server.services.fleets import (
+    LIVE_INSTANCE_STATUSES,
+    _fleet_backends,
+    fleet_requirements,
+    idle_expired,
+    ssh_hosts,
+)
 from dstack.server.services.offers import find_offers
+from dstack.server.services.users import hash_token
 from dstack.server.workers.common import for_each, release_lease, try_lease
 
 logger = logging.getLogger("dstack.server.fleets")
@@ -39,6 +51,7 @@ async def process_fleets_once(ctx: ServerContext) -> None:
                 fleet.status = FleetStatus.TERMINATED.value
         await session.commit()
     await for_each(ids, lambda instance_id: _process(ctx, instance_id))
+    await ensure_ssh_tunnels(ctx)
 
 
 async def _process(ctx: ServerContext, instance_id: str) -> None:
@@ -73,6 +86,9 @@ async def _step(ctx: ServerContext, instance_id: str) -> None:
 
 async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, project: Any) -> None:
     conf = FleetSpec.model_validate_json(fleet.spec).configuration
+    if conf.ssh_config is not None:
+        await _provision_ssh(ctx, instance_id, fleet, project)
+        return
     async with ctx.db.session() as session:
         instance = await _load(session, instance_id)
         intent = LaunchIntent.model_validate_json(instance.launch_intent) if instance.launch_intent else None
@@ -119,6 +135,63 @@ async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, proje
         instance.reason = f"could not be provisioned: {why}"
         instance.finished_at = utcnow()
         await session.commit()
+
+
+def ssh_target(ctx: ServerContext, fleet: FleetModel, instance: InstanceModel) -> tuple[Any, SSHHostData]:
+    """The SSH compute and the host of an SSH fleet's instance (keys from the fleet's secret)."""
+    conf = FleetSpec.model_validate_json(fleet.spec).configuration
+    plan = ssh_hosts(conf, json.loads(ctx.encryptor.decrypt(fleet.secret or "")))[instance.num]
+    agent_dir, socket_path = agent_paths(instance.id)
+    host = SSHHostData(hostname=plan.hostname, port=plan.port, user=plan.user, proxy_jump=plan.proxy_jump,
+                       internal_ip=plan.internal_ip, agent_dir=agent_dir, socket=socket_path)
+    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=fleet.project, backend_type="ssh")
+    return compute, compute.target(fleet_id=fleet.id, host=host, private_keys=plan.keys)
+
+
+async def _provision_ssh(ctx: ServerContext, instance_id: str, fleet: FleetModel, project: Any) -> None:
+    """Install and start the agent on the host, or say per host what is wrong with it."""
+    token = secrets.token_urlsafe(32)
+    async with ctx.db.session() as session:
+        instance = await _load(session, instance_id)
+        instance.agent_token_hash = hash_token(token)
+        await session.commit()
+    compute, target = ssh_target(ctx, fleet, instance)
+    try:
+        machine = await asyncio.to_thread(compute.provision_host, target=target, instance_id=instance_id,
+                                          prefix=instance.storage_prefix, token=token,
+                                          server_port=ctx.settings.listen_port or 0)
+    except (LaunchError, OSError, subprocess.SubprocessError) as exc:
+        reason = exc.reason if isinstance(exc, LaunchError) else f"host {target.host.hostname}: {exc}"
+        logger.warning("SSH fleet %s of project %s: %s", fleet.name, project.name, reason)
+        async with ctx.db.session() as session:
+            instance = await _load(session, instance_id)
+            instance.status = InstanceStatus.TERMINATED.value
+            instance.reason = reason
+            instance.finished_at = utcnow()
+            instance.agent_token_hash = None
+            await session.commit()
+        return
+    launched = LaunchedInstance(instance_id=f"ssh:{target.host.user}@{target.host.hostname}:{target.host.port}",
+                                region="remote", data={**target.host.model_dump(), "instance_uuid": instance_id})
+    await _record_launch(ctx, instance_id, machine_offer(machine, target.host), launched)
+
+
+async def ensure_ssh_tunnels(ctx: ServerContext) -> None:
+    """Every live SSH fleet host keeps its tunnel (restarted here after a blip or a server restart)."""
+    if ctx.settings.listen_port is None:
+        return
+    async with ctx.db.session() as session:
+        instances = list(await session.scalars(select(InstanceModel).where(
+            InstanceModel.backend == "ssh", InstanceModel.status.in_(
+                [InstanceStatus.PROVISIONING.value, InstanceStatus.IDLE.value, InstanceStatus.BUSY.value]))))
+        await session.commit()
+    for instance in instances:
+        try:
+            _, target = ssh_target(ctx, instance.fleet, instance)
+            if TUNNELS.ensure(instance.id, target, ctx.settings.listen_port):
+                logger.info("(re)opened the tunnel to SSH fleet host %s", target.host.hostname)
+        except Exception:
+            logger.exception("the tunnel of SSH fleet instance %s", instance.id)
 
 
 async def _record_launch(ctx: ServerContext, instance_id: str, offer: Offer, launched: LaunchedInstance) -> None:
@@ -170,6 +243,11 @@ async def _follow(ctx: ServerContext, instance_id: str) -> None:
             instance.heartbeat_at = now  # the provisioning timeout counts from when it is up
         elif not instance.heartbeat_seq and silent > ctx.settings.provisioning_timeout:
             _end(instance, "the instance did not start in time", now)
+        elif instance.heartbeat_seq and silent > ctx.settings.heartbeat_timeout and instance.backend == "ssh":
+            # The team's own host: not given up, its agent is installed and started again.
+            instance.status = InstanceStatus.PENDING.value
+            instance.reason = "its agent stopped answering: reinstalling it"
+            instance.heartbeat_seq = 0
         elif instance.heartbeat_seq and silent > ctx.settings.heartbeat_timeout:
             _end(instance, "instance lost (its agent stopped answering)", now)
         elif instance.status == InstanceStatus.IDLE.value and idle_expired(instance, fleet, now):
@@ -193,7 +271,14 @@ async def _terminate(ctx: ServerContext, instance_id: str) -> None:
         instance = await _load(session, instance_id)
         project = instance.fleet.project
         await session.commit()
-    if instance.instance is not None and instance.backend is not None:
+    if instance.instance is not None and instance.backend == "ssh":  # the team's own host: stop, clean up
+        compute, target = ssh_target(ctx, instance.fleet, instance)
+        try:
+            await asyncio.to_thread(compute.stop_host, target=target, instance_id=instance_id,
+                                    prefix=instance.storage_prefix)
+        except Exception:  # an unreachable host keeps a stale agent; it exits when its token is refused
+            logger.warning("cleaning up SSH fleet host %s failed", target.host.hostname, exc_info=True)
+    elif instance.instance is not None and instance.backend is not None:
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=instance.backend)
         try:
@@ -206,5 +291,7 @@ async def _terminate(ctx: ServerContext, instance_id: str) -> None:
         instance.status = InstanceStatus.TERMINATED.value
         instance.finished_at = utcnow()
         instance.job_ids = json.dumps([])
+        instance.allocations = json.dumps({})
+        instance.agent_token_hash = None  # an agent left behind can reach nothing any more
         await session.commit()
     ctx.fleets_wake.set()

@@ -26,6 +26,7 @@ from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import BackendModel, JobModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
+from dstack.server.services.fleets import fleet_backend_types
 from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
@@ -157,8 +158,10 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        availability_zones=run_spec.configuration.availability_zones,
                        **_reserved(run_spec))
     # An idle fleet instance that fits comes first: no launch, no boot.
-    reused = await take_fleet_instance(ctx, job_id=job_id, project=project, requirements=requirements,
-                                       backend_types=backend_types, fleets=run_spec.configuration.fleets)
+    reused = await take_fleet_instance(
+        ctx, job_id=job_id, project=project, requirements=requirements,
+        backend_types=fleet_backend_types(backend_types, run_spec.configuration.backends),
+        fleets=run_spec.configuration.fleets)
     if reused is not None:
         await run_on_fleet_instance(ctx, job_id=job_id, project=project, instance=reused, launch=launch,
                                     spec=spec, archives=archives)

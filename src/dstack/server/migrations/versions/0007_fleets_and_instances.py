@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("spec", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=True),
     )
     op.create_index("ux_fleets_active_name", "fleets", ["project_id", "name"], unique=True,
                     sqlite_where=sa.text("deleted = false"), postgresql_where=sa.text("deleted = false"))
@@ -46,6 +47,8 @@ def upgrade() -> None:
         sa.Column("launch_intent", sa.Text(), nullable=True),
         sa.Column("storage_prefix", sa.Text(), nullable=False),
         sa.Column("job_ids", sa.Text(), nullable=False),
+        sa.Column("allocations", sa.Text(), nullable=False),
+        sa.Column("agent_token_hash", sa.String(64), nullable=True, unique=True),
         sa.Column("heartbeat_seq", sa.Integer(), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
