@@ -22,7 +22,7 @@ from dstack.server.settings import Settings
 from dstack.storage import Storage
 from dstack.storage.local import DirectoryStorage
 
-_JOB_KEY = re.compile(r"^dstack/runs/[^/]+/[^/]+/jobs/(?P<job>[^/]+)/(?P<name>.+)$")
+_JOB_KEY = re.compile(r"^dstack/runs/[^/]+/[^/]+/jobs/(?P<job>[^/]+)/(?P<name>.*)$")
 _READ_ONLY_PREFIXES = ("dstack/code/", "dstack/agent/")
 # What the server writes for a job: an agent reads these, never writes them.
 _SERVER_WRITES = ("spec.json", "stop.json", "instance.json")
