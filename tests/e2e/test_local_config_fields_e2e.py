@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -288,3 +289,41 @@ def test_utilization_policy_stops_an_idle_gpu_run(env: Env, gpu_metrics: Path, r
         assert _finished(server, "busy")["status"] == "done"
     finally:
         server.stop()
+
+
+def test_instance_volumes_keep_data_between_runs_for_admins_only(env: Env, server: Server, repo: Path) -> None:
+    # Outside the server user's HOME (which no job sees), where the sandbox's user can reach it.
+    volume = Path(tempfile.mkdtemp(prefix="dstack-test-volume-", dir="/tmp")) / "data"
+    volume.parent.chmod(0o755)
+    try:
+        _instance_volumes(env, server, repo, volume)
+    finally:
+        shutil.rmtree(volume.parent, ignore_errors=True)
+
+
+def _instance_volumes(env: Env, server: Server, repo: Path, volume: Path) -> None:
+    (repo / ".dstack.yml").write_text(
+        f"type: task\nname: writer\nvolumes: ['{volume}:/data']\ncommands:\n"
+        "  - echo persisted-$DSTACK_RUN_NAME > /data/out.txt\n")
+    result = env.cli("apply", "-y", cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (volume / "out.txt").read_text() == "persisted-writer\n"
+    (repo / "reader.yml").write_text(
+        f"type: task\nname: reader\nvolumes:\n  - instance_path: {volume}\n    path: /mnt/in\ncommands:\n"
+        "  - cat /mnt/in/out.txt\n")
+    assert env.cli("apply", "-y", "-f", "reader.yml", cwd=repo).returncode == 0
+    assert "persisted-writer" in _logs(server, "reader")
+    # The server's own directory is never a volume; a network volume is not supported yet.
+    (repo / "bad.yml").write_text(f"type: task\nvolumes: ['{env.server_dir}/data:/data']\ncommands: [ls /data]\n")
+    result = env.cli("apply", "-y", "-f", "bad.yml", cwd=repo)
+    assert result.returncode != 0 and "holds the server's own files" in result.stderr, result.stderr
+    (repo / "net.yml").write_text("type: task\nvolumes: ['my-volume:/data']\ncommands: [ls /data]\n")
+    result = env.cli("apply", "-y", "-f", "net.yml", cwd=repo)
+    assert result.returncode != 0 and "not supported yet: network volumes" in result.stderr, result.stderr
+    # A member who is not a global admin may not mount the server machine's directories.
+    with server.api() as api:
+        token = api.post("/api/users", json={"name": "member"}).json()["token"]
+        api.put("/api/projects/main/members", json={"user": "member", "role": "user"}).raise_for_status()
+        plan = api.post("/api/projects/main/runs/plan", headers={"Authorization": f"Bearer {token}"}, json={
+            "repo_id": "x", "configuration": {"type": "task", "commands": ["true"], "volumes": [f"{volume}:/data"]}})
+    assert plan.status_code == 400 and "only the server's admins may" in plan.text, plan.text

@@ -124,11 +124,14 @@ def test_ssh_fleet_detects_hosts_shares_them_and_cleans_up(hosts: tuple[list[VMH
                  message="the long run to start")
     first_host = _instance_of(server, "long")
     (repo / ".dstack.yml").write_text(TASK.format(
-        name="small", command="echo token=$HF_TOKEN; echo ran-on-host", cpu=1))
+        name="small", command="echo token=$HF_TOKEN; echo ran-on-host; echo kept > /data/out.txt", cpu=1)
+        + "volumes: ['/var/lib/dstack-agent/volume:/data']\n")
     result = env.cli("apply", "-y", cwd=repo, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ran-on-host" in result.stdout and "token=********" in result.stdout and SECRET not in result.stdout
     assert _instance_of(server, "small") == first_host
+    host_vm = next(vm for vm in vms if vm.vm_ip == first_host)  # an instance volume: a directory of the host
+    assert (host_vm.path("/var/lib/dstack-agent/volume/out.txt")).read_text() == "kept\n"
     # A run that needs both CPUs does not fit beside the long one: it goes to the other host.
     (repo / ".dstack.yml").write_text(TASK.format(name="big", command="echo big-run", cpu=os.cpu_count()))
     result = env.cli("apply", "-y", cwd=repo, timeout=180)
@@ -140,10 +143,11 @@ def test_ssh_fleet_detects_hosts_shares_them_and_cleans_up(hosts: tuple[list[VMH
     wait_for(lambda: all(i["status"] in ("idle", "terminated") for i in _fleet(server)["instances"]), 60,
              message="the hosts to be idle")
     installed = [vm.path("/var/lib/dstack-agent") for vm in vms[:2]]
-    assert all(len(list(d.iterdir())) == 1 for d in installed), "one agent on each host"
+    assert all(len([p for p in d.iterdir() if p.name != "volume"]) == 1 for d in installed), "one agent a host"
     assert list(vms[2].path("/var/lib/dstack-agent").iterdir()) == []  # the refused host was cleaned at once
     assert env.cli("delete", "mine", "-y", cwd=repo).returncode == 0
-    wait_for(lambda: all(list(d.iterdir()) == [] for d in installed), 60, message="the hosts to be cleaned up")
+    wait_for(lambda: all([p.name for p in d.iterdir()] in ([], ["volume"]) for d in installed), 60,
+             message="the hosts to be cleaned up (the instance volume stays)")
     assert _fleet_gone(env, repo)
 
 

@@ -189,7 +189,7 @@ class JobRunner:
         elif sandbox is not None:
             env = session_env = {**self._job_env(sandboxed=True, cwd=cwd_job), **secrets}
             prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd=cwd_job,
-                                       python=python, mounts=ws.sorted_mounts())
+                                       python=python, mounts=ws.sorted_mounts(), keep_owner=frozenset(ws.keep_owner))
             popen_kwargs = prepared.popen_kwargs()
         else:
             if cwd_host is None:

@@ -79,7 +79,8 @@ class Prepared:
 
 
 def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdir: Path, cwd: str,
-            python: PythonInstall | None, mounts: list[tuple[str, str]]) -> Prepared:
+            python: PythonInstall | None, mounts: list[tuple[str, str]], keep_owner: frozenset[str] = frozenset()
+            ) -> Prepared:
     """The bwrap command that runs `command` with exactly `env`, in `cwd` (a path in the sandbox), with
     `mounts` (host path, sandbox path: the code at /workflow, HOME, a repo, `files`) bound read-write."""
     ids = sandbox.uid_gid()
@@ -89,7 +90,8 @@ def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdi
             _chown_tree(workdir / name, *ids)
     if ids is not None:
         for host, _ in mounts:
-            _chown_tree(Path(host), *ids)
+            if host not in keep_owner:  # the job's own files; a machine's directory keeps its owner
+                _chown_tree(Path(host), *ids)
     # The root is bwrap's own tmpfs with the system's top-level directories bound read-only onto it
     # (not /root, /home, /var, /mnt, /media, /srv, /boot, /tmp, /run: nothing of anybody's data).
     args: list[str] = []

@@ -32,6 +32,8 @@ class Workspace:
         self.bare_host = bare_host
         self.code_dir = workdir / "repo"
         self.mounts: list[tuple[str, str]] = []  # (host path, job path)
+        # Mounts that are the machine's own directories (instance volumes): never chowned to the job.
+        self.keep_owner: set[str] = set()
         self.read_only: tuple[str, ...] = ()
 
     def job_path(self, target: str) -> str:
@@ -90,6 +92,7 @@ def prepare(spec: dict[str, Any], *, workdir: Path, home: str | None, home_host:
         home_host.mkdir(exist_ok=True)
         ws.mounts.append((str(home_host), home))
     _place_files(spec, ws, fetch=fetch, unpack=unpack)
+    _mount_instance_volumes(spec, ws)
     return ws
 
 
@@ -126,6 +129,26 @@ def _place_files(spec: dict[str, Any], ws: Workspace, *, fetch: Callable[[str], 
                                  "another path, or use `image`")
         else:
             ws.mounts.append((str(source), target))
+
+
+def _mount_instance_volumes(spec: dict[str, Any], ws: Workspace) -> None:
+    """`volumes: [/instance/path:/path]`: a directory of this machine in the job, kept between runs
+    (created when missing; an `optional` one that cannot be is skipped)."""
+    for volume in spec.get("instance_volumes") or []:
+        source, target = volume["instance_path"], volume["path"]
+        if ws.bare_host:
+            raise WorkspaceError(f"volumes: {source}:{target} needs `image` (or a machine that can sandbox jobs): "
+                                 "this job runs directly on the host")
+        try:
+            if not os.path.isdir(source):
+                os.makedirs(source)
+                os.chmod(source, 0o1777)  # whichever user the job runs as may write (a sandbox's: nobody)
+        except OSError as exc:
+            if volume.get("optional"):
+                continue
+            raise WorkspaceError(f"volumes: cannot create {source} on this machine: {exc.strerror}") from None
+        ws.mounts.append((source, target))
+        ws.keep_owner.add(source)
 
 
 def clone_repo(clone: dict[str, Any], dest: Path, *, credentials: dict[str, str] | None,

@@ -43,6 +43,8 @@ class Requirements(BaseModel):
     # Container fields set without `image` (`privileged`, `user`, …): a backend that runs such jobs
     # outside a container (local) must say it cannot honour them.
     container_fields: list[str] = Field(default_factory=list)
+    # `volumes` with an instance path: directories of the machine that runs the job.
+    instance_volumes: list[str] = Field(default_factory=list)
     # The run's user is a global admin of the server (the only one a backend may trust with
     # the server's own machine when it cannot isolate jobs).
     admin: bool = False
@@ -270,6 +272,7 @@ def requirements_for(configuration: TaskConfiguration | Any, *, admin: bool = Fa
         nvcc=bool(getattr(configuration, "nvcc", False)),
         tags=getattr(configuration, "tags", None) or {},
         inactivity_duration=getattr(configuration, "inactivity_duration", None),
+        instance_volumes=[v.instance_path for v in getattr(configuration, "volumes", None) or [] if v.instance_path],
         container_fields=[f for f in ("privileged", "user", "entrypoint", "shm_size", "registry_auth")
                           if getattr(configuration, f, None)] if not job_image(configuration) else [],
     )

@@ -88,6 +88,16 @@ class LocalCompute(Compute):
                 sandbox.find_python(requirements.python, self._job_ids())
             except RuntimeError as exc:
                 return str(exc)
+        if requirements.instance_volumes:  # directories of the server's own machine
+            if not requirements.admin:
+                return ("instance volumes (`/path:/path`) on the local backend mount directories of the server's "
+                        "machine: only the server's admins may")
+            for path in requirements.instance_volumes:
+                clean = os.path.normpath(path)
+                if clean == "/" or any(clean == p or clean.startswith(p.rstrip("/") + "/") or p.startswith(clean + "/")
+                                       for p in self.ctx.private_paths):
+                    return (f"volumes: {path} holds the server's own files (its directory, its user's HOME): "
+                            "choose another directory")
         if requirements.regions and REGION not in requirements.regions:
             return f"the local backend has only region `{REGION}`"
         machine = "arm" if platform.machine().lower() in ("aarch64", "arm64") else "x86"

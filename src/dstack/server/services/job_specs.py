@@ -98,6 +98,8 @@ def build_job_spec(*, settings: Settings, run_spec: RunSpec, run_name: str, run_
         "metrics_interval": settings.metrics_interval,
         "utilization_floor": conf.utilization_policy.min_gpu_utilization if conf.utilization_policy else None,
         "stop_grace": stop_grace(conf),
+        "instance_volumes": [{"instance_path": v.instance_path, "path": v.path, "optional": v.optional}
+                             for v in conf.volumes if v.instance_path],
     }
 
 
