@@ -70,7 +70,12 @@ def test_a_fleet_the_project_cannot_launch_is_one_line_naming_why(env: Env, serv
                           "no backend of project 'main' can launch fleet instances: the local backend has no "
                           "fleets yet", "Add an AWS backend")
     (repo / "fleet.dstack.yml").write_text("type: fleet\nname: mine\nssh_config:\n  hosts: [10.0.0.1]\n")
-    assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo), "ssh_config: SSH fleets")
+    assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo),
+                          "ssh_config.hosts[0] (10.0.0.1): no key to log in with", "Set ssh_config.identity_file")
+    (repo / "fleet.dstack.yml").write_text("type: fleet\nname: mine\nssh_config:\n  identity_file: nope\n"
+                                           "  hosts: [10.0.0.1]\n")
+    assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo),
+                          "ssh_config.identity_file: cannot read", "Point identity_file at the private key")
     assert_one_line_error(env.cli("delete", "ghost", "-y", cwd=repo), "fleet 'ghost' does not exist",
                           "dstack fleet")
     assert env.cli("fleet", cwd=repo).stdout.startswith("No fleets")

@@ -67,7 +67,7 @@ def test_force_replaces_an_active_run_and_delete_stops_it(env: Env, server: Serv
                  message="the run to stop")
     (repo / "fleet.yml").write_text("type: fleet\nname: f\nnodes: 1\n")
     result = env.cli("delete", "-y", "-f", "fleet.yml", cwd=repo)
-    assert result.returncode != 0 and "not supported yet: `type: fleet` (fleets)" in result.stderr
+    assert result.returncode != 0 and "fleet 'f' does not exist in project 'main'" in result.stderr
 
 
 def test_local_backend_refuses_what_it_cannot_honour(env: Env, server: Server, repo: Path) -> None:

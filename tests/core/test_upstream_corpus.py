@@ -26,10 +26,10 @@ FILES = sorted(CORPUS.glob("*.dstack.yml"))
 NOT_YET = {
     "task-distributed.dstack.yml": "`nodes` (multi-node tasks)",
     "task-mpi.dstack.yml": "`nodes` (multi-node tasks)",
-    "task-fleets.dstack.yml": "`fleets` (fleets)",
-    "task-volumes.dstack.yml": "`volumes` (volumes)",
-    "task-volumes-short.dstack.yml": "`volumes` (volumes)",
-    "task-volumes-regions.dstack.yml": "`volumes` (volumes)",
+    "task-fleets.dstack.yml": "`idle_duration` (keeping a run's own instance idle for reuse: use a fleet)",
+    "task-volumes.dstack.yml": "`volumes` (network volumes; instance volumes `/path:/path` work)",
+    "task-volumes-short.dstack.yml": "`volumes` (network volumes; instance volumes `/path:/path` work)",
+    "task-volumes-regions.dstack.yml": "`volumes` (network volumes; instance volumes `/path:/path` work)",
     "service-basic.dstack.yml": "`type: service` (services)",
     "service-autoscaling.dstack.yml": "`type: service` (services)",
 }

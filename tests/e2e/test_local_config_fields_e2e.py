@@ -319,7 +319,7 @@ def _instance_volumes(env: Env, server: Server, repo: Path, volume: Path) -> Non
     assert result.returncode != 0 and "holds the server's own files" in result.stderr, result.stderr
     (repo / "net.yml").write_text("type: task\nvolumes: ['my-volume:/data']\ncommands: [ls /data]\n")
     result = env.cli("apply", "-y", "-f", "net.yml", cwd=repo)
-    assert result.returncode != 0 and "not supported yet: network volumes" in result.stderr, result.stderr
+    assert result.returncode != 0 and "not supported yet: `volumes` (network volumes" in result.stderr, result.stderr
     # A member who is not a global admin may not mount the server machine's directories.
     with server.api() as api:
         token = api.post("/api/users", json={"name": "member"}).json()["token"]

@@ -39,7 +39,11 @@ def hosts(tmp_path: Path) -> Iterator[tuple[list[VMHost], Path]]:
     try:
         for i in range(3):
             vm = VMHost(tmp_path / f"vm{i}").start()
-            env = {"DSTACK_CONTAINER_RUN_ARGS": PODMAN_RUN_ARGS}
+            # The host's sessions use a Podman of the VM's own (its storage and run-time state, as the
+            # VM's Docker service has): containers never enter the machine's own Podman.
+            env = {"DSTACK_CONTAINER_RUN_ARGS": PODMAN_RUN_ARGS,
+                   "CONTAINERS_STORAGE_CONF": str(vm.workdir / "storage.conf"),
+                   "CONTAINERS_CONF": str(vm.workdir / "containers.conf")}
             if i == 2:
                 env["PATH"] = str(bare_bin)
             vm.boot("exec sleep infinity\n", {}, sshd=True, ssh_user="ubuntu", authorized_keys=[public],

@@ -358,7 +358,7 @@ RUN_TYPES = ("task", "dev-environment", "service")
 # Fields parsed as upstream documents them whose runtime is still to come: a run using them is
 # refused at apply time with this reason (see `not_supported_yet`).
 _NOT_YET: dict[str, str] = {
-    "idle_duration": "instances kept idle after a run (use a fleet)",
+    "idle_duration": "keeping a run's own instance idle for reuse: use a fleet",
     "startup_order": "multi-node tasks",
     "stop_criteria": "multi-node tasks",
 }
@@ -372,7 +372,7 @@ def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
     if getattr(conf, "nodes", 1) > 1:
         reasons.append(("nodes", "`nodes` (multi-node tasks)"))
     if any(v.name for v in getattr(conf, "volumes", None) or []):
-        reasons.append(("volumes", "network volumes (`name:/path`; instance volumes `/path:/path` work)"))
+        reasons.append(("volumes", "`volumes` (network volumes; instance volumes `/path:/path` work)"))
     for field_name, feature in _NOT_YET.items():
         value = getattr(conf, field_name, None)
         if value not in (None, [], False):
