@@ -6,55 +6,23 @@ with secrets fetched through the server's tunnel, and cleans the hosts up when t
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Env, Server, need, wait_for
-from tests.registry import PODMAN_RUN_ARGS
+from tests.e2e.ssh_hosts import ssh_hosts
+from tests.harness import Env, Server, wait_for
 from tests.stock_tree import default_image_env
-from tests.vmhost import VMHost, can_run_vm_hosts
+from tests.vmhost import VMHost
 
 SECRET = "ssh-fleet-s3cr3t-value"
 
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[tuple[list[VMHost], Path]]:
-    ok, why = can_run_vm_hosts()
-    need(ok, why)
-    key = tmp_path / "fleet_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    public = (tmp_path / "fleet_key.pub").read_text().strip()
-    # The third host's sessions find python3 and the basic tools, but no container runtime.
-    bare_bin = tmp_path / "bare-bin"
-    bare_bin.mkdir()
-    for tool in ("python3", "bash", "env", "sh", "id", "mkdir", "cat", "mv", "test", "rm", "sleep", "pkill",
-                 "setsid", "nohup"):
-        found = next((f"{d}/{tool}" for d in ("/usr/bin", "/bin") if os.path.exists(f"{d}/{tool}")), None)
-        if found:
-            (bare_bin / tool).symlink_to(found)
-    vms = []
-    try:
-        for i in range(3):
-            vm = VMHost(tmp_path / f"vm{i}").start()
-            # The host's sessions use a Podman of the VM's own (its storage and run-time state, as the
-            # VM's Docker service has): containers never enter the machine's own Podman.
-            env = {"DSTACK_CONTAINER_RUN_ARGS": PODMAN_RUN_ARGS,
-                   "CONTAINERS_STORAGE_CONF": str(vm.workdir / "storage.conf"),
-                   "CONTAINERS_CONF": str(vm.workdir / "containers.conf")}
-            if i == 2:
-                env["PATH"] = str(bare_bin)
-            vm.boot("exec sleep infinity\n", {}, sshd=True, ssh_user="ubuntu", authorized_keys=[public],
-                    sshd_env=env, private_dirs=["/var/lib/dstack-agent"])
-            vms.append(vm)
-        for vm in vms:
-            wait_for(lambda vm=vm: (vm.workdir / "sshd.pid").exists(), 30, message="the VM's sshd")
-        yield vms, key
-    finally:
-        for vm in vms:
-            vm.destroy()
+    with ssh_hosts(tmp_path, 3, bare=[2]) as booted:
+        yield booted
 
 
 @pytest.fixture

@@ -56,6 +56,9 @@ class ContainerSpec:
     privileged: bool = False
     shm_size: str | None = None
     gpus: list[str] | None = None
+    # "host": the machine's network (the nodes of a multi-node task reach each other at their hosts'
+    # addresses); otherwise the runtime's bridge.
+    network: str | None = None
     registry_auth: dict[str, str] | None = None
     shell: str = "/bin/sh"
     # (host path, path in the container): the code, a cloned repo, `files`; parents first.
@@ -145,6 +148,8 @@ class Runtime:
             args += ["--user", spec.user]
         if spec.privileged:
             args.append("--privileged")
+        if spec.network == "host":
+            args += ["--network", "host"]
         if spec.shm_size:
             args += ["--shm-size", spec.shm_size]
         if spec.gpus:  # only the GPUs the job was given: by index, or "all" of the instance's
@@ -343,4 +348,4 @@ def spec_from(job: dict[str, Any], name: str, run_args: list[str], *, working_di
         working_dir=working_dir, working_dir_set=bool(job.get("working_dir_set")), user=job.get("user"),
         privileged=bool(job.get("privileged")), shm_size=job.get("shm_size"), gpus=job.get("gpus"),
         registry_auth=job.get("registry_auth"), shell=job.get("shell") or "/bin/sh", mounts=mounts,
-        run_args=run_args)
+        run_args=run_args, network=job.get("network"))

@@ -350,16 +350,20 @@ class RunsAPI:
         return _models().Run.model_validate(self._c.json("POST", self._c.project_path(f"/runs/{name}/stop"),
                                                json={"abort": abort}))
 
-    def logs(self, name: str, *, next_token: str | None = None) -> LogPage:
-        params = {"next_token": next_token} if next_token else {}
+    def logs(self, name: str, *, next_token: str | None = None, job: int | None = None) -> LogPage:
+        params: dict[str, Any] = {"next_token": next_token} if next_token else {}
+        if job is not None:
+            params["job"] = job
         return _models().LogPage.model_validate(self._c.json("GET", self._c.project_path(f"/runs/{name}/logs"),
                                                    params=params))
 
-    def follow_logs(self, name: str, *, follow: bool = True, poll: float = 0.25) -> Iterator[LogEvent]:
-        """Every log line of the run's latest job; with `follow`, waits until the job ends."""
+    def follow_logs(self, name: str, *, follow: bool = True, poll: float = 0.25,
+                    job: int | None = None) -> Iterator[LogEvent]:
+        """Every log line of the run's latest job (of node `job` of a multi-node task: default the
+        master); with `follow`, waits until the job ends."""
         token: str | None = None
         while True:
-            page = self.logs(name, next_token=token)
+            page = self.logs(name, next_token=token, job=job)
             yield from page.events
             token = page.next_token
             # Without `follow`, what there is now: until a page comes back empty with nothing more

@@ -193,12 +193,14 @@ def ps(
 def logs(
     run: Annotated[str, typer.Argument(help="run name")],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="wait for new lines until the run ends")] = False,
+    job: Annotated[int | None, typer.Option("--job", "-j", min=0, help="the node of a multi-node task "
+                                                                      "(default: 0, the master)")] = None,
     project: ProjectOption = None,
 ) -> None:
     """Print a run's logs."""
     from dstack.cli.runs import print_logs
 
-    print_logs(run, follow=follow, project=project)
+    print_logs(run, follow=follow, project=project, job=job)
 
 
 @app.command()

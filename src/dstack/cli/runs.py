@@ -121,11 +121,11 @@ def show_runs(*, all: bool, last: int | None, watch: bool, verbose: bool, projec
         pass
 
 
-def print_logs(run_name: str, *, follow: bool, project: str | None) -> None:
+def print_logs(run_name: str, *, follow: bool, project: str | None, job: int | None = None) -> None:
     client = client_for(project)
     client.runs.get(run_name)  # a clear "does not exist" before anything else
     try:
-        for event in client.runs.follow_logs(run_name, follow=follow):
+        for event in client.runs.follow_logs(run_name, follow=follow, job=job):
             sys.stdout.write(event.message + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

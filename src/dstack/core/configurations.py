@@ -359,8 +359,6 @@ RUN_TYPES = ("task", "dev-environment", "service")
 # refused at apply time with this reason (see `not_supported_yet`).
 _NOT_YET: dict[str, str] = {
     "idle_duration": "keeping a run's own instance idle for reuse: use a fleet",
-    "startup_order": "multi-node tasks",
-    "stop_criteria": "multi-node tasks",
 }
 
 
@@ -370,7 +368,12 @@ def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
         return [("type", "`type: service` (services)")]
     reasons = []
     if getattr(conf, "nodes", 1) > 1:
-        reasons.append(("nodes", "`nodes` (multi-node tasks)"))
+        if conf.retry is not None:
+            reasons.append(("retry", "`retry` with `nodes` (a multi-node task is not resubmitted yet)"))
+        if conf.schedule is not None:
+            reasons.append(("schedule", "`schedule` with `nodes`"))
+        if conf.startup_order not in (None, "any"):
+            reasons.append(("startup_order", f"`startup_order: {conf.startup_order}` (the nodes start together)"))
     if any(v.name for v in getattr(conf, "volumes", None) or []):
         reasons.append(("volumes", "`volumes` (network volumes; instance volumes `/path:/path` work)"))
     for field_name, feature in _NOT_YET.items():

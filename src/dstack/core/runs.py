@@ -79,6 +79,7 @@ class Job(BaseModel):
     id: str
     name: str
     submission: int = 0
+    job_num: int = Field(default=0, description="the node of a multi-node task (0: the master)")
     status: JobStatus
     reason: str | None = None
     exit_code: int | None = None
@@ -107,7 +108,17 @@ class Run(BaseModel):
 
     @property
     def job(self) -> Job | None:
-        return self.jobs[-1] if self.jobs else None
+        """The run's job: of its latest submission, the master node's (job 0)."""
+        if not self.jobs:
+            return None
+        latest = self.jobs[-1].submission
+        return next(j for j in self.jobs if j.submission == latest)
+
+    @property
+    def nodes(self) -> list[Job]:
+        """The latest submission's jobs, one per node."""
+        latest = self.jobs[-1].submission if self.jobs else 0
+        return [j for j in self.jobs if j.submission == latest]
 
     def status_line(self) -> str:
         """`running`, `failed (exit code 3)`, `stopped (inactive for 4s …)`: as the CLI shows it."""

@@ -167,7 +167,7 @@ class RunModel(Base):
     project: Mapped[ProjectModel] = relationship(lazy="joined")
     user: Mapped[UserModel] = relationship(lazy="joined")
     jobs: Mapped[list[JobModel]] = relationship(
-        back_populates="run", lazy="selectin", order_by="JobModel.submission"
+        back_populates="run", lazy="selectin", order_by="[JobModel.submission, JobModel.job_num]"
     )
 
 
@@ -178,6 +178,8 @@ class JobModel(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     submission: Mapped[int] = mapped_column(Integer, default=0)
+    # The node of a multi-node task (0: the master); 0 for every other run.
+    job_num: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -71,9 +71,11 @@ async def attach(run_name: str, project: ProjectUser, session: Session, ctx: Ctx
 @router.get("/runs/{run_name}/logs")
 async def logs(run_name: str, project: ProjectReader, session: Session, ctx: Ctx,
                next_token: Annotated[str | None, Query(max_length=200)] = None,
-               submission: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> LogPage:
+               submission: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+               job: Annotated[int | None, Query(ge=0, le=1000, description="the node (multi-node tasks)")] = None,
+               ) -> LogPage:
     run = await svc.get_run_model(session=session, project=project, name=run_name)
-    return await logs_svc.get_logs(ctx=ctx, run=run, next_token=next_token, submission=submission)
+    return await logs_svc.get_logs(ctx=ctx, run=run, next_token=next_token, submission=submission, job_num=job)
 
 
 @router.get("/runs/{run_name}/metrics")

@@ -15,15 +15,19 @@ from dstack.server.services.backends import compute_for
 from dstack.storage.layout import artifact_key
 
 
-def _job(run: RunModel, submission: int | None) -> JobModel:
+def _job(run: RunModel, submission: int | None, job_num: int | None = None) -> JobModel:
+    """A job of the run: of `submission` (default: the latest), node `job_num` (default: the master)."""
     if not run.jobs:
         raise ResourceNotFoundError(f"run {run.name!r} has no jobs")
-    if submission is None:
-        return run.jobs[-1]
-    for job in run.jobs:
-        if job.submission == submission:
+    wanted = run.jobs[-1].submission if submission is None else submission
+    jobs = [j for j in run.jobs if j.submission == wanted]
+    if not jobs:
+        raise ResourceNotFoundError(f"run {run.name!r} has no submission {submission}", field="submission")
+    for job in jobs:
+        if job.job_num == (job_num or 0):
             return job
-    raise ResourceNotFoundError(f"run {run.name!r} has no submission {submission}", field="submission")
+    raise ResourceNotFoundError(f"run {run.name!r} has no node {job_num} (it has {len(jobs)})", field="job",
+                                fix=f"Pass a node number from 0 to {len(jobs) - 1}")
 
 
 def _compute(ctx: ServerContext, run: RunModel, job: JobModel) -> Compute | None:
@@ -47,8 +51,8 @@ def _split_token(token: str | None) -> tuple[int | None, str | None]:
 
 
 async def get_logs(*, ctx: ServerContext, run: RunModel, next_token: str | None,
-                   submission: int | None = None) -> LogPage:
-    job = _job(run, submission)
+                   submission: int | None = None, job_num: int | None = None) -> LogPage:
+    job = _job(run, submission, job_num)
     # Read the status before the logs: the agent writes its last log line before its final status,
     # so if the job had finished by now, what we read next is complete, once the store shows all the
     # lines the agent says it wrote (or after INGESTION_WAIT).

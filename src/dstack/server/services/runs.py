@@ -78,7 +78,17 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
     idle = await fleets_svc.idle_offers(
         ctx=ctx, project=project, requirements=requirements,
         backend_types=fleets_svc.fleet_backend_types(backend_types, conf.backends), fleets=conf.fleets)
-    if conf.creation_policy == "reuse" or conf.fleets:
+    nodes = getattr(conf, "nodes", 1)
+    if nodes > 1:  # all nodes on the hosts of one SSH fleet (see workers/nodes.py)
+        idle = await fleets_svc.idle_offers(ctx=ctx, project=project, requirements=requirements,
+                                            backend_types=["ssh"], fleets=conf.fleets)
+        if len(idle) < nodes:
+            raise NoOffersError(f"nodes: {nodes} needs {nodes} idle hosts of one SSH fleet that fit the run (there "
+                                f"are {len(idle)}); multi-node tasks run on SSH fleets for now",
+                                fix="Apply an SSH fleet (`type: fleet` with `ssh_config`) with enough hosts, or "
+                                    "wait for its hosts to be idle")
+        search = OfferSearch(offers=idle)
+    elif conf.creation_policy == "reuse" or conf.fleets:
         if not idle:
             named = ", ".join(conf.fleets or []) or "the project's fleets"
             raise NoOffersError(f"no idle instance of {named} fits the run (it may not create one: "
@@ -137,7 +147,9 @@ async def submit_run(
     not_before = conf.schedule.next_fire(now) if conf.schedule else None
     if not_before is not None:
         run.reason = scheduled_reason(not_before)
-    session.add(new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before))
+    for job_num in range(getattr(conf, "nodes", 1)):  # one job per node (multi-node tasks)
+        session.add(new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before,
+                            job_num=job_num))
     try:
         await session.commit()
     except IntegrityError:  # a parallel submit of the same name won (the DB allows one active run)
@@ -150,12 +162,12 @@ async def submit_run(
 
 
 def new_job(*, run: RunModel, project: str, submission: int, now: datetime,
-            not_before: datetime | None = None) -> JobModel:
+            not_before: datetime | None = None, job_num: int = 0) -> JobModel:
     job_id = new_id()
     conf = RunSpec.model_validate_json(run.spec).configuration
     reason = scheduled_reason(not_before) if not_before else None
     return JobModel(
-        id=job_id, run_id=run.id, name=f"{run.name}-0-{submission}", submission=submission,
+        id=job_id, run_id=run.id, name=f"{run.name}-{job_num}-{submission}", submission=submission, job_num=job_num,
         status=JobStatus.SUBMITTED.value, submitted_at=now, instance_terminated=True,
         storage_prefix=job_prefix(project, run.id, job_id), priority=conf.priority, not_before=not_before,
         reason=reason,
@@ -281,7 +293,7 @@ async def attach_info(*, session: AsyncSession, ctx: ServerContext, project: Pro
     from dstack.server.services.backends import compute_for
 
     run = await get_run_model(session=session, project=project, name=name)
-    job = run.jobs[-1] if run.jobs else None
+    job = master_job(run)
     if job is None or JobStatus(job.status) in FINISHED_STATUSES:
         raise InvalidStateError(f"run {name!r} is not running ({run.status})", fix="Attach to a running run")
     if job.backend is None:
@@ -327,9 +339,17 @@ def run_to_model(run: RunModel) -> Run:
     )
 
 
+def master_job(run: RunModel) -> JobModel | None:
+    """The run's job: of its latest submission, node 0's."""
+    if not run.jobs:
+        return None
+    latest = run.jobs[-1].submission
+    return next(j for j in run.jobs if j.submission == latest)
+
+
 def job_to_model(job: JobModel) -> Job:
     return Job(
-        id=job.id, name=job.name, submission=job.submission, status=JobStatus(job.status),
+        id=job.id, name=job.name, submission=job.submission, job_num=job.job_num, status=JobStatus(job.status),
         reason=job.reason, exit_code=job.exit_code,
         offer=Offer.model_validate_json(job.offer) if job.offer else None,
         instance_id=job.instance_id,
@@ -379,7 +399,43 @@ def set_job_status(
     if (last.get("status"), last.get("reason")) != (status.value, reason):
         history.append(StatusEvent(at=now, status=status, reason=reason).model_dump(mode="json"))
         job.history = json.dumps(history)
+    if _nodes(run) > 1:
+        _aggregate_nodes(job, run, now)
+        return
     run.status = status.value
     run.reason = reason
     run.exit_code = job.exit_code
     run.finished_at = now if status in FINISHED_STATUSES else None
+
+
+def _nodes(run: RunModel) -> int:
+    try:
+        return int(json.loads(run.spec).get("configuration", {}).get("nodes") or 1)
+    except (ValueError, TypeError):
+        return 1
+
+
+def _aggregate_nodes(changed: JobModel, run: RunModel, now: datetime) -> None:
+    """A multi-node run's status from its nodes (the latest submission's jobs): failed as soon as one
+    fails; done when the master is done and none failed; running once every node runs."""
+    nodes = {j.job_num: j for j in run.jobs if j.submission == changed.submission}
+    nodes[changed.job_num] = changed
+    statuses = {n: JobStatus(j.status) for n, j in nodes.items()}
+    failed = next((j for j in nodes.values() if JobStatus(j.status) == JobStatus.FAILED), None)
+    master = nodes.get(0, changed)
+    if failed is not None:
+        status, reason = JobStatus.FAILED, f"node {failed.job_num}: {failed.reason}" if failed.reason else None
+    elif all(st in FINISHED_STATUSES for st in statuses.values()):
+        status, reason = JobStatus(master.status), master.reason
+    elif any(st == JobStatus.TERMINATING for st in statuses.values()):
+        status, reason = JobStatus.TERMINATING, next(j.reason for j in nodes.values() if j.status == "terminating")
+    elif all(st in (JobStatus.RUNNING, *FINISHED_STATUSES) for st in statuses.values()):
+        status, reason = JobStatus.RUNNING, None
+    elif any(st in (JobStatus.PROVISIONING, JobStatus.RUNNING) for st in statuses.values()):
+        status, reason = JobStatus.PROVISIONING, None
+    else:
+        status, reason = JobStatus.SUBMITTED, master.reason
+    run.status = status.value
+    run.reason = reason
+    run.exit_code = failed.exit_code if failed is not None else master.exit_code
+    run.finished_at = now if all(st in FINISHED_STATUSES for st in statuses.values()) else None

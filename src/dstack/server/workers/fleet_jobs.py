@@ -150,4 +150,5 @@ def _remove_assignment(storage: Any, prefix: str, job_id: str) -> None:
 
 async def _load_job(session: Any, job_id: str) -> JobModel:
     return (await session.scalars(select(JobModel).where(JobModel.id == job_id)
-                                  .options(selectinload(JobModel.run).selectinload(RunModel.project)))).one()
+                                  .options(selectinload(JobModel.run).selectinload(RunModel.project),
+                                           selectinload(JobModel.run).selectinload(RunModel.jobs)))).one()

@@ -194,6 +194,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                     set_job_status(job, run, JobStatus.FAILED, reason=f"{reason}: {hint}" if hint else reason)
 
         finished = JobStatus(job.status) in FINISHED_STATUSES
+        if finished:
+            _stop_other_nodes(job, run)
         session.add(job)
         session.add(run)
         await session.commit()
@@ -338,6 +340,18 @@ def _started_from_agent(job: JobModel, status: dict[str, Any]) -> None:
     started = _agent_time(status.get("started_at"))
     if job.started_at is None and started is not None:
         job.started_at = min(started, utcnow())
+
+
+def _stop_other_nodes(job: JobModel, run: RunModel) -> None:
+    """A multi-node task ends together: a failed node stops the others; with `stop_criteria:
+    master-done`, so does the master's success."""
+    conf = RunSpec.model_validate_json(run.spec).configuration
+    if getattr(conf, "nodes", 1) <= 1 or run.stop_requested:
+        return
+    if job.status == JobStatus.FAILED.value:
+        run.stop_requested, run.stop_reason = True, f"node {job.job_num} failed"
+    elif job.job_num == 0 and job.status == JobStatus.DONE.value and conf.stop_criteria == "master-done":
+        run.stop_requested, run.stop_reason = True, "the master node is done (stop_criteria: master-done)"
 
 
 def _finish_stopped(job: JobModel, run: RunModel) -> None:

@@ -35,6 +35,7 @@ from dstack.server.services.runs import WAITING_FOR_CAPACITY, backend_types_for,
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
+from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
 logger = logging.getLogger("dstack.server.scheduler")
 MAX_LAUNCH_ATTEMPTS = 10
@@ -48,7 +49,7 @@ async def schedule_once(ctx: ServerContext) -> None:
         # (or at once when its run is being stopped).
         rows = list(await session.execute(
             select(JobModel.id, JobModel.priority).join(RunModel, RunModel.id == JobModel.run_id)
-            .where(JobModel.status == JobStatus.SUBMITTED.value,
+            .where(JobModel.status == JobStatus.SUBMITTED.value, JobModel.job_num == 0,  # a master schedules its nodes
                    (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now),
                    JobModel.not_before.is_(None) | (JobModel.not_before <= now) | RunModel.stop_requested)
             .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
@@ -90,6 +91,7 @@ async def _schedule(ctx: ServerContext, job_id: str) -> None:
     finally:
         renewal.cancel()
         await release_lease(ctx, job_id)
+        await end_waiting_nodes(ctx, job_id)
 
 
 async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
@@ -112,7 +114,8 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
 async def _load(session: object, job_id: str) -> JobModel:
     return (await session.scalars(  # type: ignore[attr-defined]
         select(JobModel).where(JobModel.id == job_id)
-        .options(selectinload(JobModel.run).selectinload(RunModel.project))
+        .options(selectinload(JobModel.run).selectinload(RunModel.project),
+                 selectinload(JobModel.run).selectinload(RunModel.jobs))  # a multi-node run's status needs them
     )).one()
 
 
@@ -157,6 +160,13 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
                        **_reserved(run_spec))
+    if run_spec.configuration.nodes > 1:  # every node at once, or none
+        why = await provision_nodes(ctx, master_id=job_id, project=project, run_spec=run_spec, run_name=run.name,
+                                    run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
+                                    archives=archives)
+        if why:
+            await _no_capacity(ctx, job_id, why, run_spec)
+        return
     # An idle fleet instance that fits comes first: no launch, no boot.
     reused = await take_fleet_instance(
         ctx, job_id=job_id, project=project, requirements=requirements,

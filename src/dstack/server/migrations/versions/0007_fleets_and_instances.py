@@ -1,4 +1,4 @@
-"""fleets and their instances; a job may run on a fleet instance
+"""fleets and their instances; a job may run on a fleet instance; a job's node number (multi-node)
 
 Revision ID: 0007
 Revises: 0006
@@ -60,6 +60,7 @@ def upgrade() -> None:
     op.create_index("ix_instances_status", "instances", ["status"])
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("fleet_instance_id", sa.String(36), nullable=True))
+        batch.add_column(sa.Column("job_num", sa.Integer(), nullable=False, server_default="0"))
         batch.create_foreign_key("fk_jobs_fleet_instance", "instances", ["fleet_instance_id"], ["id"])
 
 
@@ -67,6 +68,7 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint("fk_jobs_fleet_instance", type_="foreignkey")
         batch.drop_column("fleet_instance_id")
+        batch.drop_column("job_num")
     op.drop_index("ix_instances_status", "instances")
     op.drop_table("instances")
     op.drop_index("ux_fleets_active_name", "fleets")
