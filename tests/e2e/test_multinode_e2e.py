@@ -13,6 +13,7 @@ import pytest
 from tests.e2e.ssh_hosts import bridge_address, ssh_hosts
 from tests.harness import Env, Server, wait_for
 from tests.stock_tree import default_image_env
+from tests.ui.conftest import login
 from tests.vmhost import VMHost
 
 RENDEZVOUS = """\
@@ -60,7 +61,8 @@ def cluster(tmp_path: Path, env: Env) -> Iterator[tuple[list[VMHost], Env, Serve
             server.stop()
 
 
-def test_two_nodes_rendezvous_over_the_private_network(cluster: tuple[list[VMHost], Env, Server, Path]) -> None:
+def test_two_nodes_rendezvous_over_the_private_network(cluster: tuple[list[VMHost], Env, Server, Path],
+                                                       page) -> None:  # noqa: ANN001
     vms, env, server, repo = cluster
     (repo / "rendezvous.py").write_text(RENDEZVOUS)
     (repo / ".dstack.yml").write_text("type: task\nname: ddp\nnodes: 2\ncommands: [python3 rendezvous.py]\n"
@@ -84,6 +86,13 @@ def test_two_nodes_rendezvous_over_the_private_network(cluster: tuple[list[VMHos
                  == ["idle", "idle"], 60, message="the hosts to be idle")
     nope = env.cli("logs", "ddp", "--job", "5", cwd=repo)
     assert nope.returncode != 0 and "has no node 5 (it has 2)" in nope.stderr
+    # The run page shows one node's logs at a time: the master's, then the one chosen.
+    login(page, server.url, env.token())
+    page.goto(f"{server.url}/projects/main/runs/ddp")
+    page.locator("#logs", has_text="master got hello-from-1").wait_for()
+    page.get_by_label("Node").select_option("1")
+    page.locator("#logs", has_text="worker got welcome").wait_for()
+    assert "master got" not in page.locator("#logs").inner_text()
 
 
 def test_all_or_nothing_and_a_failed_node_fails_the_run(cluster: tuple[list[VMHost], Env, Server, Path]) -> None:

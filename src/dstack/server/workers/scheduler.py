@@ -160,7 +160,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
                        **_reserved(run_spec))
-    if run_spec.configuration.nodes > 1:  # every node at once, or none
+    if getattr(run_spec.configuration, "nodes", 1) > 1:  # every node at once, or none
         why = await provision_nodes(ctx, master_id=job_id, project=project, run_spec=run_spec, run_name=run.name,
                                     run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
                                     archives=archives)

@@ -346,9 +346,27 @@ const dstack = (() => {
       setTimeout(() => URL.revokeObjectURL(url), 10000);
     });
 
+    // A multi-node run: one node's logs at a time (the master's first).
+    const nodeSelect = document.getElementById("node");
+    let node = nodeSelect ? nodeSelect.value : "0";
+    let generation = 0;
+    if (nodeSelect) nodeSelect.addEventListener("change", () => {
+      node = nodeSelect.value;
+      generation += 1;
+      lines.length = 0;
+      token = "";
+      logs.classList.remove("empty");
+      document.getElementById("logs-empty").hidden = true;
+      if (download) download.hidden = false;
+      renderWindow();
+      pollLogs();
+    });
+
     async function pollLogs() {
+      const mine = generation;
       try {
-        const page = await api(`${base}/logs?next_token=${encodeURIComponent(token)}`);
+        const page = await api(`${base}/logs?job=${encodeURIComponent(node)}&next_token=${encodeURIComponent(token)}`);
+        if (mine !== generation) return;  // another node was chosen meanwhile
         if (page.events.length) {
           // Follow the tail only if the reader is already at the bottom.
           const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - lineHeight;
@@ -367,9 +385,9 @@ const dstack = (() => {
           return;
         }
         // More already stored: fetch it at once; new lines: soon; nothing new: in a second.
-        setTimeout(pollLogs, page.more ? 0 : page.events.length ? 100 : 1000);
+        setTimeout(() => { if (mine === generation) pollLogs(); }, page.more ? 0 : page.events.length ? 100 : 1000);
       } catch (err) {
-        setTimeout(pollLogs, 3000);
+        setTimeout(() => { if (mine === generation) pollLogs(); }, 3000);
       }
     }
 
