@@ -25,8 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness import Env, Server  # noqa: E402
 
-from dstack.api.client import Client  # noqa: E402
-from dstack.api.code import build_archive, repo_id_for  # noqa: E402
 from dstack.core.configurations import TaskConfiguration  # noqa: E402
 from dstack.core.runs import RunSpec  # noqa: E402
 
@@ -39,13 +37,9 @@ def record(name: str, value: float, unit: str, target: float) -> None:
 
 
 def bench_first_log_line(server: Server, env: Env) -> None:
-    repo = env.home / "repo"
-    repo.mkdir()
-    client = Client(url=server.url, token=env.token(), project="main")
-    repo_id = repo_id_for(repo)
-    client.repos.init(repo_id)
-    data, code_hash = build_archive(repo)
-    client.repos.upload_code(data, code_hash)
+    from bench.common import uploaded_repo
+
+    client, repo_id, code_hash = uploaded_repo(server, env, "repo")
     conf = TaskConfiguration(type="task", commands=["echo hello", "sleep 1"],
                              resources={"cpu": "1..", "memory": "1GB.."})
     samples = []

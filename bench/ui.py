@@ -11,8 +11,7 @@ import time
 
 from tests.harness import Env, Server
 
-from dstack.api.client import Client
-from dstack.api.code import build_archive, repo_id_for
+from bench.common import uploaded_repo
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.runs import RunSpec
 
@@ -28,13 +27,7 @@ def bench_million_log_lines(server: Server, env: Env) -> dict[str, float] | str:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return "skipped: needs playwright (make test installs it)"
-    repo = env.home / "million-repo"
-    repo.mkdir()
-    client = Client(url=server.url, token=env.token(), project="main")
-    repo_id = repo_id_for(repo)
-    client.repos.init(repo_id)
-    data, code_hash = build_archive(repo)
-    client.repos.upload_code(data, code_hash)
+    client, repo_id, code_hash = uploaded_repo(server, env, "million-repo")
     conf = TaskConfiguration(type="task", name="million", commands=[f"seq -f 'line %.0f' 1 {LINES}"],
                              resources={"cpu": "1..", "memory": "0.1GB.."})
     run = client.runs.submit(RunSpec(configuration=conf, repo_id=repo_id, code_hash=code_hash))

@@ -15,7 +15,7 @@ from dstack.cli.attach import Session, wait_attach_info
 from dstack.cli.overrides import Overrides
 from dstack.cli.ui import console, duration
 from dstack.core.errors import ConfigurationError, DstackError, NoOffersError
-from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
+from dstack.core.runs import JobStatus, Offer, Run, RunPlan, RunSpec, status_text
 
 OFFERS_SHOWN = 3
 
@@ -121,6 +121,18 @@ def _resolve_env(run_spec: RunSpec) -> RunSpec:
     return run_spec.model_copy(update={"configuration": configuration})
 
 
+def offers_table(offers: list[Offer]) -> Table:
+    """The plan's offers, numbered, cheapest first; an idle fleet instance is marked `(idle)`."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
+        table.add_column(column)
+    for i, offer in enumerate(offers, start=1):
+        instance = f"{offer.instance_type} (idle)" if offer.availability == "idle" else offer.instance_type
+        table.add_row(str(i), offer.backend, offer.region, instance, offer.resources.pretty(),
+                      "yes" if offer.spot else "no", f"${offer.price:.4f}")
+    return table
+
+
 def _print_plan(plan: RunPlan, client: Client) -> None:
     conf = plan.run_spec.configuration
     props = Table(box=None, show_header=False, pad_edge=False)
@@ -136,14 +148,7 @@ def _print_plan(plan: RunPlan, client: Client) -> None:
     props.add_row("Max duration", duration(conf.max_duration) if conf.max_duration else "off")
     console.print(props)
     console.print()
-    offers = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
-        offers.add_column(column)
-    for i, offer in enumerate(plan.offers[:OFFERS_SHOWN], start=1):
-        instance = f"{offer.instance_type} (idle)" if offer.availability == "idle" else offer.instance_type
-        offers.add_row(str(i), offer.backend, offer.region, instance, offer.resources.pretty(),
-                       "yes" if offer.spot else "no", f"${offer.price:.4f}")
-    console.print(offers)
+    console.print(offers_table(plan.offers[:OFFERS_SHOWN]))
     if plan.total_offers > OFFERS_SHOWN:
         console.print(f"Shown {OFFERS_SHOWN} of {plan.total_offers} offers, "
                       f"${plan.max_price:g} max")

@@ -94,13 +94,9 @@ def _print_plan(plan: Any) -> None:
     props.add_row("Idle duration", "3d" if idle is None else "off" if idle < 0 else duration(idle))
     console.print(props)
     console.print()
-    offers = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
-        offers.add_column(column)
-    for i, offer in enumerate(plan.offers[:3], start=1):
-        offers.add_row(str(i), offer.backend, offer.region, offer.instance_type, offer.resources.pretty(),
-                       "yes" if offer.spot else "no", f"${offer.price:.4f}")
-    console.print(offers)
+    from dstack.cli.apply import offers_table
+
+    console.print(offers_table(plan.offers[:3]))
     if plan.total_offers > 3:
         console.print(f"Shown 3 of {plan.total_offers} offers")
     console.print()

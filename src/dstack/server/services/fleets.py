@@ -373,16 +373,22 @@ def fleet_backend_types(backend_types: list[str], wanted: list[str] | None) -> l
     return [*backend_types, "ssh"] if not wanted or {"ssh", "remote"} & set(wanted) else backend_types
 
 
+def takeable_instances(project_id: str) -> Any:
+    """The query of a project's instances a job may take: idle ones, and SSH fleet hosts busy with
+    other jobs (shared while resources allow); cheapest first, busy hosts before idle ones (small
+    jobs pack onto shared hosts, leaving whole hosts free for the jobs that need them)."""
+    return (select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
+            .where(InstanceModel.project_id == project_id, FleetModel.deleted.is_(False),
+                   (InstanceModel.status == InstanceStatus.IDLE.value)
+                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
+            .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num))
+
+
 async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements: Requirements,
                       backend_types: list[str], fleets: list[str] | None) -> list[Offer]:
     """The idle instances a run could take now, as offers (availability "idle"), cheapest first."""
     async with ctx.db.session() as session:
-        instances = list(await session.scalars(
-            select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
-            .where(InstanceModel.project_id == project.id, FleetModel.deleted.is_(False),
-                   (InstanceModel.status == InstanceStatus.IDLE.value)
-                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
-            .order_by(InstanceModel.price)))
+        instances = list(await session.scalars(takeable_instances(project.id)))
         await session.commit()
     offers = []
     for i in instances:

@@ -339,6 +339,20 @@ def run_to_model(run: RunModel) -> Run:
     )
 
 
+def record_job_instance(job: JobModel, offer: Offer, instance: Any, *, fleet_instance_id: str | None = None) -> None:
+    """The job now runs on `instance` (a LaunchedInstance) from `offer`: provisioning, heartbeats
+    counted from now, followed by the reconciler until the instance is released."""
+    job.backend = offer.backend
+    job.offer = offer.model_dump_json()
+    job.price = offer.price
+    job.instance_id = instance.instance_id
+    job.instance = instance.model_dump_json()
+    job.instance_terminated = False
+    job.fleet_instance_id = fleet_instance_id
+    job.heartbeat_at = utcnow()
+    set_job_status(job, job.run, JobStatus.PROVISIONING)
+
+
 def master_job(run: RunModel) -> JobModel | None:
     """The run's job: of its latest submission, node 0's."""
     if not run.jobs:

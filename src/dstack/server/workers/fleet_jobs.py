@@ -16,11 +16,11 @@ from dstack.backends.base import JobLaunch, LaunchedInstance, Requirements
 from dstack.core.fleets import InstanceStatus, instance_name
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt
 from dstack.server.context import ServerContext
-from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.fleets import allocate, instance_fits
+from dstack.server.services.fleets import allocate, instance_fits, takeable_instances
 from dstack.server.services.job_specs import stage_job
-from dstack.server.services.runs import set_job_status
+from dstack.server.services.runs import record_job_instance, set_job_status
 
 logger = logging.getLogger("dstack.server.scheduler")
 # A job that ended so: the instance is gone or broken, not given back to the fleet.
@@ -33,14 +33,7 @@ async def take_fleet_instance(ctx: ServerContext, *, job_id: str, project: Proje
     """The cheapest instance of the project's fleets that fits, now holding this job: an idle one, or
     a host of an SSH fleet whose free CPUs, memory and GPUs still fit it (GPUs are not shared)."""
     async with ctx.db.session() as session:
-        candidates = list(await session.scalars(
-            select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
-            .where(InstanceModel.project_id == project.id, FleetModel.deleted.is_(False),
-                   (InstanceModel.status == InstanceStatus.IDLE.value)
-                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
-            # Busy hosts first ("busy" < "idle"): small jobs pack onto shared hosts, leaving whole
-            # hosts free for the jobs that need them.
-            .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num)))
+        candidates = list(await session.scalars(takeable_instances(project.id)))
         await session.commit()
     for instance in candidates:
         if not instance_fits(instance, instance.fleet, requirements=requirements, backend_types=backend_types,
@@ -95,15 +88,7 @@ async def run_on_fleet_instance(ctx: ServerContext, *, job_id: str, project: Pro
     async with ctx.db.session() as session:
         job = await _load_job(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [attempt.model_dump(mode="json")])
-        job.backend = offer.backend
-        job.offer = offer.model_dump_json()
-        job.price = offer.price
-        job.instance_id = launched.instance_id
-        job.instance = launched.model_dump_json()
-        job.instance_terminated = False
-        job.fleet_instance_id = instance.id
-        job.heartbeat_at = utcnow()
-        set_job_status(job, job.run, JobStatus.PROVISIONING)
+        record_job_instance(job, offer, launched, fleet_instance_id=instance.id)
         await session.commit()
     ctx.reconciler_wake.set()
 

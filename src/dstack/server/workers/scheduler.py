@@ -31,7 +31,13 @@ from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
-from dstack.server.services.runs import WAITING_FOR_CAPACITY, backend_types_for, reschedule, set_job_status
+from dstack.server.services.runs import (
+    WAITING_FOR_CAPACITY,
+    backend_types_for,
+    record_job_instance,
+    reschedule,
+    set_job_status,
+)
 from dstack.server.services.secrets import secret_values
 from dstack.server.workers.common import for_each, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
@@ -229,14 +235,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             return
         offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
             attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
-        job.backend = offer.backend
-        job.offer = offer.model_dump_json()
-        job.price = offer.price
-        job.instance_id = instance.instance_id
-        job.instance = instance.model_dump_json()
-        job.instance_terminated = False
-        job.heartbeat_at = utcnow()
-        set_job_status(job, job.run, JobStatus.PROVISIONING)
+        record_job_instance(job, offer, instance)
         await session.commit()
     failpoint("after-record")
     ctx.reconciler_wake.set()
