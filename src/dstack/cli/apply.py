@@ -13,9 +13,9 @@ from dstack.api.client import Client
 from dstack.api.config import load_config
 from dstack.cli.attach import Session, wait_attach_info
 from dstack.cli.overrides import Overrides
-from dstack.cli.ui import console, duration
+from dstack.cli.ui import console, duration, offers_table
 from dstack.core.errors import ConfigurationError, DstackError, NoOffersError
-from dstack.core.runs import JobStatus, Offer, Run, RunPlan, RunSpec, status_text
+from dstack.core.runs import JobStatus, Run, RunPlan, RunSpec, status_text
 
 OFFERS_SHOWN = 3
 
@@ -119,18 +119,6 @@ def _resolve_env(run_spec: RunSpec) -> RunSpec:
             env[key] = os.environ[key]
     configuration = run_spec.configuration.model_copy(update={"env": env})
     return run_spec.model_copy(update={"configuration": configuration})
-
-
-def offers_table(offers: list[Offer]) -> Table:
-    """The plan's offers, numbered, cheapest first; an idle fleet instance is marked `(idle)`."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
-        table.add_column(column)
-    for i, offer in enumerate(offers, start=1):
-        instance = f"{offer.instance_type} (idle)" if offer.availability == "idle" else offer.instance_type
-        table.add_row(str(i), offer.backend, offer.region, instance, offer.resources.pretty(),
-                      "yes" if offer.spot else "no", f"${offer.price:.4f}")
-    return table
 
 
 def _print_plan(plan: RunPlan, client: Client) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from dstack.cli.options import ProjectOption
-from dstack.cli.ui import ago, console, duration
+from dstack.cli.ui import ago, console, duration, offers_table
 from dstack.core.errors import DstackError
 
 fleet_app = typer.Typer(help="Fleets: instances kept for runs to reuse.", invoke_without_command=True,
@@ -94,8 +94,6 @@ def _print_plan(plan: Any) -> None:
     props.add_row("Idle duration", "3d" if idle is None else "off" if idle < 0 else duration(idle))
     console.print(props)
     console.print()
-    from dstack.cli.apply import offers_table
-
     console.print(offers_table(plan.offers[:3]))
     if plan.total_offers > 3:
         console.print(f"Shown 3 of {plan.total_offers} offers")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dstack.core.runs import Offer
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -35,3 +41,17 @@ def duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m {seconds % 60}s"
     return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+
+
+def offers_table(offers: list[Offer]) -> Table:
+    """The plan's offers, numbered, cheapest first; an idle fleet instance is marked `(idle)`."""
+    from rich.table import Table  # noqa: PLC0415 - not on every command's path
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"):
+        table.add_column(column)
+    for i, offer in enumerate(offers, start=1):
+        instance = f"{offer.instance_type} (idle)" if offer.availability == "idle" else offer.instance_type
+        table.add_row(str(i), offer.backend, offer.region, instance, offer.resources.pretty(),
+                      "yes" if offer.spot else "no", f"${offer.price:.4f}")
+    return table
