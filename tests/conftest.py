@@ -9,6 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.browser import browser, page  # noqa: F401 - real Chromium, one per session, for any test
 from tests.harness import Env, Server, need
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from tests.harness import need
 from tests.registry import Registry, can_run_containers
-from tests.ui.conftest import browser, page  # noqa: F401 - real Chromium for the e2e tests that check a page
 
 
 @pytest.fixture

@@ -60,6 +60,13 @@ def test_cloud_fleet_is_provisioned_reused_and_terminated_when_idle(stack: Stack
     assert [i["status"] for i in fleet["instances"]] == ["idle", "idle"], fleet
     assert [i["name"] for i in fleet["instances"]] == ["warm-0", "warm-1"]
     assert _launches(stack) == 2
+    # Applying it again changes nothing (as upstream); a changed one must be deleted first.
+    again = stack.env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=stack.repo, timeout=60)
+    assert again.returncode == 0 and "exists with this configuration; nothing to do" in again.stdout
+    (stack.repo / "bigger.yml").write_text(FLEET.format(idle="25s").replace("nodes: 2", "nodes: 3"))
+    changed = stack.env.cli("apply", "-y", "-f", "bigger.yml", cwd=stack.repo, timeout=60)
+    assert changed.returncode != 0 and "fleet 'warm' already exists" in changed.stderr, changed.stderr
+    assert _launches(stack) == 2
     listing = stack.env.cli("fleet", cwd=stack.repo).stdout
     assert "warm-0" in listing and "warm-1" in listing and "idle" in listing
     fleet_tags = {stack.instance_tags(i["InstanceId"]).get("dstack_fleet") for i in stack.instances()}

@@ -32,6 +32,11 @@ def apply_fleet(*, file: str, yes: bool, detach: bool, project: str | None) -> i
     spec = client.fleets.spec(file)
     plan = client.fleets.plan(spec)
     _print_plan(plan)
+    if plan.current is not None and _same(plan.current.spec.configuration, spec.configuration):
+        # As upstream: applying what exists changes nothing.
+        console.print(f"Fleet {plan.current.name} exists with this configuration; nothing to do "
+                      f"(`dstack fleet` shows it, `dstack delete {plan.current.name}` deletes it)")
+        return 0
     if plan.current is not None:
         raise DstackError(f"fleet {plan.current.name!r} already exists ({plan.current.status.value})",
                           fix=f"Delete it first with `dstack delete {plan.current.name}`, or choose another name")
@@ -62,6 +67,22 @@ def apply_fleet(*, file: str, yes: bool, detach: bool, project: str | None) -> i
     for instance in failed:
         console.print(f"[red]{instance.name}[/]: {instance.reason}", soft_wrap=True)
     return 1 if failed else 0
+
+
+def _same(current: Any, new: Any) -> bool:
+    """The same fleet configuration, keys aside (the server never gives them back)."""
+    def plain(conf: Any) -> Any:
+        data = conf.model_dump(mode="json", exclude_none=True)
+        ssh = data.get("ssh_config")
+        if ssh:
+            ssh.pop("ssh_key", None)
+            for host in ssh.get("hosts", []):
+                host.pop("ssh_key", None)
+            if ssh.get("proxy_jump"):
+                ssh["proxy_jump"].pop("ssh_key", None)
+        return data
+
+    return plain(current) == plain(new)
 
 
 def _print_plan(plan: Any) -> None:
