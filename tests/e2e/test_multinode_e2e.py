@@ -22,6 +22,7 @@ rank, n = int(os.environ["DSTACK_NODE_RANK"]), int(os.environ["DSTACK_NODES_NUM"
 master = os.environ["DSTACK_MASTER_NODE_IP"]
 ips = os.environ["DSTACK_NODES_IPS"].split()
 print(f"rank {rank} of {n}, master {master}, nodes {','.join(ips)}", flush=True)
+print("hostfile", open(os.environ["DSTACK_MPI_HOSTFILE"]).read().replace("\\n", ";"), flush=True)
 if rank == 0:
     server = socket.create_server(("0.0.0.0", 29511))
     for _ in range(n - 1):
@@ -74,6 +75,7 @@ def test_two_nodes_rendezvous_over_the_private_network(cluster: tuple[list[VMHos
     # `apply` follows the master's logs; the worker's are there too, by node.
     assert f"rank 0 of 2, master {master}, nodes {master},{worker}" in out, out
     assert f"master got hello-from-1 from {worker}" in out, out
+    assert f"hostfile {master} slots=1;{worker} slots=1;" in out, out
     worker_logs = env.cli("logs", "ddp", "--job", "1", cwd=repo).stdout
     assert f"rank 1 of 2, master {master}" in worker_logs and "worker got welcome" in worker_logs, worker_logs
     with server.api() as api:

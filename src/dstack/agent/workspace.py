@@ -93,6 +93,12 @@ def prepare(spec: dict[str, Any], *, workdir: Path, home: str | None, home_host:
         ws.mounts.append((str(home_host), home))
     _place_files(spec, ws, fetch=fetch, unpack=unpack)
     _mount_instance_volumes(spec, ws)
+    hostfile = spec.get("mpi_hostfile")
+    if hostfile:  # a multi-node task's nodes, as MPI reads them (DSTACK_MPI_HOSTFILE)
+        (workdir / "mpi").mkdir(exist_ok=True)
+        (workdir / "mpi" / "hostfile").write_text(hostfile["content"])
+        os.chmod(workdir / "mpi", 0o755)
+        ws.mounts.append((str(workdir / "mpi"), posixpath.dirname(hostfile["path"])))
     return ws
 
 

@@ -23,6 +23,9 @@ from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.runs import set_job_status
 from dstack.server.workers.fleet_jobs import release_fleet_instance, run_on_fleet_instance
 
+# Upstream's variable: a pre-populated MPI hostfile, one node a line ("ADDRESS slots=GPUS").
+MPI_HOSTFILE = "/dstack/mpi/hostfile"
+
 
 def node_address(instance: InstanceModel) -> str:
     data = LaunchedInstance.model_validate_json(instance.instance).data if instance.instance else {}
@@ -73,6 +76,9 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
             "DSTACK_MASTER_NODE_IP": addresses[0], "DSTACK_NODES_IPS": "\n".join(addresses),
             "DSTACK_GPUS_PER_NODE": str(gpus), "DSTACK_GPUS_NUM": str(gpus * count)})
         spec["network"] = "host"
+        spec["env"]["DSTACK_MPI_HOSTFILE"] = MPI_HOSTFILE
+        spec["mpi_hostfile"] = {"path": MPI_HOSTFILE,
+                                "content": "".join(f"{a} slots={gpus or 1}\n" for a in addresses)}
         node_launch = launch.model_copy(update={"job_id": job.id, "job_prefix": job.storage_prefix})
         await run_on_fleet_instance(ctx, job_id=job.id, project=project, instance=instance, launch=node_launch,
                                     spec=spec, archives=archives)
