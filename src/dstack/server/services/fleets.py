@@ -76,7 +76,7 @@ def idle_duration(conf: FleetConfiguration) -> int:
     return DEFAULT_FLEET_IDLE_DURATION if conf.idle_duration is None else conf.idle_duration
 
 
-def _fleet_backends(ctx: ServerContext, project: ProjectModel, conf: FleetConfiguration) -> tuple[list[str], list[str]]:
+def fleet_backends(ctx: ServerContext, project: ProjectModel, conf: FleetConfiguration) -> tuple[list[str], list[str]]:
     """(backends that can launch this fleet's instances, why the others cannot)."""
     wanted = conf.backends
     usable, reasons = [], []
@@ -108,7 +108,7 @@ async def get_plan(*, session: AsyncSession, ctx: ServerContext, project: Projec
         raise ConfigurationError("placement: `cluster` is not supported yet: its placement group needs the "
                                  "optional IAM statement of issue #14", field="placement",
                                  fix="Remove `placement` (instances are then placed independently)")
-    backends, reasons = _fleet_backends(ctx, project, conf)
+    backends, reasons = fleet_backends(ctx, project, conf)
     requirements = fleet_requirements(conf)
     search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
     if not search.offers:
@@ -393,8 +393,8 @@ async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements
     offers = []
     for i in instances:
         offer = Offer.model_validate_json(i.offer)
-        if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets) and \
-                allocate(offer, json.loads(i.allocations or "{}"), requirements) is not None:
+        # instance_fits measures a shared SSH host against the share still free on it.
+        if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets):
             offers.append(offer.model_copy(update={"availability": "idle"}))
     return offers
 

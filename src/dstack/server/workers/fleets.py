@@ -26,7 +26,7 @@ from dstack.server.models import FleetModel, InstanceModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.fleets import (
     LIVE_INSTANCE_STATUSES,
-    _fleet_backends,
+    fleet_backends,
     fleet_requirements,
     idle_expired,
     ssh_hosts,
@@ -101,7 +101,7 @@ async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, proje
         if found is not None:
             await _record_launch(ctx, instance_id, intent.offer, found)
             return
-    backends, reasons = _fleet_backends(ctx, project, conf)
+    backends, reasons = fleet_backends(ctx, project, conf)
     requirements = fleet_requirements(conf)
     search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
     launch = JobLaunch(job_id=instance_id, project=project.name, run_name=instance_name(fleet.name, num),

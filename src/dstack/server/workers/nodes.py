@@ -9,13 +9,12 @@ instance could reach the instance's metadata service, and with it the instance r
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from sqlalchemy import select, update
 
 from dstack.backends.base import JobLaunch, LaunchedInstance, Requirements
 from dstack.core.fleets import InstanceStatus
-from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
+from dstack.core.runs import FINISHED_STATUSES, JobStatus, Offer, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.fleets import allocate, instance_fits
@@ -52,8 +51,7 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
     by_fleet: dict[str, list[InstanceModel]] = {}
     for instance in candidates:
         if instance_fits(instance, instance.fleet, requirements=requirements, backend_types=["ssh"],
-                         fleets=conf.fleets) and \
-                allocate(_offer(instance), {}, requirements) is not None:
+                         fleets=conf.fleets):
             by_fleet.setdefault(instance.fleet.name, []).append(instance)
     taken: list[InstanceModel] = []
     for instances in by_fleet.values():
@@ -93,7 +91,7 @@ async def _take(ctx: ServerContext, instances: list[InstanceModel], jobs: list[J
         if len(taken) == len(jobs):
             break
         job = jobs[len(taken)]
-        share = allocate(_offer(instance), {}, requirements)
+        share = allocate(Offer.model_validate_json(instance.offer), {}, requirements)
         async with ctx.db.session() as session:
             result = await session.execute(
                 update(InstanceModel)
@@ -110,12 +108,6 @@ async def _take(ctx: ServerContext, instances: list[InstanceModel], jobs: list[J
             await release_fleet_instance(ctx, instance_id=instance.id, job_id=job.id, reason=None)
         return []
     return taken
-
-
-def _offer(instance: InstanceModel) -> Any:
-    from dstack.core.runs import Offer
-
-    return Offer.model_validate_json(instance.offer)
 
 
 def _gpus_per_node(run_spec: RunSpec) -> int:
