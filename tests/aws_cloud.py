@@ -2,6 +2,10 @@
 with the credentials of its instance profile (as IMDS would hand them out), with the image's sshd
 (user ec2-user), and is powered off when moto says it is terminated.
 
+An EBS volume attached to a booted instance (as /dev/sdf…) becomes a loop device over a sparse
+file that outlives the instances (the volume's data), linked where a Nitro instance's udev links an
+EBS disk: /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol… (the VMs share this machine's /dev).
+
 The network rule: the product never connects to an address moto made up. The public IP moto gives
 an instance is its VM host's address (moto runs in this process: its IP generator is replaced while
 this cloud runs), so `dstack attach` reaches the VM; private IPs stay moto's."""
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +61,7 @@ class FakeEC2Cloud:
         self.vm_aws_proxy: FaultProxy | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.disks: dict[str, str] = {}  # EBS volume id -> the loop device standing in for it
 
     def start(self) -> FakeEC2Cloud:
         self._prepared: dict[str, VMHost] = {}
@@ -75,6 +82,8 @@ class FakeEC2Cloud:
         for booted in self.booted.values():
             booted.host.snapshot()  # left in the test's tmp dir, for a failure's post-mortem
             booted.host.destroy()
+        for volume_id in list(self.disks):
+            self._detach_disk(volume_id)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -92,6 +101,41 @@ class FakeEC2Cloud:
                     self._boot(inst)
                 elif iid in self.booted and state in ("shutting-down", "terminated"):
                     self.booted[iid].host.power_off()
+        attached = {}
+        for volume in ec2.describe_volumes()["Volumes"]:
+            for attachment in volume.get("Attachments") or []:
+                # Data volumes only (the root volume of every instance is attached as its image says).
+                if attachment["InstanceId"] in self.booted and attachment["Device"].startswith("/dev/sd"):
+                    attached[volume["VolumeId"]] = volume["Size"]
+        for volume_id, size_gb in attached.items():
+            if volume_id not in self.disks:
+                self._attach_disk(volume_id, size_gb)
+        for volume_id in [v for v in self.disks if v not in attached]:
+            self._detach_disk(volume_id)
+
+    def _disk_link(self, volume_id: str) -> Path:
+        return Path("/dev/disk/by-id") / f"nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+
+    def _attach_disk(self, volume_id: str, size_gb: int) -> None:
+        backing = self.workdir / "ebs" / f"{volume_id}.img"
+        backing.parent.mkdir(parents=True, exist_ok=True)
+        if not backing.exists():
+            with open(backing, "wb") as f:
+                f.truncate(size_gb << 30)  # sparse: costs what is written
+        device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        link = self._disk_link(volume_id)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(device, link)
+        self.disks[volume_id] = device
+
+    def _detach_disk(self, volume_id: str) -> None:
+        device = self.disks.pop(volume_id)
+        self._disk_link(volume_id).unlink(missing_ok=True)
+        # Autoclear: the loop device goes once the VM that mounted it is gone.
+        subprocess.run(["losetup", "-d", device], capture_output=True)
 
     def _boot(self, inst: dict) -> None:
         iid = inst["InstanceId"]

@@ -96,8 +96,12 @@ def requests_for(call: dict[str, Any], account: str,
             return [AuthRequest("ec2:TerminateInstances", f"arn:aws:ec2:{region}:{account}:instance/{iid}",
                                 {f"aws:ResourceTag/{k}": v for k, v in instance_tags(iid).items()})
                     for iid in params["InstanceIds"]]
+        if op == "DeleteVolume":
+            volume = params["VolumeId"]
+            return [AuthRequest("ec2:DeleteVolume", f"arn:aws:ec2:{region}:{account}:volume/{volume}",
+                                {f"aws:ResourceTag/{k}": v for k, v in instance_tags(volume).items()})]
         out = [AuthRequest(f"ec2:{op}", "*")]
-        if params.get("TagSpecifications"):
+        if params.get("TagSpecifications") and not params.get("DryRun"):
             out.append(AuthRequest("ec2:CreateTags", "*"))
         if op == "RunInstances" and params.get("IamInstanceProfile"):
             role = params["IamInstanceProfile"]["Name"]  # our profiles hold the role of the same name

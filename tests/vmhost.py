@@ -155,7 +155,9 @@ class VMHost:
         lines = [
             "set -e", f"export PATH={STOCK_PATH}",
             f"mount -t overlay overlay -o lowerdir={stock_tree()},upperdir={w}/upper,workdir={w}/overlay-work {root}",
-            "mount -t tmpfs tmpfs /opt/dstack",
+            # Shared with the chroot's bind of it: what the agent mounts there (a volume) the VM's
+            # container runtime, outside the chroot, sees too, as on one machine.
+            "mount -t tmpfs tmpfs /opt/dstack && mount --make-shared /opt/dstack",
             f"mkdir -p {root}/opt/dstack && mount --bind /opt/dstack {root}/opt/dstack",
             f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && mount --rbind /sys {root}/sys",
             # The image's /run, also at a short path here (a socket's path must fit in 108 bytes).

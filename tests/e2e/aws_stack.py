@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ class Stack:
     repo: Path
     # Between the server and moto: tests give it a rule to play EC2's documented misbehaviour.
     proxy: FaultProxy
+    _seen_tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def run_status(self, name: str) -> str:
         with self.server.api() as api:
@@ -48,6 +49,18 @@ class Stack:
     def instance_tags(self, instance_id: str) -> dict[str, str]:
         return {t["Key"]: t["Value"] for i in self.instances() if i["InstanceId"] == instance_id
                 for t in i.get("Tags", [])}
+
+    def volume_tags(self, volume_id: str) -> dict[str, str]:
+        """An EBS volume's tags, remembered (the policy check needs those of deleted volumes too)."""
+        volumes = self.aws.client("ec2", REGION).describe_volumes(
+            Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
+        if volumes:
+            self._seen_tags[volume_id] = {t["Key"]: t["Value"] for t in volumes[0].get("Tags", [])}
+        return self._seen_tags.get(volume_id, {})
+
+    def resource_tags(self, resource_id: str) -> dict[str, str]:
+        """Tags of an instance or a volume, for tests/iam_eval.py's conditions."""
+        return self.volume_tags(resource_id) if resource_id.startswith("vol-") else self.instance_tags(resource_id)
 
 
 def make_stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[Stack]:

@@ -41,6 +41,7 @@ from dstack.agent.sandbox import (
 )
 from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.agent.ssh import SSHServer, instance_host_keys, start_job_sshd
+from dstack.agent.volumes import unmount_all
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage
 from dstack.storage.layout import artifact_key
@@ -233,6 +234,8 @@ class JobRunner:
         if self.stop_request is None or not self.stop_request.get("abort"):
             artifacts_dir = cwd_host if cwd_host is not None else self.workdir / "copied-out"
             self._upload_artifacts(artifacts_dir)
+        for failure in unmount_all(self.spec.get("network_volumes") or []):  # before the server detaches them
+            self.event(f"could not unmount volume {failure}")
         if self.stop_request is not None:
             self.write_status("stopped", exit_code=exit_code)
         elif exit_code == 0:

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from dstack.agent.volumes import VolumeError, mount_all
+
 WORKFLOW_DIR = "/workflow"
 REPO_CREDENTIALS = "__dstack_repo_credentials"  # the reserved secret name the clone's credentials travel as
 
@@ -93,6 +95,7 @@ def prepare(spec: dict[str, Any], *, workdir: Path, home: str | None, home_host:
         ws.mounts.append((str(home_host), home))
     _place_files(spec, ws, fetch=fetch, unpack=unpack)
     _mount_instance_volumes(spec, ws)
+    _mount_network_volumes(spec, ws, event)
     hostfile = spec.get("mpi_hostfile")
     if hostfile:  # a multi-node task's nodes, as MPI reads them (DSTACK_MPI_HOSTFILE)
         (workdir / "mpi").mkdir(exist_ok=True)
@@ -155,6 +158,20 @@ def _mount_instance_volumes(spec: dict[str, Any], ws: Workspace) -> None:
             raise WorkspaceError(f"volumes: cannot create {source} on this machine: {exc.strerror}") from None
         ws.mounts.append((source, target))
         ws.keep_owner.add(source)
+
+
+def _mount_network_volumes(spec: dict[str, Any], ws: Workspace, event: Callable[[str], None]) -> None:
+    volumes = spec.get("network_volumes") or []
+    if not volumes:
+        return
+    if ws.bare_host:
+        raise WorkspaceError("volumes: network volumes need `image` (the job runs in a container)")
+    try:
+        for host, job in mount_all(volumes, event=event):
+            ws.mounts.append((host, job))
+            ws.keep_owner.add(host)  # the volume's files keep their owners
+    except VolumeError as exc:
+        raise WorkspaceError(str(exc)) from None
 
 
 def clone_repo(clone: dict[str, Any], dest: Path, *, credentials: dict[str, str] | None,

@@ -49,6 +49,7 @@ class Client:
         self.backends = BackendsAPI(self)
         self.secrets = SecretsAPI(self)
         self.fleets = FleetsAPI(self)
+        self.volumes = VolumesAPI(self)
 
     @classmethod
     def from_config(cls, project: str | None = None) -> Client:
@@ -227,6 +228,47 @@ class FleetsAPI:
         from dstack.core.fleets import Fleet
 
         return Fleet.model_validate(self._c.json("DELETE", self._c.project_path(f"/fleets/{name}")))
+
+
+class VolumesAPI:
+    """Network volumes (`type: volume`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def spec(self, configuration_path: str | Path) -> Any:
+        from dstack.core.config_parser import parse_configuration
+        from dstack.core.volumes import VolumeSpec
+
+        path = Path(configuration_path)
+        text = path.read_text()
+        configuration = parse_configuration(text, str(path))
+        if configuration.type != "volume":
+            raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a volume", field="type")
+        return VolumeSpec(configuration=configuration, configuration_path=str(path),
+                          configuration_text=text if len(text) <= 65536 else None)
+
+    def apply(self, spec: Any) -> Any:
+        from dstack.core.volumes import Volume
+
+        return Volume.model_validate(self._c.json("POST", self._c.project_path("/volumes"),
+                                                  json=spec.model_dump(mode="json")))
+
+    def list(self, *, all: bool = False) -> list[Any]:
+        from dstack.core.volumes import Volume
+
+        return [Volume.model_validate(v) for v in self._c.json("GET", self._c.project_path("/volumes"),
+                                                               params={"all": str(all).lower()})]
+
+    def get(self, name: str) -> Any:
+        from dstack.core.volumes import Volume
+
+        return Volume.model_validate(self._c.json("GET", self._c.project_path(f"/volumes/{name}")))
+
+    def delete(self, name: str) -> Any:
+        from dstack.core.volumes import Volume
+
+        return Volume.model_validate(self._c.json("DELETE", self._c.project_path(f"/volumes/{name}")))
 
 
 def _read_key(identity_file: str, base: Path, field: str) -> Any:

@@ -68,6 +68,13 @@ class BackendContext:
     local_ssh_host: str = "127.0.0.1"
 
 
+class VolumeLaunch(BaseModel):
+    name: str
+    volume_id: str
+    availability_zone: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobLaunch(BaseModel):
     """What a backend needs to start an instance that runs one job."""
 
@@ -97,6 +104,20 @@ class JobLaunch(BaseModel):
     # the agent stays and runs the jobs the server assigns there (agent/instance.py).
     fleet_instance: bool = False
     fleet: str | None = None
+    # The run's network volumes (a backend that mounts them at launch, such as Lambda's file
+    # systems, names them in its launch request; AWS places the instance in their zone).
+    volumes: list[VolumeLaunch] = Field(default_factory=list)
+
+
+class ProvisionedVolume(BaseModel):
+    """A network volume as the provider has it."""
+
+    volume_id: str
+    region: str
+    availability_zone: str | None = None
+    size_gb: float | None = None
+    ready: bool = Field(default=True, description="False while the provider still creates it")
+    data: dict[str, Any] = Field(default_factory=dict, description="backend-private, kept in the DB")
 
 
 class InstanceCheck(BaseModel):
@@ -181,6 +202,48 @@ class Compute(abc.ABC):
         """Why this backend cannot launch fleet instances (None if it can: `launch` of a JobLaunch
         with `fleet_instance` starts an agent that waits for jobs, see agent/instance.py)."""
         return f"the {self.TYPE} backend has no fleets yet"
+
+    # --- network volumes (`type: volume`) ------------------------------------------------------
+    # True where a volume attaches to one instance at a time (EBS): runs wait for it.
+    EXCLUSIVE_VOLUMES = False
+
+    def volumes_unsupported(self, *, region: str | None = None) -> str | None:
+        """Why this backend has no network volumes (in `region`); None if it has."""
+        return f"the {self.TYPE} backend has no network volumes"
+
+    def permissions_gap(self, *, features: set[str]) -> str | None:
+        """For optional features that need more than the backend's base permissions ("volumes",
+        "clusters"): what is missing and how to grant it; None when nothing is."""
+        return None
+
+    def create_volume(self, *, project: str, name: str, region: str, availability_zone: str | None,
+                      size_gb: float, tags: dict[str, str], request_id: str) -> ProvisionedVolume:
+        """Create it, or return the one an earlier call with the same `request_id` created."""
+        raise NotImplementedError
+
+    def register_volume(self, *, region: str, volume_id: str) -> ProvisionedVolume:
+        """An existing volume (`volume_id`); raises BackendError naming it when it is not there."""
+        raise NotImplementedError
+
+    def volume_state(self, *, volume: ProvisionedVolume) -> ProvisionedVolume:
+        """The volume now (`ready` once created); raises BackendError when it failed or is gone."""
+        return volume
+
+    def attach_volume(self, *, volume: ProvisionedVolume, instance: LaunchedInstance, device: str) -> bool:
+        """Attach an exclusive volume; False: not yet possible (the instance still boots), try again."""
+        return True
+
+    def detach_volume(self, *, volume: ProvisionedVolume, instance_id: str) -> bool:
+        """Detach it from `instance_id` if it is attached there; True once it is free."""
+        return True
+
+    def delete_volume(self, *, volume: ProvisionedVolume) -> None:
+        raise NotImplementedError
+
+    def volume_mount(self, *, volume: ProvisionedVolume, name: str, device: str) -> dict[str, Any]:
+        """What the agent mounts (agent/volumes.py): {"kind": "block", "device", "serial"} or
+        {"kind": "dir", "source"}."""
+        raise NotImplementedError
 
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         """Backend-specific entries of the job spec (log destination, secret references, …)."""

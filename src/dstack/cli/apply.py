@@ -25,10 +25,15 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
     if not Path(file).is_file():
         raise ConfigurationError(f"configuration file {file} not found", field="file",
                                  fix="Pass the right path with -f (relative to this directory), or create .dstack.yml")
-    if _configuration_type(file) == "fleet":  # no repo, no code: the fleet's own flow
+    kind = _configuration_type(file)
+    if kind == "fleet":  # no repo, no code: the fleet's own flow
         from dstack.cli.fleets import apply_fleet
 
         return apply_fleet(file=file, yes=yes, detach=detach, project=project)
+    if kind == "volume":
+        from dstack.cli.volumes import apply_volume
+
+        return apply_volume(file=file, yes=yes, detach=detach, project=project)
     repo = load_config().repo_for(Path.cwd())
     if repo is None:
         raise DstackError(f"{Path.cwd()} is not in a dstack repo",

@@ -140,8 +140,23 @@ def delete_secret(name: str, project: ProjectOpt = None) -> None:
 
 
 @aws_app.command("iam-policy")
-def iam_policy(bucket: Annotated[str, typer.Option(help="the S3 bucket of the backend")]) -> None:
-    """Print the least-privilege IAM policy for the AWS backend, filled in for BUCKET."""
-    from dstack.backends.aws.iam_policy import render
+def iam_policy(bucket: Annotated[str, typer.Option(help="the S3 bucket of the backend")],
+               with_: Annotated[str | None, typer.Option(
+                   "--with", help="optional features to grant too, comma-separated: volumes, clusters")] = None,
+               ) -> None:
+    """Print the least-privilege IAM policy for the AWS backend, filled in for BUCKET (with
+    `--with`, plus the optional statements of those features)."""
+    import json
 
-    print(render(bucket), end="")
+    from dstack.backends.aws.iam_policy import OPTIONAL_ACTIONS, policy, render
+    from dstack.cli.ui import error
+
+    if not with_:
+        print(render(bucket), end="")  # the seed's template, byte for byte
+        return
+    features = [f.strip() for f in with_.split(",") if f.strip()]
+    unknown = [f for f in features if f not in OPTIONAL_ACTIONS]
+    if unknown:
+        error(f"--with: unknown feature {', '.join(unknown)}; choose from {', '.join(OPTIONAL_ACTIONS)}")
+        raise typer.Exit(2)
+    print(json.dumps(policy(bucket, features), indent=4))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,11 +19,9 @@ WAIT_TIMEOUT = 1800.0
 
 
 def _client(project: str | None) -> Any:
-    from dstack.api.client import Client
-    from dstack.api.config import load_config
+    from dstack.cli.runs import client_for
 
-    repo = load_config().repo_for(Path.cwd())
-    return Client.from_config(project or (repo.project if repo else None))
+    return client_for(project)
 
 
 def apply_fleet(*, file: str, yes: bool, detach: bool, project: str | None) -> int:
@@ -185,3 +182,23 @@ def delete_fleet(*, name: str, yes: bool, project: str | None) -> None:
             return
     client.fleets.delete(name)
     console.print(f"Fleet {name} deleted: its instances are terminating")
+
+
+def delete_by_name(*, name: str, yes: bool, project: str | None) -> None:
+    """`dstack delete NAME`: the fleet of that name, else the volume."""
+    from dstack.core.errors import ResourceNotFoundError
+
+    client = _client(project)
+    try:
+        client.fleets.get(name)
+    except ResourceNotFoundError:
+        try:
+            client.volumes.get(name)
+        except ResourceNotFoundError:
+            raise ResourceNotFoundError(f"no fleet or volume {name!r} in project {client.project!r}",
+                                        fix="See `dstack fleet` and `dstack volume`") from None
+        from dstack.cli.volumes import delete_volume
+
+        delete_volume(name=name, yes=yes, project=project)
+        return
+    delete_fleet(name=name, yes=yes, project=project)

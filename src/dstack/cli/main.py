@@ -144,17 +144,17 @@ def offer(
 
 @app.command()
 def delete(
-    name: Annotated[str | None, typer.Argument(help="a fleet's name (instead of -f)")] = None,
+    name: Annotated[str | None, typer.Argument(help="a fleet's or a volume's name (instead of -f)")] = None,
     file: Annotated[str, typer.Option("-f", "--file", help="configuration file")] = ".dstack.yml",
     yes: Annotated[bool, typer.Option("-y", "--yes", help="do not ask for confirmation")] = False,
     project: ProjectOption = None,
 ) -> None:
-    """Delete a fleet by NAME, or what a configuration defines: a fleet is deleted (its instances
-    terminated), a run configuration's active run (by its `name`) is stopped."""
+    """Delete a fleet or a volume by NAME, or what a configuration defines: a fleet is deleted (its
+    instances terminated), a volume deleted, a run configuration's active run (by its `name`) stopped."""
     if name is not None:
-        from dstack.cli.fleets import delete_fleet
+        from dstack.cli.fleets import delete_by_name
 
-        delete_fleet(name=name, yes=yes, project=project)
+        delete_by_name(name=name, yes=yes, project=project)
         return
     from dstack.cli.runs import delete_configuration
 
@@ -276,6 +276,9 @@ def _add_groups() -> None:
     from dstack.cli.fleets import fleet_app
 
     app.add_typer(fleet_app, name="fleet")
+    from dstack.cli.volumes import volume_app
+
+    app.add_typer(volume_app, name="volume")
 
 
 _add_groups()

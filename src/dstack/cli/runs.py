@@ -194,6 +194,14 @@ def delete_configuration(*, file: str, yes: bool, project: str | None) -> None:
 
         delete_fleet(name=conf.name, yes=yes, project=project)
         return
+    if conf.type == "volume":
+        if conf.name is None:
+            raise ConfigurationError(f"{path}: has no `name`, so it names no volume to delete", field="name",
+                                     fix="Delete a volume by its name with `dstack volume delete NAME`")
+        from dstack.cli.volumes import delete_volume
+
+        delete_volume(name=conf.name, yes=yes, project=project)
+        return
     if conf.type not in RUN_TYPES:
         raise ConfigurationError(f"{path}: not supported yet: {infra_not_supported(conf)[0]}", field="type")
     if conf.name is None:

@@ -374,8 +374,6 @@ def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
             reasons.append(("schedule", "`schedule` with `nodes`"))
         if conf.startup_order not in (None, "any"):
             reasons.append(("startup_order", f"`startup_order: {conf.startup_order}` (the nodes start together)"))
-    if any(v.name for v in getattr(conf, "volumes", None) or []):
-        reasons.append(("volumes", "`volumes` (network volumes; instance volumes `/path:/path` work)"))
     for field_name, feature in _NOT_YET.items():
         value = getattr(conf, field_name, None)
         if value not in (None, [], False):

@@ -20,6 +20,7 @@ class ServerContext:
     scheduler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     reconciler_wake: asyncio.Event = field(default_factory=asyncio.Event)
     fleets_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    volumes_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     last_reap: float = 0.0

@@ -273,3 +273,40 @@ class InstanceModel(Base):
     lock_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     fleet: Mapped[FleetModel] = relationship(back_populates="instances", lazy="joined")
+
+
+class VolumeModel(Base):
+    """A `type: volume` configuration applied: a network volume (EBS, a Lambda file system) that
+    runs attach and mount; it outlives them."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (
+        Index("ux_volumes_active_name", "project_id", "name", unique=True,
+              sqlite_where=text("deleted = false"), postgresql_where=text("deleted = false")),
+        Index("ix_volumes_status", "status"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    # submitted | provisioning | active | failed | deleting | deleted
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    spec: Mapped[str] = mapped_column(Text)  # JSON VolumeSpec
+    backend: Mapped[str] = mapped_column(String(20))
+    region: Mapped[str] = mapped_column(String(100))
+    availability_zone: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    size_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    volume_id: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the provider's id
+    external: Mapped[bool] = mapped_column(Boolean, default=False)  # registered by `volume_id`
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON, backend-private
+    # The job a volume that attaches to one instance at a time (EBS) is given to, and how far:
+    # JSON {"instance_id", "device", "state": attaching | attached | detaching}.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    attachment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    lock_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lock_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    project: Mapped[ProjectModel] = relationship(lazy="joined")
+    user: Mapped[UserModel] = relationship(lazy="joined")

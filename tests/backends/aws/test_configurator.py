@@ -188,6 +188,20 @@ def test_iam_policy_command_prints_the_seed_policy_filled_in(env: Env) -> None:
     result = env.cli("aws", "iam-policy", "--bucket", "my-awesome-project")
     assert result.returncode == 0
     assert json.loads(result.stdout) == expected
+    # --with adds the optional statements after the seed's, which stay as they are.
+    extended = env.cli("aws", "iam-policy", "--bucket", "my-awesome-project", "--with", "volumes,clusters")
+    assert extended.returncode == 0, extended.stderr
+    statements = json.loads(extended.stdout)["Statement"]
+    assert statements[:len(expected["Statement"])] == expected["Statement"]
+    added = statements[len(expected["Statement"]):]
+    actions = {a for s in added for a in s["Action"]}
+    assert {"ec2:CreateVolume", "ec2:AttachVolume", "ec2:DeleteVolume", "ec2:CreatePlacementGroup"} <= actions
+    # Deleting is limited to what dstack created (tagged with the bucket).
+    for statement in added:
+        if any(a.startswith("ec2:Delete") for a in statement["Action"]):
+            assert statement["Condition"] == {"StringEquals": {"aws:ResourceTag/dstack_bucket": "my-awesome-project"}}
+    unknown = env.cli("aws", "iam-policy", "--bucket", "b", "--with", "gpus")
+    assert unknown.returncode == 2 and "unknown feature gpus; choose from volumes, clusters" in unknown.stderr
 
 
 def test_api_check_needs_a_token(aws_server: Server) -> None:

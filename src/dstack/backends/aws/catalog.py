@@ -13,6 +13,10 @@ import io
 import os
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+
+from dstack.core.gpus import normalize_gpu_name
+from dstack.core.resources import GPU, InstanceResources
 
 COLUMNS = ["instance_type", "region", "vcpus", "memory_gib", "gpu_name", "gpu_count", "gpu_memory_mib",
            "price_per_hour_usd", "spot_price_per_hour_usd"]
@@ -68,3 +72,42 @@ def load() -> dict[str, dict[str, CatalogItem]]:
 
 def regions() -> list[str]:
     return sorted(load())
+
+
+@dataclass
+class TypeInfo:
+    """An instance type as DescribeInstanceTypes tells it, in our terms."""
+
+    name: str
+    resources: InstanceResources
+
+
+DEFAULT_DISK_GB = 100
+# GPU families the default GPU image (ECS-optimized AL2023 GPU AMI) supports: NVIDIA, Turing or newer.
+DEFAULT_GPU_IMAGE_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en"})
+
+
+def drivable(raw: dict[str, Any], *, default_image: bool) -> bool:
+    """Whether our images boot this type and drive its GPUs: x86_64 only (the images are), NVIDIA
+    GPUs only (the GPU image has NVIDIA's driver and toolkit), and with the default GPU image only
+    the families it supports (its driver needs Turing or newer: no p3's V100)."""
+    architectures = (raw.get("ProcessorInfo") or {}).get("SupportedArchitectures") or ["x86_64"]
+    if "x86_64" not in architectures:
+        return False
+    gpus = (raw.get("GpuInfo") or {}).get("Gpus") or []
+    if not gpus:
+        return True
+    if any((g.get("Manufacturer") or "NVIDIA").upper() != "NVIDIA" for g in gpus):
+        return False
+    return not default_image or raw["InstanceType"].split(".")[0] in DEFAULT_GPU_IMAGE_FAMILIES
+
+
+def type_info(raw: dict[str, Any]) -> TypeInfo:
+    gpus: list[GPU] = []
+    for gpu in (raw.get("GpuInfo") or {}).get("Gpus", []):
+        memory_gb = round(gpu["MemoryInfo"]["SizeInMiB"] / 1024)
+        name = normalize_gpu_name(gpu["Name"])
+        gpus += [GPU(name=name, memory_gb=memory_gb)] * int(gpu["Count"])
+    resources = InstanceResources(cpus=raw["VCpuInfo"]["DefaultVCpus"], memory_gb=raw["MemoryInfo"]["SizeInMiB"] / 1024,
+                                  gpus=gpus, disk_gb=DEFAULT_DISK_GB)
+    return TypeInfo(name=raw["InstanceType"], resources=resources)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from dstack.backends.aws.errors import denied_fix, is_denied
 from dstack.backends.aws.models import AWSBackendConfig
 from dstack.backends.aws.resources import AWSResources
 from dstack.backends.aws.session import client, describe, error_code, make_session
+from dstack.backends.aws.volumes import EBSVolumes
 from dstack.backends.base import (
     BackendContext,
     Compute,
@@ -26,14 +26,13 @@ from dstack.backends.base import (
     LaunchedInstance,
     LaunchError,
     LaunchIntent,
+    ProvisionedVolume,
     Requirements,
     SSHJump,
     cloud_gaps,
     cloud_ssh_extras,
 )
 from dstack.backends.bootstrap import agent_package, agent_package_key, default_image, user_data
-from dstack.core.gpus import normalize_gpu_name
-from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import LogEvent, Offer
 from dstack.storage.s3 import S3Storage
 
@@ -51,8 +50,6 @@ CHECK_INTERVAL = 5.0
 NOT_FOUND_GRACE = 180.0
 # How long a type EC2 called Unsupported in the subnet's zone stays out of the offers.
 UNSUPPORTED_TTL = 6 * 3600
-# GPU families the default GPU image (ECS-optimized AL2023 GPU AMI) supports: NVIDIA, Turing or newer.
-DEFAULT_GPU_IMAGE_FAMILIES = frozenset({"g4dn", "g5", "g6", "g6e", "gr6", "p4d", "p4de", "p5", "p5e", "p5en"})
 # GPUs in the catalog that our images cannot drive: name -> what it is.
 UNDRIVEN_GPUS = {"V100": "V100 (p3/p3dn, Volta)", "RadeonProV520": "Radeon Pro V520 (g4ad, AMD)",
                  "T4G": "T4g (g5g, arm64)"}
@@ -60,7 +57,7 @@ UNDRIVEN_GPUS = {"V100": "V100 (p3/p3dn, Volta)", "RadeonProV520": "Radeon Pro V
 _PROPAGATION_MESSAGES = ("iamInstanceProfile", "Invalid IAM Instance Profile", "has no associated IAM Roles",
                          "is not authorized to perform: iam:PassRole")
 SPOT_TTL = 600.0
-DEFAULT_DISK_GB = 100
+DEFAULT_DISK_GB = catalog.DEFAULT_DISK_GB
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
@@ -84,12 +81,6 @@ class _Clients:
             return self._made[service]
 
 
-@dataclass
-class _TypeInfo:
-    name: str
-    resources: InstanceResources
-
-
 def _young(instance: LaunchedInstance) -> bool:
     launched = instance.data.get("launched_at")
     return isinstance(launched, (int, float)) and time.time() - launched < NOT_FOUND_GRACE
@@ -106,12 +97,14 @@ class AWSCompute(Compute):
         self.resources = AWSResources(config, self.clients)
         self.logs = cw.CloudWatchLogs(self.clients.logs)
         self.storage = S3Storage(config.bucket, config.region, client=self.clients.s3)
-        self._types: tuple[float, list[_TypeInfo]] | None = None
+        self._types: tuple[float, list[catalog.TypeInfo]] | None = None
         self._spot: tuple[float, dict[str, float]] | None = None
         self._published: set[str] = set()
         self._unsupported_here: dict[str, float] = {}  # instance type -> when EC2 said Unsupported
         self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.volumes = EBSVolumes(ec2=self.clients.ec2, region=config.region, bucket=config.bucket,
+                                  tags=self.resources.tags(), default_zone=self.resources.default_zone)
 
     # --- offers ------------------------------------------------------------------------------
     def unsupported(self, requirements: Requirements) -> str | None:
@@ -165,7 +158,7 @@ class AWSCompute(Compute):
         for info in self._instance_types():
             if info.name in skipped:
                 continue
-            info = _TypeInfo(info.name, info.resources.model_copy(update={"disk_gb": disk_gb}))
+            info = catalog.TypeInfo(info.name, info.resources.model_copy(update={"disk_gb": disk_gb}))
             item = prices.get(info.name)
             if item is not None and item.price is not None and requirements.spot_policy != "spot":
                 offers.append(Offer(backend=self.TYPE, region=self.config.region, instance_type=info.name,
@@ -177,12 +170,12 @@ class AWSCompute(Compute):
                                     spot=True))
         return offers
 
-    def _instance_types(self) -> list[_TypeInfo]:
+    def _instance_types(self) -> list[catalog.TypeInfo]:
         with self._lock:
             if self._types and time.monotonic() - self._types[0] < TYPES_TTL:
                 return self._types[1]
         names = sorted(catalog.load().get(self.config.region, {}))
-        infos: list[_TypeInfo] = []
+        infos: list[catalog.TypeInfo] = []
         try:
             paginator = self.clients.ec2.get_paginator("describe_instance_types")
             for i in range(0, len(names), 100):
@@ -190,8 +183,8 @@ class AWSCompute(Compute):
                            {"Name": "processor-info.supported-architecture", "Values": ["x86_64"]}]
                 for page in paginator.paginate(Filters=filters):
                     for raw in page["InstanceTypes"]:
-                        if _drivable(raw, default_image=self._default_gpu_image()):
-                            infos.append(_type_info(raw))
+                        if catalog.drivable(raw, default_image=self._default_gpu_image()):
+                            infos.append(catalog.type_info(raw))
         except (ClientError, BotoCoreError) as exc:
             from dstack.core.errors import BackendError
 
@@ -218,6 +211,40 @@ class AWSCompute(Compute):
         with self._lock:
             self._spot = (time.monotonic(), prices)
         return prices
+
+    # --- network volumes (backends/aws/volumes.py) -------------------------------------------
+    EXCLUSIVE_VOLUMES = True
+
+    def volumes_unsupported(self, *, region: str | None = None) -> str | None:
+        if region and region != self.config.region:
+            return f"the project's AWS backend is in {self.config.region}, not {region}"
+        return None
+
+    def permissions_gap(self, *, features: set[str]) -> str | None:
+        return self.volumes.permissions_gap(features, self.config.bucket)
+
+    def create_volume(self, *, project: str, name: str, region: str, availability_zone: str | None,
+                      size_gb: float, tags: dict[str, str], request_id: str) -> ProvisionedVolume:
+        return self.volumes.create(project=project, name=name, availability_zone=availability_zone,
+                                   size_gb=size_gb, tags=tags, request_id=request_id)
+
+    def register_volume(self, *, region: str, volume_id: str) -> ProvisionedVolume:
+        return self.volumes.register(volume_id=volume_id)
+
+    def volume_state(self, *, volume: ProvisionedVolume) -> ProvisionedVolume:
+        return self.volumes.state(volume)
+
+    def attach_volume(self, *, volume: ProvisionedVolume, instance: LaunchedInstance, device: str) -> bool:
+        return self.volumes.attach(volume, instance, device)
+
+    def detach_volume(self, *, volume: ProvisionedVolume, instance_id: str) -> bool:
+        return self.volumes.detach(volume, instance_id)
+
+    def delete_volume(self, *, volume: ProvisionedVolume) -> None:
+        self.volumes.delete(volume)
+
+    def volume_mount(self, *, volume: ProvisionedVolume, name: str, device: str) -> dict[str, Any]:
+        return self.volumes.mount(volume, device)
 
     # --- launch ------------------------------------------------------------------------------
     def fleets_unsupported(self) -> str | None:
@@ -309,6 +336,9 @@ class AWSCompute(Compute):
                                   {"ResourceType": "volume", "Tags": tags}],
         }
         zones = [z for z in job.availability_zones or [] if z.startswith(self.config.region)]
+        volume_zones = {v.availability_zone for v in job.volumes if v.availability_zone}
+        if volume_zones:  # where its volumes are (the plan checked they are in one zone)
+            zones = sorted(volume_zones)
         if zones and not subnet:  # with a subnet, its zone is checked at plan time (`unsupported`)
             request["Placement"] = {"AvailabilityZone": zones[0]}
         if subnet:
@@ -456,32 +486,6 @@ class AWSCompute(Compute):
         if not logs:
             return [], next_token or "", False
         return self.logs.read(logs["group"], logs["stream"], next_token)
-
-
-def _drivable(raw: dict[str, Any], *, default_image: bool) -> bool:
-    """Whether our images boot this type and drive its GPUs: x86_64 only (the images are), NVIDIA
-    GPUs only (the GPU image has NVIDIA's driver and toolkit), and with the default GPU image only
-    the families it supports (its driver needs Turing or newer: no p3's V100)."""
-    architectures = (raw.get("ProcessorInfo") or {}).get("SupportedArchitectures") or ["x86_64"]
-    if "x86_64" not in architectures:
-        return False
-    gpus = (raw.get("GpuInfo") or {}).get("Gpus") or []
-    if not gpus:
-        return True
-    if any((g.get("Manufacturer") or "NVIDIA").upper() != "NVIDIA" for g in gpus):
-        return False
-    return not default_image or raw["InstanceType"].split(".")[0] in DEFAULT_GPU_IMAGE_FAMILIES
-
-
-def _type_info(raw: dict[str, Any]) -> _TypeInfo:
-    gpus: list[GPU] = []
-    for gpu in (raw.get("GpuInfo") or {}).get("Gpus", []):
-        memory_gb = round(gpu["MemoryInfo"]["SizeInMiB"] / 1024)
-        name = normalize_gpu_name(gpu["Name"])
-        gpus += [GPU(name=name, memory_gb=memory_gb)] * int(gpu["Count"])
-    resources = InstanceResources(cpus=raw["VCpuInfo"]["DefaultVCpus"], memory_gb=raw["MemoryInfo"]["SizeInMiB"] / 1024,
-                                  gpus=gpus, disk_gb=DEFAULT_DISK_GB)
-    return _TypeInfo(name=raw["InstanceType"], resources=resources)
 
 
 COMPUTE_CLASS = AWSCompute

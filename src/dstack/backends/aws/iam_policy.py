@@ -24,8 +24,36 @@ def render(bucket: str) -> str:
         "{bucket_name}", bucket)
 
 
-def policy(bucket: str) -> dict[str, Any]:
-    return json.loads(render(bucket))
+# Optional features whose EC2 actions the seed's policy does not grant: `dstack aws iam-policy
+# --with volumes,clusters` adds their statements. Deleting is limited to what dstack created (tagged
+# with the bucket); a registered volume (`volume_id`) is never deleted, only unregistered.
+OPTIONAL_ACTIONS: dict[str, tuple[list[str], list[str]]] = {
+    # feature: (actions on any resource, actions on the bucket's own resources only)
+    "volumes": (["ec2:DescribeVolumes", "ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume"],
+                ["ec2:DeleteVolume"]),
+    "clusters": (["ec2:DescribePlacementGroups", "ec2:CreatePlacementGroup"], ["ec2:DeletePlacementGroup"]),
+}
+
+
+def optional_statements(bucket: str, features: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for feature in features:
+        if feature not in OPTIONAL_ACTIONS:
+            raise ValueError(f"unknown feature {feature!r}: choose from {', '.join(OPTIONAL_ACTIONS)}")
+        anywhere, owned = OPTIONAL_ACTIONS[feature]
+        statements.append({"Sid": f"Dstack{feature.capitalize()}", "Effect": "Allow", "Action": anywhere,
+                           "Resource": "*"})
+        statements.append({"Sid": f"Dstack{feature.capitalize()}Delete", "Effect": "Allow", "Action": owned,
+                           "Resource": "*",
+                           "Condition": {"StringEquals": {"aws:ResourceTag/dstack_bucket": bucket}}})
+    return statements
+
+
+def policy(bucket: str, features: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The seed's policy for `bucket`, plus the optional statements of `features`."""
+    result = json.loads(render(bucket))
+    result["Statement"] = [*result["Statement"], *optional_statements(bucket, features)]
+    return result
 
 
 def instance_role_policy(bucket: str) -> dict[str, Any]:

@@ -97,6 +97,16 @@ class AWSResources:
                     self._network = (subnets[0]["VpcId"], None)
             return self._network
 
+    def default_zone(self) -> str:
+        """Where a new volume goes when none is asked for: the subnet's zone, else the first zone
+        of the default VPC (instances that mount it are then placed there)."""
+        zone = self.subnet_zone_of_config()
+        if zone:
+            return zone
+        subnets = self.clients.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])
+        zones = sorted(s["AvailabilityZone"] for s in subnets["Subnets"])
+        return zones[0] if zones else f"{self.config.region}a"
+
     def subnet_zone_of_config(self) -> str | None:
         """The configured subnet's availability zone (it fixes where instances go)."""
         self.network()

@@ -23,7 +23,8 @@ _AUDIT_KEYS = {
     "Bucket", "Key", "Prefix", "RoleName", "PolicyName", "PolicyArn", "InstanceProfileName", "logGroupName",
     "logStreamName", "logGroupNamePrefix", "Name", "SecretId", "InstanceIds", "IamInstanceProfile", "GroupName",
     "GroupId", "SubnetIds", "InstanceType", "TagSpecifications", "Filters", "MetadataOptions",
-    "NetworkInterfaces",
+    "NetworkInterfaces", "VolumeId", "VolumeIds", "InstanceId", "Device", "DryRun", "AvailabilityZone",
+    "Placement",
 }
 _AUDIT_LOCK = threading.Lock()
 _RETRIES = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=60)

@@ -32,6 +32,7 @@ from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, ne
 from dstack.server.services import fleets as fleets_svc
 from dstack.server.services.offers import OfferSearch, find_offers
 from dstack.server.services.repos import check_repo, code_exists
+from dstack.server.services.volumes import resolve_run_volumes
 from dstack.storage.layout import job_prefix
 
 ACTIVE_STATUSES = [s.value for s in JobStatus if s not in FINISHED_STATUSES]
@@ -74,8 +75,11 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
     conf = run_spec.configuration
     requirements = requirements_for(conf, admin=user.global_role == "admin")
     backend_types = backend_types_for(project, run_spec)
+    volumes = await resolve_run_volumes(ctx=ctx, project=project, conf=conf)
+    if volumes is not None:  # only where its network volumes are, on an instance of its own
+        requirements, backend_types = volumes.narrow(requirements), [volumes.backend]
     # Idle fleet instances that fit come first (the scheduler takes one before launching anything).
-    idle = await fleets_svc.idle_offers(
+    idle = [] if volumes else await fleets_svc.idle_offers(
         ctx=ctx, project=project, requirements=requirements,
         backend_types=fleets_svc.fleet_backend_types(backend_types, conf.backends), fleets=conf.fleets)
     nodes = getattr(conf, "nodes", 1)

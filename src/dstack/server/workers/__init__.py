@@ -32,9 +32,11 @@ def start_workers(ctx: ServerContext) -> list[asyncio.Task[None]]:
     from dstack.server.workers.fleets import process_fleets_once
     from dstack.server.workers.reconciler import reconcile_once
     from dstack.server.workers.scheduler import schedule_once
+    from dstack.server.workers.volumes import process_volumes_once
 
     return [
         asyncio.create_task(run_loop("scheduler", ctx, ctx.scheduler_wake, schedule_once)),
         asyncio.create_task(run_loop("reconciler", ctx, ctx.reconciler_wake, reconcile_once)),
         asyncio.create_task(run_loop("fleets", ctx, ctx.fleets_wake, process_fleets_once)),
+        asyncio.create_task(run_loop("volumes", ctx, ctx.volumes_wake, process_volumes_once)),
     ]

@@ -20,7 +20,7 @@ from dstack.backends.base import (
     job_image,
     requirements_for,
 )
-from dstack.core.errors import ConfigurationError
+from dstack.core.errors import ConfigurationError, DstackError
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
@@ -39,6 +39,7 @@ from dstack.server.services.runs import (
     set_job_status,
 )
 from dstack.server.services.secrets import secret_values
+from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
 from dstack.server.workers.common import for_each, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
@@ -46,6 +47,7 @@ from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 logger = logging.getLogger("dstack.server.scheduler")
 MAX_LAUNCH_ATTEMPTS = 10
 CAPACITY_RETRY_DELAY = timedelta(seconds=15)
+VOLUME_WAIT_DELAY = timedelta(seconds=3)
 
 
 async def schedule_once(ctx: ServerContext) -> None:
@@ -149,10 +151,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         spec = build_job_spec(settings=ctx.settings, run_spec=run_spec, run_name=run.name, run_id=run.id,
                               job_id=job_id, secrets=secrets)
     except ConfigurationError as exc:
-        async with ctx.db.session() as session:
-            job = await _load(session, job_id)
-            set_job_status(job, job.run, JobStatus.FAILED, reason=str(exc))
-            await session.commit()
+        await _fail(ctx, job_id, str(exc))
         return
     launch_secrets = dict(secrets)
     if repo and repo.url and credentials:  # for the agent's clone only (see dstack/agent/workspace.py)
@@ -166,6 +165,26 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
                        **_reserved(run_spec))
+    volumes = None
+    if network_volume_mounts(run_spec.configuration):
+        try:  # where the run's volumes are is where it goes; an EBS volume is held by one job at a time
+            # (Permissions were asked at plan time; a denied attach fails the job with EC2's answer.)
+            volumes = await resolve_run_volumes(ctx=ctx, project=project, conf=run_spec.configuration,
+                                                check_permissions=False)
+        except DstackError as exc:
+            await _fail(ctx, job_id, str(exc))
+            return
+        assert volumes is not None
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                              backend_type=volumes.backend)
+        waiting = await claim_volumes(ctx=ctx, job_id=job_id, volumes=volumes, exclusive=compute.EXCLUSIVE_VOLUMES)
+        if waiting:
+            await _wait(ctx, job_id, waiting)
+            return
+        requirements = volumes.narrow(requirements)
+        backend_types = [volumes.backend]
+        spec["network_volumes"] = volumes.job_spec_entries(compute)
+        launch.volumes = volumes.launches()
     if getattr(run_spec.configuration, "nodes", 1) > 1:  # every node at once, or none
         why = await provision_nodes(ctx, master_id=job_id, project=project, run_spec=run_spec, run_name=run.name,
                                     run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
@@ -174,7 +193,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
             await _no_capacity(ctx, job_id, why, run_spec)
         return
     # An idle fleet instance that fits comes first: no launch, no boot.
-    reused = await take_fleet_instance(
+    reused = None if volumes else await take_fleet_instance(
         ctx, job_id=job_id, project=project, requirements=requirements,
         backend_types=fleet_backend_types(backend_types, run_spec.configuration.backends),
         fleets=run_spec.configuration.fleets)
@@ -266,7 +285,24 @@ async def _record_intent(ctx: ServerContext, job_id: str, intent: LaunchIntent) 
         await session.commit()
 
 
+async def _fail(ctx: ServerContext, job_id: str, reason: str) -> None:
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        set_job_status(job, job.run, JobStatus.FAILED, reason=reason)
+        await session.commit()
+
+
+async def _wait(ctx: ServerContext, job_id: str, reason: str) -> None:
+    """Back to submitted, saying what for, and tried again in a few seconds."""
+    async with ctx.db.session() as session:
+        job = await _load(session, job_id)
+        set_job_status(job, job.run, JobStatus.SUBMITTED, reason=reason)
+        job.lock_owner, job.lock_until = None, utcnow() + VOLUME_WAIT_DELAY
+        await session.commit()
+
+
 async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: RunSpec) -> None:
+    await release_unlaunched(ctx=ctx, job_id=job_id)
     retry = run_spec.configuration.retry
     async with ctx.db.session() as session:
         job = await _load(session, job_id)
