@@ -48,9 +48,18 @@ class LambdaVMs:
         # As Lambda does: the launch's registered SSH key is authorized for `ubuntu`.
         keys = [k["public_key"] for k in self.fake.ssh_keys if k["name"] in inst["ssh_key_names"]]
         env.update(self.vm_env)
+        # Its file systems at their mount points: one directory here per file system, shared by every
+        # instance that mounts it (as Lambda's NFS is), kept after they are gone.
+        binds = []
+        for fs in self.fake.file_systems.values():
+            if fs["name"] in inst["file_system_names"]:
+                data = self.workdir / "nfs" / fs["id"]
+                data.mkdir(parents=True, exist_ok=True)
+                data.chmod(0o777)
+                binds.append((str(data), fs["mount_point"]))
         host.boot(self.fake.user_data[inst["id"]], env, sshd=True,
                   loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
-                                   *[(p, p) for p in self.vm_loopback_ports]], authorized_keys=keys)
+                                   *[(p, p) for p in self.vm_loopback_ports]], authorized_keys=keys, binds=binds)
         self.hosts[inst["id"]] = host
         return host.vm_ip
 

@@ -40,6 +40,9 @@ ROUTES = [  # (method, path regex, spec path)
     ("GET", r"/api/v1/ssh-keys", "/api/v1/ssh-keys"),
     ("POST", r"/api/v1/ssh-keys", "/api/v1/ssh-keys"),
     ("DELETE", r"/api/v1/ssh-keys/(?P<id>[^/]+)", "/api/v1/ssh-keys/{id}"),
+    ("GET", r"/api/v1/file-systems", "/api/v1/file-systems"),
+    ("POST", r"/api/v1/filesystems", "/api/v1/filesystems"),
+    ("DELETE", r"/api/v1/filesystems/(?P<id>[^/]+)", "/api/v1/filesystems/{id}"),
 ]
 REGION_NAMES = {"us-east-1": "Virginia, USA", "us-west-1": "California, USA", "us-south-1": "Texas, USA",
                 "europe-central-1": "Germany", "asia-northeast-1": "Tokyo, Japan"}
@@ -113,6 +116,7 @@ class FakeLambda:
         self.instances: dict[str, dict[str, Any]] = {}
         self.user_data: dict[str, str] = {}
         self.ssh_keys: list[dict[str, Any]] = []
+        self.file_systems: dict[str, dict[str, Any]] = {}  # id -> Filesystem (without is_in_use)
         self.faults: list[dict[str, Any]] = []
         self.violations: list[str] = []
         self.requests: list[tuple[str, str, int]] = []
@@ -326,11 +330,17 @@ class FakeLambda:
             if self.capacity[(name, region)] <= 0:
                 return 400, error("instance-operations/launch/insufficient-capacity",
                                   "Not enough capacity to fulfill launch request.")
+            names = body.get("file_system_names") or []
+            known = {fs["name"]: fs for fs in self.file_systems.values()}
+            missing = [n for n in names if n not in known or known[n]["region"]["name"] != region]
+            if missing:
+                return 404, error("global/object-does-not-exist",
+                                  f"Filesystem {missing[0]} does not exist in region {region}.")
             self.capacity[(name, region)] -= 1
             iid = uuid.uuid4().hex
             self.instances[iid] = {
                 "id": iid, "name": body.get("name"), "status": "booting", "ssh_key_names": body["ssh_key_names"],
-                "file_system_names": [], "region": {"name": region, "description": REGION_NAMES.get(region, region)},
+                "file_system_names": names, "region": {"name": region, "description": REGION_NAMES.get(region, region)},
                 "instance_type": self.types[name], "hostname": f"{iid[:8]}.lambda.test",
                 "actions": _actions(), "tags": body.get("tags", []), "_launched": time.monotonic(),
             }
@@ -367,6 +377,39 @@ class FakeLambda:
         with self._lock:
             self.ssh_keys = [k for k in self.ssh_keys if k["id"] != params["id"]]
         return 200, {"data": {}}
+
+
+    def _file_system(self, fs: dict[str, Any]) -> dict[str, Any]:
+        in_use = any(fs["name"] in i["file_system_names"] and i["status"] not in ("terminated", "terminating")
+                     and i["region"]["name"] == fs["region"]["name"] for i in self.instances.values())
+        return {**fs, "is_in_use": in_use}
+
+    def _get_api_v1_file_systems(self, params: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            return 200, {"data": [self._file_system(fs) for fs in self.file_systems.values()]}
+
+    def _post_api_v1_filesystems(self, params: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            if any(fs["name"] == body["name"] for fs in self.file_systems.values()):
+                return 400, error("global/duplicate", "A filesystem with this name already exists.")
+            fid = uuid.uuid4().hex
+            self.file_systems[fid] = {
+                "id": fid, "name": body["name"], "mount_point": f"/lambda/nfs/{body['name']}",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created_by": {"id": "u1", "email": "team@example.com", "status": "active"},
+                "region": {"name": body["region"], "description": REGION_NAMES.get(body["region"], body["region"])},
+            }
+            return 200, {"data": self._file_system(self.file_systems[fid])}
+
+    def _delete_api_v1_filesystems_id(self, params: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            fs = self.file_systems.get(params["id"])
+            if fs is None:
+                return 404, error("global/object-does-not-exist", "Filesystem was not found.")
+            if self._file_system(fs)["is_in_use"]:
+                return 400, error("filesystems/filesystem-in-use", "Filesystem is in use by an instance.")
+            del self.file_systems[params["id"]]
+            return 200, {"data": {"deleted_ids": [params["id"]]}}
 
 
 def _actions() -> dict[str, Any]:

@@ -131,7 +131,8 @@ class VMHost:
 
     def boot(self, script: str, env: dict[str, str], *, sshd: bool = False, ssh_user: str = "ubuntu",
              loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = (),
-             sshd_env: dict[str, str] | None = None, private_dirs: list[str] = ()) -> subprocess.Popen[bytes]:
+             sshd_env: dict[str, str] | None = None, private_dirs: list[str] = (),
+             binds: list[tuple[str, str]] = ()) -> subprocess.Popen[bytes]:
         """Boot like a cloud VM from a stock image: the user data runs as root, chrooted into a private
         overlay of the stock OS tree (tests/stock_tree.py), with /opt/dstack a tmpfs of the VM's own,
         Docker's client and socket as the ECS AMI has them (served by a podman service in the VM's
@@ -166,6 +167,10 @@ class VMHost:
             f"cp {w}/user-data.sh {root}/var/lib/user-data.sh",
             # Directories of the machine that are the VM's own (where an SSH fleet installs its agent).
             *[f"mkdir -p {d} && mount -t tmpfs -o mode=755 tmpfs {d}" for d in private_dirs],
+            # Directories of this machine at `target` in the VM, inside and outside its chroot (a network
+            # file system the provider mounts, e.g. Lambda's /lambda/nfs/NAME).
+            *[f"mkdir -p {t} {root}{t} && mount --bind {src} {t} && mount --bind {src} {root}{t}"
+              for src, t in binds],
         ]
         if host_cgroups():  # `ip netns exec` remounts /sys: give the VM the host's cgroups (for containers)
             lines.append(f"mount --rbind {HOST_CGROUPS} /sys/fs/cgroup && mount --rbind {HOST_CGROUPS} {root}/sys/fs/cgroup")

@@ -114,6 +114,15 @@ class LambdaAPI:
         return self._request("POST", "/instance-operations/terminate",
                              json={"instance_ids": instance_ids})["terminated_instances"]
 
+    def file_systems(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/file-systems")
+
+    def create_file_system(self, *, name: str, region: str) -> dict[str, Any]:
+        return self._request("POST", "/filesystems", json={"name": name, "region": region})
+
+    def delete_file_system(self, file_system_id: str) -> None:
+        self._request("DELETE", f"/filesystems/{file_system_id}")
+
     def ssh_keys(self) -> list[dict[str, Any]]:
         return self._request("GET", "/ssh-keys")
 

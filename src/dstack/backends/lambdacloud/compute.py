@@ -25,6 +25,7 @@ from dstack.backends.base import (
     LaunchedInstance,
     LaunchError,
     LaunchIntent,
+    ProvisionedVolume,
     Requirements,
     SSHJump,
     cloud_gaps,
@@ -35,6 +36,7 @@ from dstack.backends.lambdacloud.api import LambdaAPI, LambdaAPIError
 from dstack.backends.lambdacloud.configurator import s3_client
 from dstack.backends.lambdacloud.models import LambdaBackendConfig
 from dstack.backends.lambdacloud.userdata import user_data
+from dstack.backends.lambdacloud.volumes import LambdaFileSystems
 from dstack.core.errors import BackendError
 from dstack.core.gpus import normalize_gpu_name
 from dstack.core.hostkeys import pinned_ssh_options, write_known_hosts
@@ -68,6 +70,7 @@ class LambdaCompute(Compute):
         self.config = config
         self.ctx = ctx
         self.api = LambdaAPI(config.api_key, config.base_url)
+        self.file_systems = LambdaFileSystems(self.api)
         self._s3: Any = None
         self._region: str | None = None
         self._types: tuple[float, dict[str, Any]] | None = None
@@ -182,6 +185,29 @@ class LambdaCompute(Compute):
             self._ssh_key_name = name
         return name
 
+    # --- network volumes: file systems (backends/lambdacloud/volumes.py) ------------------------
+    def volumes_unsupported(self, *, region: str | None = None) -> str | None:
+        return None
+
+    def create_volume(self, *, project: str, name: str, region: str, availability_zone: str | None,
+                      size_gb: float, tags: dict[str, str], request_id: str) -> ProvisionedVolume:
+        return self.file_systems.create(name=name, region=region)  # Lambda's file systems have no size
+
+    def register_volume(self, *, region: str, volume_id: str) -> ProvisionedVolume:
+        found = self.file_systems.find(volume_id)
+        if found.region != region:
+            raise BackendError(f"Lambda file system {volume_id} is in {found.region}, not {region}")
+        return found
+
+    def volume_state(self, *, volume: ProvisionedVolume) -> ProvisionedVolume:
+        return self.file_systems.find(volume.volume_id)
+
+    def delete_volume(self, *, volume: ProvisionedVolume) -> None:
+        self.file_systems.delete(volume)
+
+    def volume_mount(self, *, volume: ProvisionedVolume, name: str, device: str) -> dict[str, Any]:
+        return {"kind": "dir", "source": volume.data["mount_point"]}
+
     def launch(self, *, job: JobLaunch, offer: Offer) -> LaunchedInstance:
         _, digest = agent_package()
         expires_in = min(MAX_PRESIGN_SECONDS, (job.max_duration or MAX_PRESIGN_SECONDS) + 3600)
@@ -195,6 +221,7 @@ class LambdaCompute(Compute):
             ids = self.api.launch(
                 region_name=offer.region, instance_type_name=offer.instance_type, ssh_key_names=[self._ssh_key()],
                 name=f"dstack-{job.run_name}"[:64], user_data=script,
+                file_system_names=[v.data["name"] for v in job.volumes],
                 tags=[{"key": "dstack-project", "value": job.project[:128]},
                       {"key": "dstack-job", "value": job.job_id},
                       *({"key": k, "value": v} for k, v in job.tags.items()
