@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,19 @@ MOTO_ROLE_WORKAROUND = {
     "Statement": [{"Effect": "Allow", "Action": ["logs:PutLogEvents", "logs:CreateLogStream",
                                                  "secretsmanager:GetSecretValue"], "Resource": "*"}],
 }
+
+
+# http.server's HTTPServer looks its address up in DNS before it listens (none in a VM): a plain
+# TCP server instead.
+METADATA_STUB = """\
+import http.server, socketserver
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"metadata")
+    do_PUT = do_GET
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("169.254.169.254", 80), Handler).serve_forever()
+"""
 
 
 @dataclass
@@ -62,6 +76,12 @@ class FakeEC2Cloud:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.disks: dict[str, str] = {}  # EBS volume id -> the loop device standing in for it
+        # A bridge of this machine that every VM joins with its instance's private IP (moto's), as the
+        # instances of one VPC reach each other at those addresses.
+        self.private_bridge: str | None = None
+        # A stand-in for the instance metadata service in every VM (169.254.169.254:80, answering 200),
+        # so that a test can tell who may reach it.
+        self.metadata_service = False
 
     def start(self) -> FakeEC2Cloud:
         self._prepared: dict[str, VMHost] = {}
@@ -157,8 +177,19 @@ class FakeEC2Cloud:
         self.booted[iid] = Booted(iid, host, time.monotonic(), {t["Key"]: t["Value"] for t in inst.get("Tags", [])},
                                   profile)
         env.update(self.vm_env)
+        if self.private_bridge and inst.get("PrivateIpAddress"):
+            # One L2 network for the private range moto draws from (its addresses ignore the subnets' CIDRs).
+            private = inst["PrivateIpAddress"]
+            prefix = 8 if private.startswith("10.") else 12 if private.startswith("172.") else 16
+            host.join_bridge(self.private_bridge, f"{private}/{prefix}")
+        init = []
+        if self.metadata_service:
+            host.workdir.mkdir(parents=True, exist_ok=True)
+            (host.workdir / "metadata.py").write_text(METADATA_STUB)
+            init = ["ip addr add 169.254.169.254/32 dev lo",
+                    f"setsid {sys.executable} {host.workdir}/metadata.py >{host.workdir}/metadata.log 2>&1 < /dev/null &"]
         host.boot(script, env, sshd=True, ssh_user="ec2-user", loopback_forwards=[(self.aws.port, self.vm_aws_proxy.port if self.vm_aws_proxy else self.aws.port),
-                                   *[(p, p) for p in self.vm_loopback_ports]])
+                                   *[(p, p) for p in self.vm_loopback_ports]], init=init)
 
     def _role_credentials(self, profile_name: str) -> dict[str, str]:
         """What IMDS would give the instance: temporary keys of its profile's role."""

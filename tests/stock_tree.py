@@ -1,5 +1,5 @@
 """A stock cloud image's root file system for the VM hosts: Debian bullseye minbase (its `python3`
-is 3.9, with no pip, boto3 or psutil; OpenSSH's server, as every cloud image has) built once per machine with debootstrap from the mirror apt is
+is 3.9, with no pip, boto3 or psutil; OpenSSH's server and iptables, as cloud images with Docker have) built once per machine with debootstrap from the mirror apt is
 configured with, and cached. The VM hosts run the user data chrooted into a private overlay of it,
 so what a stock image lacks, the tests lack too.
 
@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 CACHE = Path(os.environ.get("DSTACK_TEST_STOCK_TREE_CACHE", "/var/cache/dstack-test"))
-TREE = CACHE / "bullseye-minbase-python3-sshd"
+TREE = CACHE / "bullseye-minbase-python3-sshd-iptables"
 SUITE = "bullseye"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -74,7 +74,7 @@ def stock_tree() -> Path:
         building = CACHE / f"{TREE.name}.building"
         shutil.rmtree(building, ignore_errors=True)
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,openssh-server", SUITE, str(building),
+            ["debootstrap", "--variant=minbase", "--include=python3,openssh-server,iptables", SUITE, str(building),
              apt_mirror()],
             capture_output=True, text=True, timeout=1200)
         if result.returncode != 0:

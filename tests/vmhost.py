@@ -132,7 +132,7 @@ class VMHost:
     def boot(self, script: str, env: dict[str, str], *, sshd: bool = False, ssh_user: str = "ubuntu",
              loopback_forwards: list[tuple[int, int]] = (), authorized_keys: list[str] = (),
              sshd_env: dict[str, str] | None = None, private_dirs: list[str] = (),
-             binds: list[tuple[str, str]] = ()) -> subprocess.Popen[bytes]:
+             binds: list[tuple[str, str]] = (), init: list[str] = ()) -> subprocess.Popen[bytes]:
         """Boot like a cloud VM from a stock image: the user data runs as root, chrooted into a private
         overlay of the stock OS tree (tests/stock_tree.py), with /opt/dstack a tmpfs of the VM's own,
         Docker's client and socket as the ECS AMI has them (served by a podman service in the VM's
@@ -215,6 +215,7 @@ class VMHost:
             lines.append(f"{sys.executable} -c 'import socket,time\nfor _ in range(100):\n    try:\n        "
                          f"socket.create_connection((\"127.0.0.1\", {vm_port}), 0.2).close(); break\n    "
                          f"except OSError: time.sleep(0.05)'")
+        lines += list(init)  # what a test adds to the machine (in its namespaces, outside the image)
         lines.append(f"exec chroot {root} /bin/bash /var/lib/user-data.sh")
         (w / "init.sh").write_text("\n".join(lines) + "\n")
         Path("/opt/dstack").mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from dstack.agent.cloud import fetch_secrets, terminate_own_instance
 from dstack.agent.container import PullError, Runtime, env_file, find_runtime, machine_has_nvidia_gpus
 from dstack.agent.container import spec_from as container_spec
 from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
+from dstack.agent.metadata_guard import GuardError, guard_metadata
 from dstack.agent.metrics import Sampler
 from dstack.agent.process import create_time, kill_tree
 from dstack.agent.sandbox import (
@@ -45,6 +46,9 @@ from dstack.agent.volumes import unmount_all
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage
 from dstack.storage.layout import artifact_key
+
+# How long a node waits for the others' addresses (they are launched one after another).
+NODES_TIMEOUT = 1800.0
 
 
 class StoppedBeforeStart(Exception):
@@ -163,6 +167,8 @@ class JobRunner:
         if self.stop_request is not None:
             self.write_status("stopped")
             return 0
+        if self.spec.get("nodes_pending") and not self._wait_for_nodes():
+            return 0 if self.stop_request is not None else 1
         logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
         try:
             ws = self._workspace(image=image, sandbox=sandbox, credentials=credentials, logs=logs)
@@ -176,6 +182,13 @@ class JobRunner:
         prepared = None
         cwd_host = ws.host_path(cwd_job)
         session_env: dict[str, str] = {}  # what an SSH session into the job gets (a container's: its own)
+        if image and self.spec.get("network") == "host" and self.spec.get("metadata_guard"):
+            try:
+                guard_metadata()
+            except GuardError as exc:
+                logs.close()
+                self.write_status("failed", reason=str(exc))
+                return 1
         if image:
             try:
                 popen_kwargs = self._container_command(ws, cwd_job, secrets, logs)
@@ -264,6 +277,24 @@ class JobRunner:
             self.storage.put_json(self._key("ssh.json"), {**published, "t": time.time()})
 
         threading.Thread(target=start, name="sshd", daemon=True).start()
+
+    def _wait_for_nodes(self) -> bool:
+        """A multi-node task's node launched before the others: their addresses come in nodes.json
+        (the server writes it once every node has an instance). False: stopped, or never came."""
+        deadline = time.monotonic() + NODES_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.stop_request is not None:
+                self.write_status("stopped")
+                return False
+            nodes = self.storage.get_json(self._key("nodes.json"))
+            if isinstance(nodes, dict):
+                self.spec["env"] = {**(self.spec.get("env") or {}), **nodes["env"]}
+                if nodes.get("mpi_hostfile"):
+                    self.spec["mpi_hostfile"] = nodes["mpi_hostfile"]
+                return True
+            time.sleep(1.0)
+        self.write_status("failed", reason=f"the other nodes' addresses did not come within {NODES_TIMEOUT:.0f} s")
+        return False
 
     def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
                    logs: LogWriter) -> workspace.Workspace:

@@ -198,6 +198,11 @@ class Compute(abc.ABC):
     def get_offers(self, requirements: Requirements) -> list[Offer]:
         """Every candidate instance; the offers service filters and sorts them."""
 
+    def multinode_unsupported(self) -> str | None:
+        """Why this backend cannot launch a multi-node task's instances (None if it can: each node's
+        LaunchedInstance has `private_ip` at once, and `availability_zone` where zones exist)."""
+        return f"the {self.TYPE} backend cannot launch multi-node tasks yet (use an SSH fleet or AWS)"
+
     def fleets_unsupported(self) -> str | None:
         """Why this backend cannot launch fleet instances (None if it can: `launch` of a JobLaunch
         with `fleet_instance` starts an agent that waits for jobs, see agent/instance.py)."""

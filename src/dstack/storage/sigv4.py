@@ -9,6 +9,7 @@ EC2's TerminateInstances. Endpoints follow the AWS SDKs: regional, virtual-hoste
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import hmac
@@ -16,6 +17,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import threading
 import time
 import urllib.error
@@ -56,18 +58,45 @@ class Credentials:
             return self._cached[0], self._cached[1], self._cached[2]
 
 
+# The agent's own metadata requests carry this firewall mark: on an instance whose job shares the
+# host's network, only marked packets may reach the metadata service (agent/metadata_guard.py).
+# Setting a mark needs CAP_NET_ADMIN, which a job's container does not have.
+IMDS_MARK = 0x64737463
+_SO_MARK = 36
+
+
+class _MarkedConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):  # not root: no mark, and no guard installed by it either
+            sock.setsockopt(socket.SOL_SOCKET, _SO_MARK, IMDS_MARK)
+        sock.settimeout(self.timeout)
+        sock.connect((self.host, self.port))
+        self.sock = sock
+
+
+def _imds(method: str, path: str, headers: dict[str, str]) -> bytes:
+    conn = _MarkedConnection(IMDS.split("//", 1)[1], timeout=5)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise urllib.error.HTTPError(IMDS + path, response.status, response.reason, response.headers, None)
+        return body
+    finally:
+        conn.close()
+
+
 def _instance_role_credentials() -> tuple[str, str, str | None, float]:
     if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         raise AWSError(0, "NoCredentials", "no AWS credentials in the environment and the metadata service is off")
-    token_request = urllib.request.Request(f"{IMDS}/latest/api/token", method="PUT",
-                                           headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
-    token = with_retries(lambda: urllib.request.urlopen(token_request, timeout=5).read().decode())
+    token = with_retries(lambda: _imds("PUT", "/latest/api/token",
+                                       {"X-aws-ec2-metadata-token-ttl-seconds": "21600"}).decode())
     headers = {"X-aws-ec2-metadata-token": token}
-    base = f"{IMDS}/latest/meta-data/iam/security-credentials/"
-    role = with_retries(lambda: urllib.request.urlopen(
-        urllib.request.Request(base, headers=headers), timeout=5).read().decode().split()[0])
-    data = json.loads(with_retries(lambda: urllib.request.urlopen(
-        urllib.request.Request(base + role, headers=headers), timeout=5).read()))
+    base = "/latest/meta-data/iam/security-credentials/"
+    role = with_retries(lambda: _imds("GET", base, headers).decode().split()[0])
+    data = json.loads(with_retries(lambda: _imds("GET", base + role, headers)))
     expires = _dt.datetime.strptime(data["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
     return data["AccessKeyId"], data["SecretAccessKey"], data.get("Token"), expires.timestamp()
 

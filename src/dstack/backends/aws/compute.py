@@ -250,6 +250,9 @@ class AWSCompute(Compute):
     def fleets_unsupported(self) -> str | None:
         return None
 
+    def multinode_unsupported(self) -> str | None:
+        return None
+
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         group = cw.job_group(self.config.bucket, job.project)
         stream = job.job_prefix.split("/runs/", 1)[-1].split("/", 1)[-1].replace("/jobs/", "/")
@@ -269,6 +272,8 @@ class AWSCompute(Compute):
             "logs": {"type": "cloudwatch", "group": group, "stream": stream, "region": self.config.region},
             "runner_logs": {"type": "cloudwatch", "group": runners, "stream": stream, "region": self.config.region},
             "terminate": {"type": "aws", "region": self.config.region},
+            # A job on the host network (a multi-node task's) is kept from the instance role's credentials.
+            "metadata_guard": True,
         }
         extras.update(cloud_ssh_extras(job))
         if not job.image:  # every cloud job runs in a container
@@ -356,7 +361,8 @@ class AWSCompute(Compute):
                                                                   "region": self.config.region})
         return LaunchedInstance(instance_id=instance_id, region=self.config.region, data={
             "instance_id": instance_id, "private_ip": instance.get("PrivateIpAddress"),
-            "subnet": instance.get("SubnetId"), "spot": offer.spot, "launched_at": time.time()})
+            "subnet": instance.get("SubnetId"), "spot": offer.spot, "launched_at": time.time(),
+            "availability_zone": (instance.get("Placement") or {}).get("AvailabilityZone")})
 
     def _run_instances(self, request: dict[str, Any]) -> dict[str, Any]:
         # A new instance profile takes a few seconds to be usable by EC2: every documented propagation

@@ -100,3 +100,19 @@ def filter_offers(backend_type: str, candidates: list[Offer], requirements: Requ
             search.rejections.append(f"{backend_type}: no instances match the spot policy, regions and "
                                      "instance_types")
     return search
+
+
+def multinode_backends(ctx: ServerContext, project: ProjectModel,
+                       backend_types: list[str]) -> tuple[list[str], list[str]]:
+    """(backends that can launch a multi-node task's instances, why the others cannot)."""
+    usable, reasons = [], []
+    for backend in backend_types:
+        if backend in ("local", "ssh"):
+            continue
+        why = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
+                          backend_type=backend).multinode_unsupported()
+        if why:
+            reasons.append(why)
+        else:
+            usable.append(backend)
+    return usable, reasons

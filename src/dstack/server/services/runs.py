@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import requirements_for
 from dstack.core.configurations import not_supported_yet
@@ -30,7 +31,7 @@ from dstack.server.context import ServerContext
 from dstack.server.failpoints import failpoint
 from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, new_id, utcnow
 from dstack.server.services import fleets as fleets_svc
-from dstack.server.services.offers import OfferSearch, find_offers
+from dstack.server.services.offers import OfferSearch, find_offers, multinode_backends
 from dstack.server.services.repos import check_repo, code_exists
 from dstack.server.services.volumes import resolve_run_volumes
 from dstack.storage.layout import job_prefix
@@ -83,15 +84,25 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
         ctx=ctx, project=project, requirements=requirements,
         backend_types=fleets_svc.fleet_backend_types(backend_types, conf.backends), fleets=conf.fleets)
     nodes = getattr(conf, "nodes", 1)
-    if nodes > 1:  # all nodes on the hosts of one SSH fleet (see workers/nodes.py)
+    if nodes > 1:  # the hosts of one SSH fleet, else N cloud instances of one offer (workers/nodes.py)
         idle = await fleets_svc.idle_offers(ctx=ctx, project=project, requirements=requirements,
                                             backend_types=["ssh"], fleets=conf.fleets)
-        if len(idle) < nodes:
+        if len(idle) >= nodes:
+            search = OfferSearch(offers=idle)
+        elif conf.fleets or conf.creation_policy == "reuse":
             raise NoOffersError(f"nodes: {nodes} needs {nodes} idle hosts of one SSH fleet that fit the run (there "
-                                f"are {len(idle)}); multi-node tasks run on SSH fleets for now",
-                                fix="Apply an SSH fleet (`type: fleet` with `ssh_config`) with enough hosts, or "
-                                    "wait for its hosts to be idle")
-        search = OfferSearch(offers=idle)
+                                f"are {len(idle)}), and the run may not launch instances",
+                                fix="Apply an SSH fleet with enough hosts, wait for its hosts to be idle, or drop "
+                                    "`fleets`/`creation_policy`")
+        else:
+            cloud, reasons = multinode_backends(ctx, project, backend_types)
+            search = await find_offers(ctx=ctx, project=project, backend_types=cloud, requirements=requirements)
+            search.rejections[:0] = reasons
+            if not cloud:
+                raise NoOffersError(f"nodes: {nodes} needs {nodes} idle hosts of one SSH fleet (there are "
+                                    f"{len(idle)}) or a backend that launches multi-node tasks: "
+                                    f"{'; '.join(reasons) or 'the project has none'}",
+                                    fix="Add an AWS backend, or apply an SSH fleet with enough hosts")
     elif conf.creation_policy == "reuse" or conf.fleets:
         if not idle:
             named = ", ".join(conf.fleets or []) or "the project's fleets"
@@ -424,6 +435,22 @@ def set_job_status(
     run.reason = reason
     run.exit_code = job.exit_code
     run.finished_at = now if status in FINISHED_STATUSES else None
+
+
+async def settle_multinode_runs(ctx: ServerContext) -> None:
+    """A multi-node run's status again from its nodes as committed: two nodes that changed at once
+    (in two transactions) each saw the other's old status, so the last one to commit may have left
+    the run behind (e.g. terminating with every node stopped)."""
+    async with ctx.db.session() as session:
+        runs = list(await session.scalars(
+            select(RunModel).where(RunModel.status.in_(ACTIVE_STATUSES),
+                                   RunModel.id.in_(select(JobModel.run_id).where(JobModel.job_num > 0)))
+            .options(selectinload(RunModel.jobs))))
+        for run in runs:
+            master = master_job(run)
+            if master is not None:
+                _aggregate_nodes(master, run, utcnow())
+        await session.commit()
 
 
 def _nodes(run: RunModel) -> int:

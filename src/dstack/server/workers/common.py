@@ -46,3 +46,13 @@ async def for_each(ids: Iterable[str], handle: Callable[[str], Awaitable[None]])
             await handle(job_id)
 
     await asyncio.gather(*(_one(i) for i in ids))
+
+
+async def record_intent(ctx: ServerContext, job_id: str, intent: Any) -> None:
+    """Before a launch call: what is about to be launched (a LaunchIntent), committed, so that a
+    crash cannot hide it (the reconciler finds the instance by it)."""
+    async with ctx.db.session() as session:
+        await session.execute(update(JobModel).where(JobModel.id == job_id)
+                              .values(launch_intent=intent.model_dump_json())
+                              .execution_options(synchronize_session=False))
+        await session.commit()

@@ -1,10 +1,7 @@
 """Multi-node tasks (`nodes: N`): the master's job (node 0) is scheduled for the whole run. It takes
-N idle hosts of one SSH fleet at once, or none (all or nothing); each node's job gets upstream's
-DSTACK_NODES_* variables with the hosts' addresses and runs on the host's network, so the nodes
-reach each other at those addresses.
-
-Cloud instances are not taken for multi-node tasks yet: a job on the host network of a cloud
-instance could reach the instance's metadata service, and with it the instance role."""
+N idle hosts of one SSH fleet at once, else launches N cloud instances (cloud_nodes.py); all or
+nothing either way. Each node's job gets upstream's DSTACK_NODES_* variables with the nodes'
+addresses and runs on the host's network, so the nodes reach each other at those addresses."""
 
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectMod
 from dstack.server.services.fleets import allocate, instance_fits
 from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.runs import set_job_status
+from dstack.server.workers.cloud_nodes import addresses_env, launch_nodes, node_env
 from dstack.server.workers.fleet_jobs import release_fleet_instance, run_on_fleet_instance
 
 # Upstream's variable: a pre-populated MPI hostfile, one node a line ("ADDRESS slots=GPUS").
@@ -33,7 +31,7 @@ def node_address(instance: InstanceModel) -> str:
 
 async def provision_nodes(ctx: ServerContext, *, master_id: str, project: ProjectModel, run_spec: RunSpec,
                           run_name: str, run_id: str, requirements: Requirements, secrets: dict[str, str],
-                          launch: JobLaunch, archives: dict[str, bytes]) -> str | None:
+                          launch: JobLaunch, archives: dict[str, bytes], backend_types: list[str]) -> str | None:
     """Start every node, or none: None when they were assigned, else why not (no capacity)."""
     conf = run_spec.configuration
     count = conf.nodes
@@ -60,23 +58,26 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
         taken = await _take(ctx, instances, jobs, requirements)
         if taken:
             break
+    gpus = _gpus_per_node(run_spec)
     if not taken:
         best = max((len(v) for v in by_fleet.values()), default=0)
-        return (f"nodes: {count} needs {count} idle hosts of one SSH fleet that fit the run "
-                f"(the best fleet has {best}); multi-node tasks run on SSH fleets for now")
+        if conf.fleets or conf.creation_policy == "reuse":
+            return (f"nodes: {count} needs {count} idle hosts of one SSH fleet that fit the run "
+                    f"(the best fleet has {best}); the run may not launch instances")
+        why = await launch_nodes(ctx, jobs=jobs, project=project, run_spec=run_spec, run_name=run_name,
+                                 run_id=run_id, requirements=requirements, secrets=secrets, launch=launch,
+                                 archives=archives, backend_types=backend_types, gpus=gpus, hostfile=MPI_HOSTFILE)
+        if why and best:
+            why += f"; no SSH fleet has {count} idle hosts that fit (the best has {best})"
+        return why
     addresses = [node_address(i) for i in taken]
-    gpus = _gpus_per_node(run_spec)
     for job, instance in zip(jobs, taken, strict=True):
         spec = build_job_spec(settings=ctx.settings, run_spec=run_spec, run_name=run_name, run_id=run_id,
                               job_id=job.id, secrets=secrets)
-        spec["env"].update({
-            "DSTACK_NODES_NUM": str(count), "DSTACK_NODE_RANK": str(job.job_num),
-            "DSTACK_MASTER_NODE_IP": addresses[0], "DSTACK_NODES_IPS": "\n".join(addresses),
-            "DSTACK_GPUS_PER_NODE": str(gpus), "DSTACK_GPUS_NUM": str(gpus * count)})
+        shared = addresses_env(addresses, gpus=gpus, hostfile=MPI_HOSTFILE)
+        spec["env"].update({**node_env(count=count, rank=job.job_num, gpus=gpus), **shared["env"]})
         spec["network"] = "host"
-        spec["env"]["DSTACK_MPI_HOSTFILE"] = MPI_HOSTFILE
-        spec["mpi_hostfile"] = {"path": MPI_HOSTFILE,
-                                "content": "".join(f"{a} slots={gpus or 1}\n" for a in addresses)}
+        spec["mpi_hostfile"] = shared["mpi_hostfile"]
         node_launch = launch.model_copy(update={"job_id": job.id, "job_prefix": job.storage_prefix})
         await run_on_fleet_instance(ctx, job_id=job.id, project=project, instance=instance, launch=node_launch,
                                     spec=spec, archives=archives)

@@ -23,7 +23,14 @@ from dstack.server.failpoints import failpoint
 from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
-from dstack.server.services.runs import WAITING_FOR_CAPACITY, add_agent_events, new_job, reschedule, set_job_status
+from dstack.server.services.runs import (
+    WAITING_FOR_CAPACITY,
+    add_agent_events,
+    new_job,
+    reschedule,
+    set_job_status,
+    settle_multinode_runs,
+)
 from dstack.server.workers.common import for_each, release_lease, try_lease
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
@@ -48,6 +55,7 @@ async def reconcile_once(ctx: ServerContext) -> None:
             select(JobModel.id).where(or_(JobModel.status.in_(_FOLLOWED), JobModel.instance_terminated.is_(False)))
         ))
     await for_each(ids, lambda job_id: _reconcile(ctx, job_id))
+    await settle_multinode_runs(ctx)
     if time.monotonic() - ctx.last_reap >= ctx.settings.reaper_interval:
         ctx.last_reap = time.monotonic()
         await _reap(ctx)

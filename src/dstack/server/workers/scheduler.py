@@ -40,7 +40,7 @@ from dstack.server.services.runs import (
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
-from dstack.server.workers.common import for_each, release_lease
+from dstack.server.workers.common import for_each, record_intent, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
@@ -188,7 +188,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
     if getattr(run_spec.configuration, "nodes", 1) > 1:  # every node at once, or none
         why = await provision_nodes(ctx, master_id=job_id, project=project, run_spec=run_spec, run_name=run.name,
                                     run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
-                                    archives=archives)
+                                    archives=archives, backend_types=backend_types)
         if why:
             await _no_capacity(ctx, job_id, why, run_spec)
         return
@@ -222,7 +222,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                               backend_type=offer.backend)
         try:
             extras = await asyncio.to_thread(stage_job, compute, launch, spec, archives)
-            await _record_intent(ctx, job_id, LaunchIntent(job_id=job_id, job_prefix=launch.job_prefix, offer=offer,
+            await record_intent(ctx, job_id, LaunchIntent(job_id=job_id, job_prefix=launch.job_prefix, offer=offer,
                                                            read_keys=launch.read_keys, at=time.time()))
             failpoint("before-launch")
             instance = await asyncio.to_thread(compute.launch, job=launch, offer=offer)
@@ -274,15 +274,6 @@ async def _record_backend_warnings(session: AsyncSession, *, project_id: str, at
             backend.warning = backend.warning_at = None
         elif attempt.backend in broken and attempt.reason:
             backend.warning, backend.warning_at = attempt.reason, utcnow()
-
-
-async def _record_intent(ctx: ServerContext, job_id: str, intent: LaunchIntent) -> None:
-    """Before the cloud call: what is about to be launched, committed, so a crash cannot hide it."""
-    async with ctx.db.session() as session:
-        await session.execute(update(JobModel).where(JobModel.id == job_id)
-                              .values(launch_intent=intent.model_dump_json())
-                              .execution_options(synchronize_session=False))
-        await session.commit()
 
 
 async def _fail(ctx: ServerContext, job_id: str, reason: str) -> None:
