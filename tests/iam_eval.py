@@ -96,6 +96,10 @@ def requests_for(call: dict[str, Any], account: str,
             return [AuthRequest("ec2:TerminateInstances", f"arn:aws:ec2:{region}:{account}:instance/{iid}",
                                 {f"aws:ResourceTag/{k}": v for k, v in instance_tags(iid).items()})
                     for iid in params["InstanceIds"]]
+        if op == "DeletePlacementGroup":
+            group = params["GroupName"]
+            return [AuthRequest("ec2:DeletePlacementGroup", f"arn:aws:ec2:{region}:{account}:placement-group/{group}",
+                                {f"aws:ResourceTag/{k}": v for k, v in instance_tags(group).items()})]
         if op == "DeleteVolume":
             volume = params["VolumeId"]
             return [AuthRequest("ec2:DeleteVolume", f"arn:aws:ec2:{region}:{account}:volume/{volume}",

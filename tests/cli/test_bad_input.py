@@ -80,7 +80,7 @@ def test_a_fleet_the_project_cannot_launch_is_one_line_naming_why(env: Env, serv
                                            "  hosts: [10.0.0.1]\n")
     assert_one_line_error(env.cli("apply", "-y", "-f", "fleet.dstack.yml", cwd=repo),
                           "ssh_config.identity_file: cannot read", "Point identity_file at the private key")
-    assert_one_line_error(env.cli("delete", "ghost", "-y", cwd=repo), "fleet 'ghost' does not exist",
+    assert_one_line_error(env.cli("delete", "ghost", "-y", cwd=repo), "no fleet or volume 'ghost' in project 'main'",
                           "dstack fleet")
     assert env.cli("fleet", cwd=repo).stdout.startswith("No fleets")
 

@@ -3,14 +3,16 @@ runs without a new RunInstances, terminated after its `idle_duration`; all under
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from dstack.backends.aws.iam_policy import policy
+from dstack.backends.aws.iam_policy import OPTIONAL_ACTIONS, optional_statements, policy
 from tests.aws_harness import ACCOUNT, MotoAWS
-from tests.e2e.aws_stack import BUCKET, Stack, make_stack
+from tests.e2e.aws_stack import BUCKET, REGION, Stack, make_stack
+from tests.ec2_placement import PlacementGroups
 from tests.harness import Env, wait_for
 from tests.iam_eval import violations
 
@@ -127,3 +129,77 @@ def test_deleting_a_fleet_terminates_its_instances_and_a_busy_one_is_refused(sta
     wait_for(lambda: {i["State"]["Name"] for i in stack.instances()} == {"terminated"}, 60,
              message="EC2 to report the instance terminated")
     assert _launches(stack) == 1
+
+
+CLUSTER = """\
+type: fleet
+name: cluster
+nodes: 2
+placement: cluster
+resources:
+  cpu: 2..
+  memory: 4GB..
+idle_duration: off
+"""
+
+NODES = """\
+type: task
+name: {name}
+nodes: 2
+fleets: [cluster]
+commands:
+  - echo "rank $DSTACK_NODE_RANK of $DSTACK_NODES_NUM, master $DSTACK_MASTER_NODE_IP"
+resources:
+  cpu: 2..
+  memory: 4GB..
+"""
+
+
+def test_cluster_fleet_needs_the_clusters_statement_and_serves_a_multinode_task(stack: Stack) -> None:
+    placement = PlacementGroups(stack.aws, user="dstack-user", region=REGION)  # moto has no placement groups
+    stack.proxy.rule, stack.proxy.transform = placement.rule, placement.observe
+    (stack.repo / "cluster.yml").write_text(CLUSTER)
+    refused = stack.env.cli("apply", "-y", "-f", "cluster.yml", cwd=stack.repo, timeout=60)
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0 and "placement: cluster" in message, message
+    assert all(a in message for a in OPTIONAL_ACTIONS["clusters"][0]) and "--with clusters" in message, message
+    stack.aws.client("iam").put_user_policy(
+        UserName="dstack-user", PolicyName="dstack-clusters",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": optional_statements(BUCKET, ["clusters"])}))
+    result = stack.env.cli("apply", "-y", "-f", "cluster.yml", cwd=stack.repo, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    fleet = _fleet(stack, "cluster")
+    assert [i["status"] for i in fleet["instances"]] == ["idle", "idle"], fleet
+    instances = stack.instances()
+    [group] = placement.groups
+    assert placement.groups[group]["strategy"] == "cluster" and placement.groups[group]["tags"] == {
+        "dstack_bucket": BUCKET}
+    assert placement.members[group] == {i["InstanceId"] for i in instances}
+    assert len({i["Placement"]["AvailabilityZone"] for i in instances}) == 1
+    assert len({i["InstanceType"] for i in instances}) == 1
+
+    # A 2-node task takes both idle instances of the cluster fleet: no launch.
+    (stack.repo / ".dstack.yml").write_text(NODES.format(name="on-cluster"))
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = [stack.env.cli("logs", "on-cluster", "--job", str(n), cwd=stack.repo).stdout for n in (0, 1)]
+    assert "rank 0 of 2" in logs[0] and "rank 1 of 2" in logs[1], logs
+    masters = {line.rsplit(" ", 1)[1] for log in logs for line in log.splitlines() if "master" in line}
+    assert len(masters) == 1 and masters <= {i["PrivateIpAddress"] for i in instances}, (masters, logs)
+    assert _launches(stack) == 2
+
+    # Deleting the fleet terminates its instances and then deletes its placement group.
+    assert stack.env.cli("delete", "cluster", "-y", cwd=stack.repo).returncode == 0
+    tags = dict(placement.groups[group]["tags"])
+    wait_for(lambda: group not in placement.groups, 90, message="the placement group to be deleted")
+    wait_for(lambda: _fleet_gone(stack, "cluster"), 30, message="the fleet to be gone")
+
+    def resource_tags(resource: str) -> dict[str, str]:
+        return tags if resource == group else stack.resource_tags(resource)
+
+    assert violations(policy(BUCKET, ["clusters"]), stack.calls(), ACCOUNT, resource_tags) == []
+
+
+def _fleet_gone(stack: Stack, name: str) -> bool:
+    with stack.server.api() as api:
+        return api.get(f"/api/projects/cloud/fleets/{name}").status_code == 404

@@ -104,6 +104,8 @@ class JobLaunch(BaseModel):
     # the agent stays and runs the jobs the server assigns there (agent/instance.py).
     fleet_instance: bool = False
     fleet: str | None = None
+    # A cluster fleet's placement group (`placement: cluster`): its instances are launched into it.
+    placement_group: str | None = None
     # The run's network volumes (a backend that mounts them at launch, such as Lambda's file
     # systems, names them in its launch request; AWS places the instance in their zone).
     volumes: list[VolumeLaunch] = Field(default_factory=list)
@@ -202,6 +204,14 @@ class Compute(abc.ABC):
         """Why this backend cannot launch a multi-node task's instances (None if it can: each node's
         LaunchedInstance has `private_ip` at once, and `availability_zone` where zones exist)."""
         return f"the {self.TYPE} backend cannot launch multi-node tasks yet (use an SSH fleet or AWS)"
+
+    def clusters_unsupported(self) -> str | None:
+        """Why this backend cannot place a fleet's instances together (`placement: cluster`)."""
+        return f"the {self.TYPE} backend has no cluster placement"
+
+    def delete_placement_group(self, *, name: str) -> None:
+        """Remove a cluster fleet's placement group (BackendError while instances still use it)."""
+        return None
 
     def fleets_unsupported(self) -> str | None:
         """Why this backend cannot launch fleet instances (None if it can: `launch` of a JobLaunch

@@ -80,3 +80,8 @@ class FleetPlan(BaseModel):
 
 def instance_name(fleet: str, num: int) -> str:
     return f"{fleet}-{num}"
+
+
+def placement_group_name(fleet_id: str) -> str:
+    """The placement group of a fleet with `placement: cluster` (where the backend has them)."""
+    return f"dstack-{fleet_id}"

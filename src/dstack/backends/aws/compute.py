@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dstack.backends.aws import catalog
+from dstack.backends.aws import catalog, placement
 from dstack.backends.aws import logs as cw
 from dstack.backends.aws import secrets as sm
 from dstack.backends.aws.errors import denied_fix, is_denied
@@ -253,6 +253,12 @@ class AWSCompute(Compute):
     def multinode_unsupported(self) -> str | None:
         return None
 
+    def clusters_unsupported(self) -> str | None:
+        return self.permissions_gap(features={"clusters"})
+
+    def delete_placement_group(self, *, name: str) -> None:
+        placement.delete_group(self.clients.ec2, name=name)
+
     def prepare_job(self, job: JobLaunch) -> dict[str, Any]:
         group = cw.job_group(self.config.bucket, job.project)
         stream = job.job_prefix.split("/runs/", 1)[-1].split("/", 1)[-1].replace("/jobs/", "/")
@@ -346,6 +352,9 @@ class AWSCompute(Compute):
             zones = sorted(volume_zones)
         if zones and not subnet:  # with a subnet, its zone is checked at plan time (`unsupported`)
             request["Placement"] = {"AvailabilityZone": zones[0]}
+        if job.placement_group:
+            placement.ensure_group(self.clients.ec2, name=job.placement_group, tags=self.resources.tags())
+            request["Placement"] = {**request.get("Placement", {}), "GroupName": job.placement_group}
         if subnet:
             request["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group],
                                              "AssociatePublicIpAddress": self.resources.subnet_public_ip}]

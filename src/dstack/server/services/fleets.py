@@ -85,7 +85,7 @@ def fleet_backends(ctx: ServerContext, project: ProjectModel, conf: FleetConfigu
             continue
         compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                               backend_type=backend.type)
-        why = compute.fleets_unsupported()
+        why = compute.fleets_unsupported() or (compute.clusters_unsupported() if conf.placement == "cluster" else None)
         if why:
             reasons.append(why)
         else:
@@ -104,11 +104,10 @@ async def get_plan(*, session: AsyncSession, ctx: ServerContext, project: Projec
                                      "the hosts' tunnels end)", field="ssh_config")
         return FleetPlan(spec=spec, project=project.name, user=user.name, nodes=len(conf.ssh_config.hosts),
                          offers=[], total_offers=0, current=fleet_to_model(current) if current else None)
-    if conf.placement == "cluster":
-        raise ConfigurationError("placement: `cluster` is not supported yet: its placement group needs the "
-                                 "optional IAM statement of issue #14", field="placement",
-                                 fix="Remove `placement` (instances are then placed independently)")
     backends, reasons = fleet_backends(ctx, project, conf)
+    if conf.placement == "cluster" and not backends:  # e.g. the IAM statement it needs is missing
+        raise ConfigurationError(f"placement: cluster: {'; '.join(reasons) or 'the project has no backends'}",
+                                 field="placement")
     requirements = fleet_requirements(conf)
     search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
     if not search.offers:
@@ -384,9 +383,16 @@ def takeable_instances(project_id: str) -> Any:
             .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num))
 
 
+def multinode_host(instance: InstanceModel, fleet: FleetModel) -> bool:
+    """An instance a multi-node task's node may take: a host of an SSH fleet, or an instance of a
+    cloud fleet with `placement: cluster` (its instances share a network, a zone, a placement group)."""
+    return instance.backend == "ssh" or FleetSpec.model_validate_json(fleet.spec).configuration.placement == "cluster"
+
+
 async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements: Requirements,
-                      backend_types: list[str], fleets: list[str] | None) -> list[Offer]:
-    """The idle instances a run could take now, as offers (availability "idle"), cheapest first."""
+                      backend_types: list[str], fleets: list[str] | None, multinode: bool = False) -> list[Offer]:
+    """The idle instances a run could take now, as offers (availability "idle"), cheapest first
+    (`multinode`: those a multi-node task's nodes may take)."""
     async with ctx.db.session() as session:
         instances = list(await session.scalars(takeable_instances(project.id)))
         await session.commit()
@@ -394,6 +400,8 @@ async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements
     for i in instances:
         offer = Offer.model_validate_json(i.offer)
         # instance_fits measures a shared SSH host against the share still free on it.
+        if multinode and not multinode_host(i, i.fleet):
+            continue
         if instance_fits(i, i.fleet, requirements=requirements, backend_types=backend_types, fleets=fleets):
             offers.append(offer.model_copy(update={"availability": "idle"}))
     return offers

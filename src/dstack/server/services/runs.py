@@ -86,12 +86,13 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
     nodes = getattr(conf, "nodes", 1)
     if nodes > 1:  # the hosts of one SSH fleet, else N cloud instances of one offer (workers/nodes.py)
         idle = await fleets_svc.idle_offers(ctx=ctx, project=project, requirements=requirements,
-                                            backend_types=["ssh"], fleets=conf.fleets)
+                                            backend_types=["ssh", *backend_types], fleets=conf.fleets,
+                                            multinode=True)
         if len(idle) >= nodes:
             search = OfferSearch(offers=idle)
         elif conf.fleets or conf.creation_policy == "reuse":
-            raise NoOffersError(f"nodes: {nodes} needs {nodes} idle hosts of one SSH fleet that fit the run (there "
-                                f"are {len(idle)}), and the run may not launch instances",
+            raise NoOffersError(f"nodes: {nodes} needs {nodes} idle instances of one SSH or cluster fleet that fit "
+                                f"the run (there are {len(idle)}), and the run may not launch instances",
                                 fix="Apply an SSH fleet with enough hosts, wait for its hosts to be idle, or drop "
                                     "`fleets`/`creation_policy`")
         else:
@@ -100,9 +101,9 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
             search.rejections[:0] = reasons
             if not cloud:
                 raise NoOffersError(f"nodes: {nodes} needs {nodes} idle hosts of one SSH fleet (there are "
-                                    f"{len(idle)}) or a backend that launches multi-node tasks: "
+                                    f"{len(idle)}) or a backend that launches multi-node tasks (AWS): "
                                     f"{'; '.join(reasons) or 'the project has none'}",
-                                    fix="Add an AWS backend, or apply an SSH fleet with enough hosts")
+                                    fix="Apply an SSH fleet with enough hosts, or add an AWS backend")
     elif conf.creation_policy == "reuse" or conf.fleets:
         if not idle:
             named = ", ".join(conf.fleets or []) or "the project's fleets"

@@ -19,7 +19,7 @@ from dstack.backends.base import InstanceCheck, JobLaunch, LaunchedInstance, Lau
 from dstack.backends.ssh.compute import agent_paths, machine_offer
 from dstack.backends.ssh.connection import TUNNELS
 from dstack.backends.ssh.models import SSHHostData
-from dstack.core.fleets import FleetSpec, FleetStatus, InstanceStatus, instance_name
+from dstack.core.fleets import FleetSpec, FleetStatus, InstanceStatus, instance_name, placement_group_name
 from dstack.core.runs import Offer
 from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, utcnow
@@ -45,13 +45,38 @@ async def process_fleets_once(ctx: ServerContext) -> None:
         ids = list(await session.scalars(select(InstanceModel.id).where(InstanceModel.status.in_(_FOLLOWED))))
         terminating = list(await session.scalars(
             select(FleetModel).where(FleetModel.status == FleetStatus.TERMINATING.value)))
+        ended = []
         for fleet in terminating:  # a deleted fleet ends once its last instance has
             await session.refresh(fleet, ["instances"])
             if all(i.status == InstanceStatus.TERMINATED.value for i in fleet.instances):
-                fleet.status = FleetStatus.TERMINATED.value
+                ended.append(fleet)
         await session.commit()
+    for fleet in ended:
+        if await _placement_group_gone(ctx, fleet):
+            async with ctx.db.session() as session:
+                row = await session.get(FleetModel, fleet.id)
+                assert row is not None
+                row.status = FleetStatus.TERMINATED.value
+                await session.commit()
     await for_each(ids, lambda instance_id: _process(ctx, instance_id))
     await ensure_ssh_tunnels(ctx)
+
+
+async def _placement_group_gone(ctx: ServerContext, fleet: FleetModel) -> bool:
+    """A cluster fleet's placement group is deleted with it (once its instances are gone)."""
+    conf = FleetSpec.model_validate_json(fleet.spec).configuration
+    backends = {i.backend for i in fleet.instances if i.backend and i.offer}
+    if conf.placement != "cluster" or not backends:
+        return True
+    try:
+        for backend in backends:
+            compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=fleet.project,
+                                  backend_type=backend)
+            await asyncio.to_thread(compute.delete_placement_group, name=placement_group_name(fleet.id))
+    except Exception as exc:  # noqa: BLE001 - e.g. EC2 still terminating its instances: next pass
+        logger.info("placement group of fleet %s: %s", fleet.name, exc)
+        return False
+    return True
 
 
 async def _process(ctx: ServerContext, instance_id: str) -> None:
@@ -103,10 +128,24 @@ async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, proje
             return
     backends, reasons = fleet_backends(ctx, project, conf)
     requirements = fleet_requirements(conf)
-    search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
     launch = JobLaunch(job_id=instance_id, project=project.name, run_name=instance_name(fleet.name, num),
                        job_prefix=prefix, fleet_instance=True, fleet=fleet.name, tags=conf.tags or {},
                        availability_zones=conf.availability_zones)
+    first: Offer | None = None
+    if conf.placement == "cluster":  # one placement group; the first instance's type and zone for all
+        launch.placement_group = placement_group_name(fleet.id)
+        waiting, placed = await _first_instance(ctx, fleet.id, num)
+        if waiting:
+            return  # launched once an instance before it is
+        if placed is not None:
+            first, zone = placed
+            backends = [first.backend]
+            requirements = requirements.model_copy(update={"regions": [first.region],
+                                                           "instance_types": [first.instance_type]})
+            launch.availability_zones = [zone] if zone else launch.availability_zones
+    search = await find_offers(ctx=ctx, project=project, backend_types=backends, requirements=requirements)
+    if first is not None:
+        search.offers = [o for o in search.offers if o.spot == first.spot]
     failures: list[str] = []
     broken: set[str] = set()
     for offer in search.offers[:MAX_LAUNCH_ATTEMPTS]:
@@ -135,6 +174,23 @@ async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, proje
         instance.reason = f"could not be provisioned: {why}"
         instance.finished_at = utcnow()
         await session.commit()
+
+
+async def _first_instance(ctx: ServerContext, fleet_id: str,
+                          num: int) -> tuple[bool, tuple[Offer, str | None] | None]:
+    """For a cluster fleet's instance `num`: (wait: an instance before it is still to be launched,
+    the offer and zone of the first one launched, if any)."""
+    async with ctx.db.session() as session:
+        before = list(await session.scalars(select(InstanceModel).where(
+            InstanceModel.fleet_id == fleet_id, InstanceModel.num < num).order_by(InstanceModel.num)))
+        await session.commit()
+    if any(i.status == InstanceStatus.PENDING.value for i in before):
+        return True, None
+    first = next((i for i in before if i.offer and i.instance), None)
+    if first is None:
+        return False, None
+    data = LaunchedInstance.model_validate_json(first.instance).data
+    return False, (Offer.model_validate_json(first.offer), data.get("availability_zone"))
 
 
 def ssh_target(ctx: ServerContext, fleet: FleetModel, instance: InstanceModel) -> tuple[Any, SSHHostData]:

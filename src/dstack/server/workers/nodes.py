@@ -14,7 +14,7 @@ from dstack.core.fleets import InstanceStatus
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, Offer, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectModel, RunModel, utcnow
-from dstack.server.services.fleets import allocate, instance_fits
+from dstack.server.services.fleets import allocate, instance_fits, multinode_host
 from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.runs import set_job_status
 from dstack.server.workers.cloud_nodes import addresses_env, launch_nodes, node_env
@@ -26,7 +26,7 @@ MPI_HOSTFILE = "/dstack/mpi/hostfile"
 
 def node_address(instance: InstanceModel) -> str:
     data = LaunchedInstance.model_validate_json(instance.instance).data if instance.instance else {}
-    return str(data.get("internal_ip") or data.get("hostname") or "")
+    return str(data.get("internal_ip") or data.get("private_ip") or data.get("hostname") or "")
 
 
 async def provision_nodes(ctx: ServerContext, *, master_id: str, project: ProjectModel, run_spec: RunSpec,
@@ -43,13 +43,14 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
         candidates = list(await session.scalars(
             select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
             .where(InstanceModel.project_id == project.id, FleetModel.deleted.is_(False),
-                   InstanceModel.status == InstanceStatus.IDLE.value, InstanceModel.backend == "ssh")
+                   InstanceModel.status == InstanceStatus.IDLE.value)
             .order_by(InstanceModel.num)))
         await session.commit()
     by_fleet: dict[str, list[InstanceModel]] = {}
     for instance in candidates:
-        if instance_fits(instance, instance.fleet, requirements=requirements, backend_types=["ssh"],
-                         fleets=conf.fleets):
+        if multinode_host(instance, instance.fleet) and instance_fits(
+                instance, instance.fleet, requirements=requirements, backend_types=["ssh", *backend_types],
+                fleets=conf.fleets):
             by_fleet.setdefault(instance.fleet.name, []).append(instance)
     taken: list[InstanceModel] = []
     for instances in by_fleet.values():
@@ -62,7 +63,7 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
     if not taken:
         best = max((len(v) for v in by_fleet.values()), default=0)
         if conf.fleets or conf.creation_policy == "reuse":
-            return (f"nodes: {count} needs {count} idle hosts of one SSH fleet that fit the run "
+            return (f"nodes: {count} needs {count} idle instances of one SSH or cluster fleet that fit the run "
                     f"(the best fleet has {best}); the run may not launch instances")
         why = await launch_nodes(ctx, jobs=jobs, project=project, run_spec=run_spec, run_name=run_name,
                                  run_id=run_id, requirements=requirements, secrets=secrets, launch=launch,
