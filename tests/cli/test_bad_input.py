@@ -59,9 +59,8 @@ def test_every_problem_on_its_own_line(env: Env, server: Server, repo: Path) -> 
 
 
 def test_not_supported_yet_is_one_line_naming_the_field(env: Env, server: Server, repo: Path) -> None:
-    (repo / ".dstack.yml").write_text("type: task\nnodes: 2\nretry: true\ncommands: [echo hi]\n")
-    assert_one_line_error(env.cli("apply", "-y", cwd=repo),
-                          "not supported yet: `retry` with `nodes` (a multi-node task is not resubmitted yet)")
+    (repo / ".dstack.yml").write_text("type: task\nnodes: 2\nschedule: {cron: '0 * * * *'}\ncommands: [echo hi]\n")
+    assert_one_line_error(env.cli("apply", "-y", cwd=repo), "not supported yet: `schedule` with `nodes`")
     (repo / ".dstack.yml").write_text("type: task\nnodes: 2\ncommands: [echo hi]\n")
     assert_one_line_error(env.cli("apply", "-y", cwd=repo), "nodes: 2 needs 2 idle hosts of one SSH fleet",
                           "Apply an SSH fleet")

@@ -14,7 +14,7 @@ import pytest
 
 from dstack.backends.aws.iam_policy import policy
 from tests.aws_harness import ACCOUNT, MotoAWS
-from tests.e2e.aws_stack import BUCKET, Stack, make_stack
+from tests.e2e.aws_stack import BUCKET, REGION, Stack, make_stack
 from tests.e2e.test_multinode_e2e import RENDEZVOUS
 from tests.fault_proxy import Request
 from tests.harness import Env, wait_for
@@ -134,3 +134,34 @@ def test_a_node_that_cannot_be_launched_leaves_nothing_running(stack: Stack) -> 
     with stack.server.api() as api:
         run = api.get("/api/projects/cloud/runs/half").json()
     assert run["status"] == "failed" and all(j["status"] == "failed" for j in run["jobs"]), run
+
+
+def test_a_lost_node_fails_the_run_which_retry_resubmits_whole(stack: Stack) -> None:
+    (stack.repo / ".dstack.yml").write_text(
+        "type: task\nname: sturdy\nnodes: 2\ncommands:\n  - echo \"rank $DSTACK_NODE_RANK up\"\n  - sleep 8\n"
+        "instance_types: [t3.medium]\nresources:\n  cpu: 2..\n  memory: 4GB..\n"
+        "retry:\n  on_events: [interruption]\n  duration: 10m\n")
+    assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo, timeout=120).returncode == 0
+    wait_for(lambda: stack.run_status("sturdy") == "running", 120, message="both nodes to run")
+    # Node 1's instance goes away (a spot reclaim, a hardware fault): the cloud says it is terminated.
+    with stack.server.api() as api:
+        jobs = api.get("/api/projects/cloud/runs/sturdy").json()["jobs"]
+    node1 = next(j for j in jobs if j["job_num"] == 1)
+    lost = next(i["InstanceId"] for i in stack.instances() if stack.instance_tags(i["InstanceId"]).get(
+        "dstack_job_id") == node1["id"])
+    stack.aws.client("ec2", REGION).terminate_instances(InstanceIds=[lost])
+    # The run fails as a whole (node 1 interrupted, node 0 stopped) and is resubmitted whole.
+    wait_for(lambda: len(_jobs(stack, "sturdy")) == 4, 120, message="every node to be resubmitted")
+    wait_for(lambda: stack.run_status("sturdy") == "done", 180, message="the second submission to finish")
+    jobs = _jobs(stack, "sturdy")
+    first = sorted((j["job_num"], j["status"]) for j in jobs if j["submission"] == 0)
+    assert first[1][1] == "failed" and first[0][1] in ("stopped", "failed"), jobs
+    assert sorted((j["job_num"], j["status"]) for j in jobs if j["submission"] == 1) == [(0, "done"), (1, "done")]
+    node1_first = next(j for j in jobs if j["submission"] == 0 and j["job_num"] == 1)
+    assert node1_first["reason"].startswith("interrupted"), node1_first
+    assert sum(1 for c in stack.calls() if c["operation"] == "RunInstances") == 4
+
+
+def _jobs(stack: Stack, run: str) -> list[dict]:
+    with stack.server.api() as api:
+        return api.get(f"/api/projects/cloud/runs/{run}").json()["jobs"]

@@ -368,8 +368,6 @@ def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
         return [("type", "`type: service` (services)")]
     reasons = []
     if getattr(conf, "nodes", 1) > 1:
-        if conf.retry is not None:
-            reasons.append(("retry", "`retry` with `nodes` (a multi-node task is not resubmitted yet)"))
         if conf.schedule is not None:
             reasons.append(("schedule", "`schedule` with `nodes`"))
         if conf.startup_order not in (None, "any"):

@@ -384,7 +384,10 @@ def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> bool:
     """Resubmit a failed job when the run's retry policy covers what happened."""
     if job.status != JobStatus.FAILED.value or run.stop_requested or run.jobs[-1].id != job.id:
         return False
-    retry = RunSpec.model_validate_json(run.spec).configuration.retry
+    conf = RunSpec.model_validate_json(run.spec).configuration
+    if getattr(conf, "nodes", 1) > 1:
+        return False  # every node together, once all are gone (services/runs.settle_multinode_runs)
+    retry = conf.retry
     if retry is None:
         return False
     reason = job.reason or ""
