@@ -16,7 +16,7 @@ from dstack.backends.aws import secrets as sm
 from dstack.backends.aws.errors import denied_fix, is_denied
 from dstack.backends.aws.models import AWSBackendConfig
 from dstack.backends.aws.resources import AWSResources
-from dstack.backends.aws.session import client, describe, error_code, make_session
+from dstack.backends.aws.session import Clients, describe, error_code
 from dstack.backends.aws.volumes import EBSVolumes
 from dstack.backends.base import (
     BackendContext,
@@ -61,26 +61,6 @@ DEFAULT_DISK_GB = catalog.DEFAULT_DISK_GB
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
-class _Clients:
-    """Lazily created clients of one session (boto3 clients are thread-safe)."""
-
-    def __init__(self, config: AWSBackendConfig) -> None:
-        self._config = config
-        self._session: Any = None
-        self._made: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def __getattr__(self, service: str) -> Any:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        with self._lock:
-            if service not in self._made:
-                if self._session is None:
-                    self._session = make_session(self._config)
-                self._made[service] = client(self._session, service, self._config.region)
-            return self._made[service]
-
-
 def _young(instance: LaunchedInstance) -> bool:
     launched = instance.data.get("launched_at")
     return isinstance(launched, (int, float)) and time.time() - launched < NOT_FOUND_GRACE
@@ -93,7 +73,7 @@ class AWSCompute(Compute):
     def __init__(self, config: AWSBackendConfig, ctx: BackendContext) -> None:
         self.config = config
         self.ctx = ctx
-        self.clients = _Clients(config)
+        self.clients = Clients(config)
         self.resources = AWSResources(config, self.clients)
         self.logs = cw.CloudWatchLogs(self.clients.logs)
         self.storage = S3Storage(config.bucket, config.region, client=self.clients.s3)

@@ -57,3 +57,21 @@ def client(session: boto3.Session, service: str, region: str) -> Any:
     return result
 
 
+class Clients:
+    """Lazily created clients of one session (boto3 clients are thread-safe)."""
+
+    def __init__(self, config: AWSBackendConfig) -> None:
+        self._config = config
+        self._session: Any = None
+        self._made: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, service: str) -> Any:
+        if service.startswith("_"):
+            raise AttributeError(service)
+        with self._lock:
+            if service not in self._made:
+                if self._session is None:
+                    self._session = make_session(self._config)
+                self._made[service] = client(self._session, service, self._config.region)
+            return self._made[service]
