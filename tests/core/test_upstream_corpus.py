@@ -24,7 +24,6 @@ CORPUS = Path(__file__).parent / "upstream_configs"
 FILES = sorted(CORPUS.glob("*.dstack.yml"))
 # Run configurations refused at apply time until the issue giving their field a runtime lands.
 NOT_YET = {
-    "task-mpi.dstack.yml": "`startup_order: workers-first` (the nodes start together)",
     "task-fleets.dstack.yml": "`idle_duration` (keeping a run's own instance idle for reuse: use a fleet)",
     "service-basic.dstack.yml": "`type: service` (services)",
     "service-autoscaling.dstack.yml": "`type: service` (services)",

@@ -129,3 +129,41 @@ def test_all_or_nothing_and_a_failed_node_fails_the_run(cluster: tuple[list[VMHo
                        120, message="the run to fail")
         assert run["reason"].startswith("node 1: exit code 3"), run["reason"]
         assert {j["job_num"]: j["status"] for j in run["jobs"]} == {0: "stopped", 1: "failed"}
+
+
+ORDERED = """\
+import os, socket, time
+rank = int(os.environ["DSTACK_NODE_RANK"])
+peer = os.environ["DSTACK_NODES_IPS"].split()[1 - rank]
+if rank == {first}:  # starts first: listens, and reports who connects
+    server = socket.create_server(("0.0.0.0", 29512))
+    conn, addr = server.accept()
+    print("first got", conn.recv(100).decode(), flush=True)
+else:  # starts once the other runs: its listener must answer at once (two quick tries)
+    for attempt in range(2):
+        try:
+            socket.create_connection((peer, 29512), timeout=2).sendall(b"hi-from-" + str(rank).encode())
+            print("second connected at attempt", attempt, flush=True)
+            break
+        except OSError as exc:
+            print("second could not connect:", exc, flush=True)
+            time.sleep(0.3)
+"""
+
+
+@pytest.mark.parametrize("order,first", [("workers-first", 1), ("master-first", 0)])
+def test_startup_order_starts_one_side_after_the_other_runs(
+        cluster: tuple[list[VMHost], Env, Server, Path], order: str, first: int) -> None:
+    vms, env, server, repo = cluster
+    (repo / "ordered.py").write_text(ORDERED.replace("{first}", str(first)))
+    (repo / ".dstack.yml").write_text(f"type: task\nname: ordered\nnodes: 2\nstartup_order: {order}\n"
+                                      "commands: [python3 ordered.py]\nresources: {cpu: 1.., memory: 1GB..}\n")
+    result = env.cli("apply", "-y", cwd=repo, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = {n: env.cli("logs", "ordered", "--job", str(n), cwd=repo).stdout for n in (0, 1)}
+    assert "second connected at attempt 0" in logs[1 - first], logs
+    assert f"first got hi-from-{1 - first}" in logs[first], logs
+    with server.api() as api:
+        jobs = {j["job_num"]: j for j in api.get("/api/projects/main/runs/ordered").json()["jobs"]}
+    running = {n: next(e["at"] for e in j["history"] if e["status"] == "running") for n, j in jobs.items()}
+    assert running[first] < running[1 - first], running

@@ -169,6 +169,8 @@ class JobRunner:
             return 0
         if self.spec.get("nodes_pending") and not self._wait_for_nodes():
             return 0 if self.stop_request is not None else 1
+        if self.spec.get("start_gate") and not self._wait_for("start.json", "the other nodes to start first"):
+            return 0 if self.stop_request is not None else 1
         logs = LogWriter(self._log_sink(), secrets=list(secrets.values()))
         try:
             ws = self._workspace(image=image, sandbox=sandbox, credentials=credentials, logs=logs)
@@ -281,20 +283,29 @@ class JobRunner:
     def _wait_for_nodes(self) -> bool:
         """A multi-node task's node launched before the others: their addresses come in nodes.json
         (the server writes it once every node has an instance). False: stopped, or never came."""
+        nodes = self._wait_for("nodes.json", "the other nodes' addresses")
+        if nodes is None:
+            return False
+        self.spec["env"] = {**(self.spec.get("env") or {}), **nodes["env"]}
+        if nodes.get("mpi_hostfile"):
+            self.spec["mpi_hostfile"] = nodes["mpi_hostfile"]
+        return True
+
+    def _wait_for(self, name: str, what: str) -> dict[str, Any] | None:
+        """An object the server writes in the job's prefix when the job may go on (a multi-node
+        task's: the nodes' addresses, its `startup_order`); None: stopped, or it never came."""
+        self.event(f"waiting for {what}")
         deadline = time.monotonic() + NODES_TIMEOUT
         while time.monotonic() < deadline:
             if self.stop_request is not None:
                 self.write_status("stopped")
-                return False
-            nodes = self.storage.get_json(self._key("nodes.json"))
-            if isinstance(nodes, dict):
-                self.spec["env"] = {**(self.spec.get("env") or {}), **nodes["env"]}
-                if nodes.get("mpi_hostfile"):
-                    self.spec["mpi_hostfile"] = nodes["mpi_hostfile"]
-                return True
+                return None
+            found = self.storage.get_json(self._key(name))
+            if isinstance(found, dict):
+                return found
             time.sleep(1.0)
-        self.write_status("failed", reason=f"the other nodes' addresses did not come within {NODES_TIMEOUT:.0f} s")
-        return False
+        self.write_status("failed", reason=f"waited {NODES_TIMEOUT:.0f} s for {what} in vain")
+        return None
 
     def _workspace(self, *, image: str | None, sandbox: Sandbox | None, credentials: dict[str, str] | None,
                    logs: LogWriter) -> workspace.Workspace:

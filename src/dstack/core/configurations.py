@@ -367,11 +367,8 @@ def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
     if conf.type == "service":
         return [("type", "`type: service` (services)")]
     reasons = []
-    if getattr(conf, "nodes", 1) > 1:
-        if conf.schedule is not None:
-            reasons.append(("schedule", "`schedule` with `nodes`"))
-        if conf.startup_order not in (None, "any"):
-            reasons.append(("startup_order", f"`startup_order: {conf.startup_order}` (the nodes start together)"))
+    if getattr(conf, "nodes", 1) > 1 and conf.schedule is not None:
+        reasons.append(("schedule", "`schedule` with `nodes`"))
     for field_name, feature in _NOT_YET.items():
         value = getattr(conf, field_name, None)
         if value not in (None, [], False):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import random
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import requirements_for
 from dstack.core.configurations import not_supported_yet
@@ -430,72 +429,12 @@ def set_job_status(
         history.append(StatusEvent(at=now, status=status, reason=reason).model_dump(mode="json"))
         job.history = json.dumps(history)
     if _nodes(run) > 1:
-        _aggregate_nodes(job, run, now)
+        aggregate_nodes(job, run, now)
         return
     run.status = status.value
     run.reason = reason
     run.exit_code = job.exit_code
     run.finished_at = now if status in FINISHED_STATUSES else None
-
-
-# How long after a multi-node run failed its retry is still considered (its nodes' instances must be
-# gone first, which takes seconds).
-NODES_RETRY_WINDOW = timedelta(minutes=10)
-
-
-async def settle_multinode_runs(ctx: ServerContext) -> None:
-    """A multi-node run's status again from its nodes as committed: two nodes that changed at once
-    (in two transactions) each saw the other's old status, so the last one to commit may have left
-    the run behind (e.g. terminating with every node stopped). A failed one is resubmitted whole
-    when its `retry` covers what happened, once every node's instance is gone."""
-    now = utcnow()
-    async with ctx.db.session() as session:
-        runs = list(await session.scalars(
-            select(RunModel).where(
-                RunModel.id.in_(select(JobModel.run_id).where(JobModel.job_num > 0)),
-                or_(RunModel.status.in_(ACTIVE_STATUSES),
-                    and_(RunModel.status == JobStatus.FAILED.value, RunModel.finished_at > now - NODES_RETRY_WINDOW)))
-            .options(selectinload(RunModel.jobs), selectinload(RunModel.project))))
-        for run in runs:
-            master = master_job(run)
-            if master is None:
-                continue
-            if run.status == JobStatus.FAILED.value:
-                await _retry_nodes(session, run, master.submission)
-            else:
-                _aggregate_nodes(master, run, now)
-        await session.commit()
-
-
-async def _retry_nodes(session: AsyncSession, run: RunModel, submission: int) -> bool:
-    """Every node again (a new submission) when the run's retry policy covers why a node failed."""
-    conf = RunSpec.model_validate_json(run.spec).configuration
-    retry = conf.retry
-    nodes = [j for j in run.jobs if j.submission == submission]
-    if retry is None or not all(JobStatus(j.status).finished and j.instance_terminated for j in nodes):
-        return False
-    failed = next((j for j in sorted(nodes, key=lambda j: j.job_num) if j.status == JobStatus.FAILED.value), None)
-    if failed is None or (run.stop_requested and not (run.stop_reason or "").startswith("node ")):
-        return False  # nothing failed, or the user stopped it
-    reason = failed.reason or ""
-    event = "interruption" if reason == "instance lost" or reason.startswith("interrupted") else "error"
-    elapsed = (utcnow() - run.submitted_at).total_seconds()
-    if event not in retry.on_events or (retry.duration is not None and elapsed > retry.duration):
-        return False
-    why = f"resubmitted after {event}: node {failed.job_num}: {reason}"
-    # Compare-and-set: of several server replicas, one resubmits.
-    won = await session.execute(
-        update(RunModel).where(RunModel.id == run.id, RunModel.status == JobStatus.FAILED.value)
-        .values(status=JobStatus.SUBMITTED.value, reason=why, finished_at=None, stop_requested=False,
-                stop_reason=None).execution_options(synchronize_session=False))
-    if won.rowcount != 1:
-        return False
-    run.status, run.reason, run.finished_at, run.stop_requested, run.stop_reason = (
-        JobStatus.SUBMITTED.value, why, None, False, None)
-    now = utcnow()
-    for num in range(len(nodes)):
-        session.add(new_job(run=run, project=run.project.name, submission=submission + 1, now=now, job_num=num))
-    return True
 
 
 def _nodes(run: RunModel) -> int:
@@ -505,7 +444,7 @@ def _nodes(run: RunModel) -> int:
         return 1
 
 
-def _aggregate_nodes(changed: JobModel, run: RunModel, now: datetime) -> None:
+def aggregate_nodes(changed: JobModel, run: RunModel, now: datetime) -> None:
     """A multi-node run's status from its nodes (the latest submission's jobs): failed as soon as one
     fails; done when the master is done and none failed; running once every node runs."""
     nodes = {j.job_num: j for j in run.jobs if j.submission == changed.submission}

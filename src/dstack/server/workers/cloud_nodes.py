@@ -37,6 +37,12 @@ def node_env(*, count: int, rank: int, gpus: int) -> dict[str, str]:
             "DSTACK_GPUS_NUM": str(gpus * count)}
 
 
+def gated(startup_order: str | None, rank: int) -> bool:
+    """Whether node `rank` waits for the server's go (start.json): the workers until the master
+    runs (`master-first`), the master until every worker runs (`workers-first`)."""
+    return (startup_order == "master-first" and rank > 0) or (startup_order == "workers-first" and rank == 0)
+
+
 def addresses_env(addresses: list[str], *, gpus: int, hostfile: str) -> dict[str, Any]:
     """What every node learns once all have addresses: upstream's variables and the MPI hostfile."""
     return {"env": {"DSTACK_MASTER_NODE_IP": addresses[0], "DSTACK_NODES_IPS": "\n".join(addresses),
@@ -103,6 +109,7 @@ async def _launch_all(ctx: ServerContext, *, compute: Compute, offer: Offer, job
         spec["env"].update(node_env(count=len(jobs), rank=job.job_num, gpus=gpus))
         spec["network"] = "host"
         spec["nodes_pending"] = True
+        spec["start_gate"] = gated(run_spec.configuration.startup_order, job.job_num)
         node_launch = launch.model_copy(update={
             "job_id": job.id, "job_prefix": job.storage_prefix,
             # The first node's zone for the others: one network, the shortest paths between them.

@@ -17,7 +17,7 @@ from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectMod
 from dstack.server.services.fleets import allocate, instance_fits, multinode_host
 from dstack.server.services.job_specs import build_job_spec
 from dstack.server.services.runs import set_job_status
-from dstack.server.workers.cloud_nodes import addresses_env, launch_nodes, node_env
+from dstack.server.workers.cloud_nodes import addresses_env, gated, launch_nodes, node_env
 from dstack.server.workers.fleet_jobs import release_fleet_instance, run_on_fleet_instance
 
 # Upstream's variable: a pre-populated MPI hostfile, one node a line ("ADDRESS slots=GPUS").
@@ -79,6 +79,7 @@ async def provision_nodes(ctx: ServerContext, *, master_id: str, project: Projec
         spec["env"].update({**node_env(count=count, rank=job.job_num, gpus=gpus), **shared["env"]})
         spec["network"] = "host"
         spec["mpi_hostfile"] = shared["mpi_hostfile"]
+        spec["start_gate"] = gated(conf.startup_order, job.job_num)
         node_launch = launch.model_copy(update={"job_id": job.id, "job_prefix": job.storage_prefix})
         await run_on_fleet_instance(ctx, job_id=job.id, project=project, instance=instance, launch=node_launch,
                                     spec=spec, archives=archives)

@@ -23,13 +23,13 @@ from dstack.server.failpoints import failpoint
 from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
+from dstack.server.services.multinode import settle_multinode_runs
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
     add_agent_events,
     new_job,
     reschedule,
     set_job_status,
-    settle_multinode_runs,
 )
 from dstack.server.workers.common import for_each, release_lease, try_lease
 from dstack.server.workers.fleet_jobs import release_fleet_instance
