@@ -180,21 +180,54 @@ class ReposAPI:
         self._c.request("PUT", path, content=data, headers={"Content-Type": "application/gzip"})
 
 
-class FleetsAPI:
-    """Fleets: instances kept for runs to reuse (`type: fleet`)."""
+class _NamedResourcesAPI:
+    """A project's named resources (fleets, volumes): apply, list, get, delete."""
+
+    _path = ""
 
     def __init__(self, client: Client) -> None:
         self._c = client
 
-    def spec(self, configuration_path: str | Path) -> Any:
+    def _model(self) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _read(configuration_path: str | Path, kind: str) -> tuple[Path, str, Any]:
+        """(path, text, configuration) of a `type: KIND` file."""
         from dstack.core.config_parser import parse_configuration
-        from dstack.core.fleets import FleetSpec
 
         path = Path(configuration_path)
         text = path.read_text()
         configuration = parse_configuration(text, str(path))
-        if configuration.type != "fleet":
-            raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a fleet", field="type")
+        if configuration.type != kind:
+            raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a {kind}", field="type")
+        return path, text, configuration
+
+    def apply(self, spec: Any) -> Any:
+        return self._model().model_validate(self._c.json("POST", self._c.project_path(self._path),
+                                                         json=spec.model_dump(mode="json")))
+
+    def list(self, *, all: bool = False) -> list[Any]:
+        model = self._model()
+        return [model.model_validate(r) for r in self._c.json("GET", self._c.project_path(self._path),
+                                                              params={"all": str(all).lower()})]
+
+    def get(self, name: str) -> Any:
+        return self._model().model_validate(self._c.json("GET", self._c.project_path(f"{self._path}/{name}")))
+
+    def delete(self, name: str) -> Any:
+        return self._model().model_validate(self._c.json("DELETE", self._c.project_path(f"{self._path}/{name}")))
+
+
+class FleetsAPI(_NamedResourcesAPI):
+    """Fleets: instances kept for runs to reuse (`type: fleet`)."""
+
+    _path = "/fleets"
+
+    def spec(self, configuration_path: str | Path) -> Any:
+        from dstack.core.fleets import FleetSpec
+
+        path, text, configuration = self._read(configuration_path, "fleet")
         if configuration.ssh_config is not None:
             configuration = configuration.model_copy(update={
                 "ssh_config": _with_ssh_keys(configuration.ssh_config, path.parent)})
@@ -207,68 +240,28 @@ class FleetsAPI:
         return FleetPlan.model_validate(self._c.json("POST", self._c.project_path("/fleets/plan"),
                                                      json=spec.model_dump(mode="json")))
 
-    def apply(self, spec: Any) -> Any:
+    def _model(self) -> Any:
         from dstack.core.fleets import Fleet
 
-        return Fleet.model_validate(self._c.json("POST", self._c.project_path("/fleets"),
-                                                 json=spec.model_dump(mode="json")))
-
-    def list(self, *, all: bool = False) -> list[Any]:
-        from dstack.core.fleets import Fleet
-
-        return [Fleet.model_validate(f) for f in self._c.json("GET", self._c.project_path("/fleets"),
-                                                              params={"all": str(all).lower()})]
-
-    def get(self, name: str) -> Any:
-        from dstack.core.fleets import Fleet
-
-        return Fleet.model_validate(self._c.json("GET", self._c.project_path(f"/fleets/{name}")))
-
-    def delete(self, name: str) -> Any:
-        from dstack.core.fleets import Fleet
-
-        return Fleet.model_validate(self._c.json("DELETE", self._c.project_path(f"/fleets/{name}")))
+        return Fleet
 
 
-class VolumesAPI:
+class VolumesAPI(_NamedResourcesAPI):
     """Network volumes (`type: volume`)."""
 
-    def __init__(self, client: Client) -> None:
-        self._c = client
+    _path = "/volumes"
 
     def spec(self, configuration_path: str | Path) -> Any:
-        from dstack.core.config_parser import parse_configuration
         from dstack.core.volumes import VolumeSpec
 
-        path = Path(configuration_path)
-        text = path.read_text()
-        configuration = parse_configuration(text, str(path))
-        if configuration.type != "volume":
-            raise ConfigurationError(f"{path}: `type: {configuration.type}` is not a volume", field="type")
+        path, text, configuration = self._read(configuration_path, "volume")
         return VolumeSpec(configuration=configuration, configuration_path=str(path),
                           configuration_text=text if len(text) <= 65536 else None)
 
-    def apply(self, spec: Any) -> Any:
+    def _model(self) -> Any:
         from dstack.core.volumes import Volume
 
-        return Volume.model_validate(self._c.json("POST", self._c.project_path("/volumes"),
-                                                  json=spec.model_dump(mode="json")))
-
-    def list(self, *, all: bool = False) -> list[Any]:
-        from dstack.core.volumes import Volume
-
-        return [Volume.model_validate(v) for v in self._c.json("GET", self._c.project_path("/volumes"),
-                                                               params={"all": str(all).lower()})]
-
-    def get(self, name: str) -> Any:
-        from dstack.core.volumes import Volume
-
-        return Volume.model_validate(self._c.json("GET", self._c.project_path(f"/volumes/{name}")))
-
-    def delete(self, name: str) -> Any:
-        from dstack.core.volumes import Volume
-
-        return Volume.model_validate(self._c.json("DELETE", self._c.project_path(f"/volumes/{name}")))
+        return Volume
 
 
 def _read_key(identity_file: str, base: Path, field: str) -> Any:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -56,3 +57,17 @@ async def record_intent(ctx: ServerContext, job_id: str, intent: Any) -> None:
                               .values(launch_intent=intent.model_dump_json())
                               .execution_options(synchronize_session=False))
         await session.commit()
+
+
+async def under_lease(ctx: ServerContext, row_id: str, *, model: Any, step: Callable[[str], Awaitable[None]],
+                      what: str) -> None:
+    """`step(row_id)` while holding the row's lease (skipped if another replica holds it); a failure
+    is logged and tried again on the next pass."""
+    if not await try_lease(ctx, row_id, model=model):
+        return
+    try:
+        await step(row_id)
+    except Exception:
+        logging.getLogger("dstack.server.workers").exception("processing %s %s failed", what, row_id)
+    finally:
+        await release_lease(ctx, row_id, model=model)

@@ -33,7 +33,7 @@ from dstack.server.services.fleets import (
 )
 from dstack.server.services.offers import find_offers
 from dstack.server.services.users import hash_token
-from dstack.server.workers.common import for_each, release_lease, try_lease
+from dstack.server.workers.common import for_each, under_lease
 
 logger = logging.getLogger("dstack.server.fleets")
 MAX_LAUNCH_ATTEMPTS = 10
@@ -80,14 +80,7 @@ async def _placement_group_gone(ctx: ServerContext, fleet: FleetModel) -> bool:
 
 
 async def _process(ctx: ServerContext, instance_id: str) -> None:
-    if not await try_lease(ctx, instance_id, model=InstanceModel):
-        return
-    try:
-        await _step(ctx, instance_id)
-    except Exception:
-        logger.exception("processing fleet instance %s failed", instance_id)
-    finally:
-        await release_lease(ctx, instance_id, model=InstanceModel)
+    await under_lease(ctx, instance_id, model=InstanceModel, what="fleet instance", step=lambda i: _step(ctx, i))
 
 
 async def _load(session: Any, instance_id: str) -> InstanceModel:

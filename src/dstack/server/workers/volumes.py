@@ -20,7 +20,7 @@ from dstack.server.models import JobModel, VolumeModel
 from dstack.server.services.backends import compute_for
 from dstack.server.services.runs import set_job_status
 from dstack.server.services.volumes import provisioned
-from dstack.server.workers.common import for_each, release_lease, try_lease
+from dstack.server.workers.common import for_each, release_lease, try_lease, under_lease
 
 logger = logging.getLogger("dstack.server.volumes")
 _FOLLOWED = [VolumeStatus.SUBMITTED.value, VolumeStatus.PROVISIONING.value, VolumeStatus.DELETING.value]
@@ -31,18 +31,8 @@ async def process_volumes_once(ctx: ServerContext) -> None:
         ids = list(await session.scalars(select(VolumeModel.id).where(
             VolumeModel.status.in_(_FOLLOWED) | VolumeModel.job_id.is_not(None))))
         await session.commit()
-    await for_each(ids, lambda volume_id: _process(ctx, volume_id))
-
-
-async def _process(ctx: ServerContext, volume_id: str) -> None:
-    if not await try_lease(ctx, volume_id, model=VolumeModel):
-        return
-    try:
-        await _step(ctx, volume_id)
-    except Exception:
-        logger.exception("processing volume %s failed", volume_id)
-    finally:
-        await release_lease(ctx, volume_id, model=VolumeModel)
+    await for_each(ids, lambda volume_id: under_lease(ctx, volume_id, model=VolumeModel, what="volume",
+                                                      step=lambda i: _step(ctx, i)))
 
 
 async def _step(ctx: ServerContext, volume_id: str) -> None:
