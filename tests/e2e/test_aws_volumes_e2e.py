@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from dstack.backends.aws.iam_policy import OPTIONAL_ACTIONS, optional_statements, policy
@@ -100,6 +101,9 @@ def test_ebs_volume_needs_the_optional_statement_and_keeps_data_between_runs(sta
     wait_for(lambda: "kept-between-runs" in stack.env.cli("logs", "reader", cwd=stack.repo).stdout, 60,
              message="the reader to print what the writer wrote")
     assert _volume(stack)["attached_to"] == ["reader"]
+    with httpx.Client(base_url=stack.server.url, cookies={"dstack_token": stack.env.token()}) as web:
+        html = web.get("/projects/cloud/volumes").text
+    assert volume["volume_id"] in html and 'href="/projects/cloud/runs/reader"' in html and "2 GB" in html
     assert "creating an ext4" not in stack.env.cli("logs", "reader", cwd=stack.repo).stdout  # formatted once
     # Deleting it while attached is refused, naming the run.
     refused = stack.env.cli("volume", "delete", "data", "-y", cwd=stack.repo)

@@ -14,6 +14,7 @@ import pytest
 from tests.e2e.ssh_hosts import ssh_hosts
 from tests.harness import Env, Server, wait_for
 from tests.stock_tree import default_image_env
+from tests.ui.conftest import login
 from tests.vmhost import VMHost
 
 SECRET = "ssh-fleet-s3cr3t-value"
@@ -63,7 +64,8 @@ fleets: [mine]
 
 
 def test_ssh_fleet_detects_hosts_shares_them_and_cleans_up(hosts: tuple[list[VMHost], Path],
-                                                          stack: tuple[Env, Server, Path]) -> None:
+                                                          stack: tuple[Env, Server, Path],
+                                                          page) -> None:  # noqa: ANN001
     vms, key = hosts
     env, server, repo = stack
     hosts_yaml = "\n".join(f"    - {vm.vm_ip}" for vm in vms)
@@ -117,7 +119,12 @@ def test_ssh_fleet_detects_hosts_shares_them_and_cleans_up(hosts: tuple[list[VMH
     installed = [vm.path("/var/lib/dstack-agent") for vm in vms[:2]]
     assert all(len([p for p in d.iterdir() if p.name != "volume"]) == 1 for d in installed), "one agent a host"
     assert list(vms[2].path("/var/lib/dstack-agent").iterdir()) == []  # the refused host was cleaned at once
-    assert env.cli("delete", "mine", "-y", cwd=repo).returncode == 0
+    # From the Fleets page: Delete, confirmed.
+    login(page, server.url, env.token())
+    page.goto(f"{server.url}/projects/main/fleets")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("button[data-delete-fleet=mine]").click()
+    page.wait_for_load_state()
     wait_for(lambda: all([p.name for p in d.iterdir()] in ([], ["volume"]) for d in installed), 60,
              message="the hosts to be cleaned up (the instance volume stays)")
     assert _fleet_gone(env, repo)

@@ -41,7 +41,7 @@ def test_stored_xss_payload_does_not_run_and_csp_is_on_every_page(env: Env, aws:
         assert not any("Content Security Policy" in e for e in console_errors), console_errors
 
         pages = ["/login", "/projects", "/projects/main", "/projects/main/settings", "/admin/users",
-                 "/projects/main/fleets",
+                 "/projects/main/fleets", "/projects/main/volumes",
                  "/projects/main/settings/backends/new", "/projects/main/settings/backends/aws/edit", "/docs",
                  "/api/health", "/api/no-such-endpoint", "/static/app.js"]
         with httpx.Client(base_url=server.url, cookies={"dstack_token": env.token()}) as web:

@@ -27,6 +27,9 @@ def test_members_secrets_and_users(env: Env, server: Server, page) -> None:  # n
     page.goto(f"{server.url}/projects/main")
     page.get_by_role("link", name="Fleets").click()
     page.get_by_text("No fleets yet.").wait_for()
+    page.goto(f"{server.url}/projects/main")
+    page.get_by_role("link", name="Volumes").click()
+    page.get_by_text("No volumes yet.").wait_for()
     page.goto(f"{server.url}/admin/users")
     # Members: add carol as read-only, then make her a user.
     page.goto(f"{server.url}/projects/main/settings?edit=1")

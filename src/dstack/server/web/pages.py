@@ -14,6 +14,7 @@ from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
 from dstack.server.services import fleets as fleets_svc
 from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
+from dstack.server.services import volumes as volumes_svc
 from dstack.server.services.users import authenticate
 from dstack.server.web.common import HERE, render, require_project, require_user
 
@@ -90,6 +91,13 @@ async def fleets_page(project_name: str, request: Request, session: Session) -> 
     user, project, role = await require_project(request, session, project_name)
     fleets = await fleets_svc.list_fleets(session=session, project=project)
     return render(request, "fleets.html", user=user, project=project, role=role, fleets=fleets)
+
+
+@router.get("/projects/{project_name}/volumes")
+async def volumes_page(project_name: str, request: Request, session: Session) -> Response:
+    user, project, role = await require_project(request, session, project_name)
+    volumes = await volumes_svc.list_volumes(session=session, project=project)
+    return render(request, "volumes.html", user=user, project=project, role=role, volumes=volumes)
 
 
 @router.get("/projects/{project_name}/runs/{run_name}")

@@ -452,21 +452,31 @@ const dstack = (() => {
     refreshArtifacts(base, project, runName);
   }
 
-  function fleetsPage(table) {
+  // A page listing named resources (fleets, volumes) with a Delete button per row: confirmed, then
+  // the API's DELETE; their state changes in the background, so a quiet page refreshes itself.
+  function resourcesPage(table, kind, question) {
     const project = table.dataset.project;
-    const error = document.getElementById("fleets-error");
+    const error = document.getElementById(`${kind}s-error`);
+    const key = `delete${kind[0].toUpperCase()}${kind.slice(1)}`;
     table.addEventListener("click", async (e) => {
-      const name = e.target.dataset && e.target.dataset.deleteFleet;
-      if (!name || !confirm(`Delete the fleet ${name} and terminate its instances?`)) return;
+      const name = e.target.dataset && e.target.dataset[key];
+      if (!name || !confirm(question(name))) return;
       try {
-        await api(`/api/projects/${encodeURIComponent(project)}/fleets/${encodeURIComponent(name)}`, { method: "DELETE" });
+        await api(`/api/projects/${encodeURIComponent(project)}/${kind}s/${encodeURIComponent(name)}`, { method: "DELETE" });
         location.reload();
       } catch (err) {
         setMessage(error, err.message);
       }
     });
-    // Instances change state in the background (provisioning, idle, busy): a quiet page refreshes itself.
     setInterval(() => { if (!document.hidden && !error.textContent) location.reload(); }, 10000);
+  }
+
+  function fleetsPage(table) {
+    resourcesPage(table, "fleet", (name) => `Delete the fleet ${name} and terminate its instances?`);
+  }
+
+  function volumesPage(table) {
+    resourcesPage(table, "volume", (name) => `Delete the volume ${name} and its data?`);
   }
 
   function pageData() {
@@ -484,9 +494,10 @@ const dstack = (() => {
       case "settings": settingsPage(data.project); break;
       case "users": usersPage(); break;
       case "fleets": fleetsPage(document.getElementById("fleets")); break;
+      case "volumes": volumesPage(document.getElementById("volumes")); break;
     }
   }
   boot();
 
-  return { api, pageData, setMessage, runsPage, runPage, settingsPage, usersPage, fleetsPage };
+  return { api, pageData, setMessage, runsPage, runPage, settingsPage, usersPage, fleetsPage, volumesPage };
 })();
