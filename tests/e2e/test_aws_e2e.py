@@ -5,6 +5,7 @@ least-privilege policy. Every AWS call the server makes is recorded and evaluate
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dstack.backends.aws.iam_policy import policy
+from dstack.backends.aws.iam_policy import optional_statements, policy
 from tests.aws_harness import ACCOUNT, MotoAWS
 from tests.e2e.aws_stack import BUCKET, REGION, SECRET, Stack, make_stack
+from tests.ec2_stand_ins import CapacityReservations
 from tests.harness import Env, Server, wait_for
 from tests.iam_eval import violations
 from tests.stock_tree import STOCK_PYTHON_IMAGE, stock_tree
@@ -125,11 +127,41 @@ def test_aws_task_end_to_end_with_least_privilege_policy(stack: Stack) -> None:
             "CreateSecret", "PutObject"} <= operations
     assert violations(policy(BUCKET), calls, ACCOUNT, stack.instance_tags) == []
 
-    # A field the policy cannot serve is refused at plan time with the reason, not ignored.
+    # A field the seed's policy cannot serve is refused at plan time naming the optional statement.
     with stack.server.api() as api:
         body = api.post("/api/projects/cloud/runs/plan", json={"repo_id": "x", "configuration": {
             "type": "task", "commands": ["true"], "reservation": "cr-0123456789abcdef0"}}).json()["error"]
-    assert body["code"] == "no_offers" and "`reservation` needs ec2:DescribeCapacityReservations" in body["message"]
+    assert body["code"] == "no_offers" and "lacks ec2:DescribeCapacityReservations" in body["message"]
+    assert "--with reservations" in body["message"]
+
+
+def test_a_run_launches_into_its_capacity_reservation(stack: Stack) -> None:
+    """`reservation`: with the optional statement, the reservation's type and zone narrow the offers,
+    and the instance is launched into it."""
+    reservations = CapacityReservations(stack.aws, user="dstack-user", region=REGION)  # moto has none
+    reservations.reservations["cr-0a1b2c3d4e5f60718"] = {"type": "t3.large", "zone": "us-east-1c", "count": 1,
+                                                         "state": "active"}
+    stack.proxy.rule = reservations.rule
+    stack.aws.client("iam").put_user_policy(
+        UserName="dstack-user", PolicyName="dstack-reservations",
+        PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                   "Statement": optional_statements(BUCKET, ["reservations"])}))
+    (stack.repo / ".dstack.yml").write_text("type: task\nname: reserved\ncommands: [echo in-the-reservation]\n"
+                                            "reservation: cr-0a1b2c3d4e5f60718\n")
+    result = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=180)
+    assert result.returncode == 0 and "in-the-reservation" in result.stdout, result.stdout + result.stderr
+    plan_rows = [line for line in result.stdout.splitlines() if line[:2].strip().isdigit()]
+    assert plan_rows and all("t3.large" in row for row in plan_rows), plan_rows
+    [launch] = [c for c in stack.calls() if c["operation"] == "RunInstances"]
+    assert launch["params"]["CapacityReservationSpecification"] == {
+        "CapacityReservationTarget": {"CapacityReservationId": "cr-0a1b2c3d4e5f60718"}}
+    assert launch["params"]["Placement"]["AvailabilityZone"] == "us-east-1c"
+    # One not there is refused at plan time, saying so.
+    (stack.repo / ".dstack.yml").write_text("type: task\nname: gone\ncommands: [echo x]\n"
+                                            "reservation: cr-00000000000000000\n")
+    refused = stack.env.cli("apply", "-y", cwd=stack.repo, timeout=60)
+    assert refused.returncode != 0 and "cr-00000000000000000 is not a capacity reservation" in refused.stderr
+    assert violations(policy(BUCKET, ["reservations"]), stack.calls(), ACCOUNT, stack.resource_tags) == []
 
 
 def test_capacity_error_fails_over_to_the_next_offer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

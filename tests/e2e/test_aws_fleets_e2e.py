@@ -12,7 +12,7 @@ import pytest
 from dstack.backends.aws.iam_policy import OPTIONAL_ACTIONS, optional_statements, policy
 from tests.aws_harness import ACCOUNT, MotoAWS
 from tests.e2e.aws_stack import BUCKET, REGION, Stack, make_stack
-from tests.ec2_placement import PlacementGroups
+from tests.ec2_stand_ins import PlacementGroups
 from tests.harness import Env, wait_for
 from tests.iam_eval import violations
 

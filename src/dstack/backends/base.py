@@ -106,6 +106,8 @@ class JobLaunch(BaseModel):
     fleet: str | None = None
     # A cluster fleet's placement group (`placement: cluster`): its instances are launched into it.
     placement_group: str | None = None
+    # A capacity reservation to launch into (`reservation`).
+    reservation: str | None = None
     # The run's network volumes (a backend that mounts them at launch, such as Lambda's file
     # systems, names them in its launch request; AWS places the instance in their zone).
     volumes: list[VolumeLaunch] = Field(default_factory=list)

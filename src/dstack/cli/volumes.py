@@ -37,7 +37,7 @@ def apply_volume(*, file: str, yes: bool, detach: bool, project: str | None) -> 
     zone = f", {conf.availability_zone}" if conf.availability_zone else ""
     props.add_row("Backend", f"{conf.backend} ({conf.region}{zone})")
     props.add_row("Volume", f"existing {conf.volume_id} (registered; deleting it in dstack keeps it)" if conf.volume_id
-                  else f"new, {conf.size.min:g} GB")
+                  else f"new, {conf.size.min:g} GB" if conf.size else "new (it grows as it fills)")
     console.print(props)
     console.print()
     if not yes:

@@ -131,7 +131,10 @@ class VolumeConfiguration(_NamedResource):
 
     @model_validator(mode="after")
     def _size_or_id(self) -> VolumeConfiguration:
-        if (self.size is None) == (self.volume_id is None):
+        if self.size is not None and self.volume_id is not None:
+            raise ValueError("give `size` (a new volume) or `volume_id` (an existing one), not both")
+        # Lambda's file systems have no size (they grow as they fill).
+        if self.size is None and self.volume_id is None and self.backend != "lambda":
             raise ValueError("give `size` (a new volume) or `volume_id` (an existing one)")
         return self
 

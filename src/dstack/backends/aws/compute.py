@@ -10,11 +10,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dstack.backends.aws import catalog, placement
+from dstack.backends.aws import catalog, placement, reservations
 from dstack.backends.aws import logs as cw
 from dstack.backends.aws import secrets as sm
 from dstack.backends.aws.errors import denied_fix, is_denied
 from dstack.backends.aws.models import AWSBackendConfig
+from dstack.backends.aws.permissions import OptionalPermissions
 from dstack.backends.aws.resources import AWSResources
 from dstack.backends.aws.session import Clients, describe, error_code
 from dstack.backends.aws.volumes import EBSVolumes
@@ -83,8 +84,10 @@ class AWSCompute(Compute):
         self._unsupported_here: dict[str, float] = {}  # instance type -> when EC2 said Unsupported
         self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.volumes = EBSVolumes(ec2=self.clients.ec2, region=config.region, bucket=config.bucket,
-                                  tags=self.resources.tags(), default_zone=self.resources.default_zone)
+        self.volumes = EBSVolumes(ec2=self.clients.ec2, region=config.region, tags=self.resources.tags(),
+                                  default_zone=self.resources.default_zone)
+        self.permissions = OptionalPermissions(ec2=self.clients.ec2, region=config.region)
+        self.reservations = reservations.Reservations(self.clients.ec2)
 
     # --- offers ------------------------------------------------------------------------------
     def unsupported(self, requirements: Requirements) -> str | None:
@@ -94,11 +97,12 @@ class AWSCompute(Compute):
         if gap:
             return gap
         if requirements.reservation:
-            # Finding a reservation's type and zone needs ec2:DescribeCapacityReservations, and
-            # launching into it a CapacityReservation ARN in RunInstances' conditions: neither is in
-            # the seed's IAM policy, whose features must work with exactly that policy.
-            return ("`reservation` needs ec2:DescribeCapacityReservations, which the backend's IAM policy "
-                    "does not grant: not supported yet")
+            # Its type and zone: ec2:DescribeCapacityReservations, the optional `reservations` statement.
+            why = self.permissions_gap(features={"reservations"}) or reservations.unusable(
+                self.reservations.get(requirements.reservation), requirements.reservation, self.config.region,
+                self.resources.subnet_zone_of_config() if self.config.subnet else None)
+            if why:
+                return f"reservation: {why}"
         zones = requirements.availability_zones
         if zones:
             in_region = [z for z in zones if z.startswith(self.config.region)]
@@ -135,8 +139,9 @@ class AWSCompute(Compute):
         with self._lock:
             now = time.monotonic()
             skipped = {t for t, at in self._unsupported_here.items() if now - at < UNSUPPORTED_TTL}
+        reserved = self.reservations.get(requirements.reservation) if requirements.reservation else None
         for info in self._instance_types():
-            if info.name in skipped:
+            if info.name in skipped or (reserved and info.name != reserved["InstanceType"]):
                 continue
             info = catalog.TypeInfo(info.name, info.resources.model_copy(update={"disk_gb": disk_gb}))
             item = prices.get(info.name)
@@ -144,7 +149,7 @@ class AWSCompute(Compute):
                 offers.append(Offer(backend=self.TYPE, region=self.config.region, instance_type=info.name,
                                     resources=info.resources, price=item.price))
             spot_price = spot.get(info.name)
-            if spot_price is not None and requirements.spot_policy != "on-demand":
+            if spot_price is not None and requirements.spot_policy != "on-demand" and not reserved:
                 offers.append(Offer(backend=self.TYPE, region=self.config.region, instance_type=info.name,
                                     resources=info.resources.model_copy(update={"spot": True}), price=spot_price,
                                     spot=True))
@@ -201,7 +206,7 @@ class AWSCompute(Compute):
         return None
 
     def permissions_gap(self, *, features: set[str]) -> str | None:
-        return self.volumes.permissions_gap(features, self.config.bucket)
+        return self.permissions.permissions_gap(features, self.config.bucket)
 
     def create_volume(self, *, project: str, name: str, region: str, availability_zone: str | None,
                       size_gb: float, tags: dict[str, str], request_id: str) -> ProvisionedVolume:
@@ -327,6 +332,11 @@ class AWSCompute(Compute):
                                   {"ResourceType": "volume", "Tags": tags}],
         }
         zones = [z for z in job.availability_zones or [] if z.startswith(self.config.region)]
+        reserved = self.reservations.get(job.reservation) if job.reservation else None
+        if reserved:  # launched into the reservation, in its zone
+            zones = [reserved["AvailabilityZone"]]
+            request["CapacityReservationSpecification"] = {
+                "CapacityReservationTarget": {"CapacityReservationId": job.reservation}}
         volume_zones = {v.availability_zone for v in job.volumes if v.availability_zone}
         if volume_zones:  # where its volumes are (the plan checked they are in one zone)
             zones = sorted(volume_zones)

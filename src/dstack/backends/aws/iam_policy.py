@@ -32,6 +32,8 @@ OPTIONAL_ACTIONS: dict[str, tuple[list[str], list[str]]] = {
     "volumes": (["ec2:DescribeVolumes", "ec2:CreateVolume", "ec2:AttachVolume", "ec2:DetachVolume"],
                 ["ec2:DeleteVolume"]),
     "clusters": (["ec2:DescribePlacementGroups", "ec2:CreatePlacementGroup"], ["ec2:DeletePlacementGroup"]),
+    # Launching into a reservation is RunInstances (already granted); reading its type and zone is not.
+    "reservations": (["ec2:DescribeCapacityReservations"], []),
 }
 
 
@@ -43,9 +45,10 @@ def optional_statements(bucket: str, features: list[str] | tuple[str, ...]) -> l
         anywhere, owned = OPTIONAL_ACTIONS[feature]
         statements.append({"Sid": f"Dstack{feature.capitalize()}", "Effect": "Allow", "Action": anywhere,
                            "Resource": "*"})
-        statements.append({"Sid": f"Dstack{feature.capitalize()}Delete", "Effect": "Allow", "Action": owned,
-                           "Resource": "*",
-                           "Condition": {"StringEquals": {"aws:ResourceTag/dstack_bucket": bucket}}})
+        if owned:
+            statements.append({"Sid": f"Dstack{feature.capitalize()}Delete", "Effect": "Allow", "Action": owned,
+                               "Resource": "*",
+                               "Condition": {"StringEquals": {"aws:ResourceTag/dstack_bucket": bucket}}})
     return statements
 
 

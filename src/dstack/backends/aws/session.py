@@ -24,7 +24,7 @@ _AUDIT_KEYS = {
     "logStreamName", "logGroupNamePrefix", "Name", "SecretId", "InstanceIds", "IamInstanceProfile", "GroupName",
     "GroupId", "SubnetIds", "InstanceType", "TagSpecifications", "Filters", "MetadataOptions",
     "NetworkInterfaces", "VolumeId", "VolumeIds", "InstanceId", "Device", "DryRun", "AvailabilityZone",
-    "Placement", "GroupNames", "Strategy",
+    "Placement", "GroupNames", "Strategy", "CapacityReservationSpecification", "CapacityReservationIds",
 }
 _AUDIT_LOCK = threading.Lock()
 _RETRIES = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=10, read_timeout=60)

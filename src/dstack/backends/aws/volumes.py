@@ -1,9 +1,6 @@
 """EBS network volumes: create (gp3, tagged with the bucket) or register an existing one, attach
 to the run's instance as a named device, detach when the run ends, delete what dstack created.
-
-Their EC2 actions are outside the seed's policy: `permissions_gap` asks EC2 with DryRun calls
-(which authorize without acting) and names what is missing, so that a run or a volume is refused
-at plan time instead of failing half-way (see iam_policy.OPTIONAL_ACTIONS).
+Their EC2 actions are the optional `volumes` statement (permissions.py asks for them first).
 """
 
 from __future__ import annotations
@@ -13,62 +10,17 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dstack.backends.aws.errors import DENIED_ERRORS, describe, error_code
-from dstack.backends.aws.iam_policy import OPTIONAL_ACTIONS
+from dstack.backends.aws.errors import describe, error_code
 from dstack.backends.base import LaunchedInstance, ProvisionedVolume
 from dstack.core.errors import BackendError
 
-# Made-up ids: a DryRun call is authorized (or not) before EC2 looks them up.
-_PROBE_VOLUME = "vol-0123456789abcdef0"
-_PROBE_INSTANCE = "i-0123456789abcdef0"
-
 
 class EBSVolumes:
-    def __init__(self, *, ec2: Any, region: str, bucket: str, tags: list[dict[str, str]],
-                 default_zone: Any) -> None:
+    def __init__(self, *, ec2: Any, region: str, tags: list[dict[str, str]], default_zone: Any) -> None:
         self.ec2 = ec2
         self.region = region
-        self.bucket = bucket
         self.tags = tags
         self._default_zone = default_zone  # () -> the zone new volumes go to when none is asked for
-
-    # --- permissions ---------------------------------------------------------------------------
-    def permissions_gap(self, features: set[str], bucket: str) -> str | None:
-        missing = [action for feature in sorted(features) if feature in OPTIONAL_ACTIONS
-                   for action in OPTIONAL_ACTIONS[feature][0] if not self._allowed(action)]
-        if not missing:
-            return None
-        named = ",".join(sorted(features & set(OPTIONAL_ACTIONS)))
-        return (f"the AWS backend's IAM policy lacks {', '.join(missing)}: add the optional statement that "
-                f"`dstack aws iam-policy --bucket {bucket} --with {named}` prints (docs/backends.md)")
-
-    def _allowed(self, action: str) -> bool:
-        # Asked every time (a few DryRun calls per plan): a statement just added or taken away
-        # counts at once.
-        return self._probe(action)
-
-    def _probe(self, action: str) -> bool:
-        zone = f"{self.region}a"
-        calls = {
-            "ec2:DescribeVolumes": lambda: self.ec2.describe_volumes(DryRun=True, MaxResults=5),
-            "ec2:CreateVolume": lambda: self.ec2.create_volume(DryRun=True, AvailabilityZone=zone, Size=1,
-                                                               VolumeType="gp3"),
-            "ec2:AttachVolume": lambda: self.ec2.attach_volume(DryRun=True, VolumeId=_PROBE_VOLUME,
-                                                               InstanceId=_PROBE_INSTANCE, Device="/dev/sdf"),
-            "ec2:DetachVolume": lambda: self.ec2.detach_volume(DryRun=True, VolumeId=_PROBE_VOLUME),
-            "ec2:DescribePlacementGroups": lambda: self.ec2.describe_placement_groups(DryRun=True),
-            "ec2:CreatePlacementGroup": lambda: self.ec2.create_placement_group(
-                DryRun=True, GroupName="dstack-probe", Strategy="cluster"),
-        }
-        try:
-            calls[action]()
-        except ClientError as exc:
-            # DryRunOperation: it would have succeeded. Any error other than a denial (an unknown
-            # id, a throttle) says nothing against the permission: the real call will tell.
-            return error_code(exc) not in DENIED_ERRORS
-        except Exception:  # noqa: BLE001 - an answer that cannot be read says nothing against it either
-            return True
-        return True
 
     # --- lifecycle ---------------------------------------------------------------------------
     def create(self, *, project: str, name: str, availability_zone: str | None, size_gb: float,

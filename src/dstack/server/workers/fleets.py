@@ -123,7 +123,7 @@ async def _launch(ctx: ServerContext, instance_id: str, fleet: FleetModel, proje
     requirements = fleet_requirements(conf)
     launch = JobLaunch(job_id=instance_id, project=project.name, run_name=instance_name(fleet.name, num),
                        job_prefix=prefix, fleet_instance=True, fleet=fleet.name, tags=conf.tags or {},
-                       availability_zones=conf.availability_zones)
+                       availability_zones=conf.availability_zones, reservation=conf.reservation)
     first: Offer | None = None
     if conf.placement == "cluster":  # one placement group; the first instance's type and zone for all
         launch.placement_group = placement_group_name(fleet.id)

@@ -164,7 +164,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                        gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
                        tags=run_spec.configuration.tags or {},
                        availability_zones=run_spec.configuration.availability_zones,
-                       **_reserved(run_spec))
+                       reservation=getattr(run_spec.configuration, "reservation", None), **_reserved(run_spec))
     volumes = None
     if network_volume_mounts(run_spec.configuration):
         try:  # where the run's volumes are is where it goes; an EBS volume is held by one job at a time

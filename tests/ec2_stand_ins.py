@@ -1,8 +1,9 @@
-"""EC2 placement groups, which moto does not implement: a stand-in answering CreatePlacementGroup,
-DescribePlacementGroups and DeletePlacementGroup on the FaultProxy between the server and moto, in
-EC2's XML, authorized like IAM would (the caller's inline policies, evaluated by tests/iam_eval.py,
-DryRun included), refusing to delete a group while an instance launched into it is not terminated
-(it sees the launches on their way through the proxy)."""
+"""EC2 placement groups and capacity reservations, which moto does not implement: stand-ins on the
+FaultProxy between the server and moto, answering in EC2's XML, authorized like IAM would (the
+caller's inline policies, evaluated by tests/iam_eval.py, DryRun included). Placement groups:
+Create/Describe/DeletePlacementGroup, refusing to delete a group while an instance launched into it
+is not terminated (it sees the launches on their way through the proxy). Capacity reservations:
+DescribeCapacityReservations of the ones a test declares."""
 
 from __future__ import annotations
 
@@ -26,9 +27,51 @@ def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
     return status, body.encode()
 
 
-class PlacementGroups:
+class _Authorizing:
     def __init__(self, aws: MotoAWS, *, user: str, region: str) -> None:
         self.aws, self.user, self.region = aws, user, region
+
+    def _authorized(self, action: str, resource: str, context: dict[str, str]) -> bool:
+        with self.aws.unenforced():
+            iam = self.aws.client("iam")
+            policies = [iam.get_user_policy(UserName=self.user, PolicyName=name)["PolicyDocument"]
+                        for name in iam.list_user_policies(UserName=self.user)["PolicyNames"]]
+        request = AuthRequest(f"ec2:{action}", resource, context)
+        return any(allowed(p, request) for p in policies)
+
+
+class CapacityReservations(_Authorizing):
+    def __init__(self, aws: MotoAWS, *, user: str, region: str) -> None:
+        super().__init__(aws, user=user, region=region)
+        self.reservations: dict[str, dict[str, Any]] = {}  # id -> {"type", "zone", "count", "state"}
+
+    def rule(self, request: Request) -> tuple[int, bytes] | None:
+        params = dict(urllib.parse.parse_qsl(request.body.decode(errors="replace")))
+        if params.get("Action") != "DescribeCapacityReservations":
+            return None
+        if not self._authorized("DescribeCapacityReservations", "*", {}):
+            return _error(403, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+        if params.get("DryRun") == "true":
+            return _error(412, "DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+        wanted = [v for k, v in params.items() if re.fullmatch(r"CapacityReservationId\.\d+", k)]
+        missing = [w for w in wanted if w not in self.reservations]
+        if missing:
+            return _error(400, "InvalidCapacityReservationId.NotFound",
+                          f"The capacity reservation ID '{missing[0]}' does not exist")
+        items = "".join(
+            f"<item><capacityReservationId>{rid}</capacityReservationId><instanceType>{r['type']}</instanceType>"
+            f"<instancePlatform>Linux/UNIX</instancePlatform><availabilityZone>{r['zone']}</availabilityZone>"
+            f"<tenancy>default</tenancy><totalInstanceCount>{r['count']}</totalInstanceCount>"
+            f"<availableInstanceCount>{r['count']}</availableInstanceCount><state>{r['state']}</state>"
+            "<instanceMatchCriteria>targeted</instanceMatchCriteria></item>"
+            for rid, r in self.reservations.items() if not wanted or rid in wanted)
+        return 200, PlacementGroups._response("DescribeCapacityReservationsResponse",
+                                              f"<capacityReservationSet>{items}</capacityReservationSet>")
+
+
+class PlacementGroups(_Authorizing):
+    def __init__(self, aws: MotoAWS, *, user: str, region: str) -> None:
+        super().__init__(aws, user=user, region=region)
         self.groups: dict[str, dict[str, Any]] = {}  # name -> {"id", "strategy", "tags"}
         self.members: dict[str, set[str]] = {}  # group name -> instance ids launched into it
         self._lock = threading.Lock()
@@ -49,14 +92,6 @@ class PlacementGroups:
             with self._lock:
                 self.members.setdefault(group, set()).update(launched)
         return payload
-
-    def _authorized(self, action: str, resource: str, context: dict[str, str]) -> bool:
-        with self.aws.unenforced():
-            iam = self.aws.client("iam")
-            policies = [iam.get_user_policy(UserName=self.user, PolicyName=name)["PolicyDocument"]
-                        for name in iam.list_user_policies(UserName=self.user)["PolicyNames"]]
-        request = AuthRequest(f"ec2:{action}", resource, context)
-        return any(allowed(p, request) for p in policies)
 
     def _handle(self, action: str, params: dict[str, str]) -> tuple[int, bytes]:
         name = params.get("GroupName") or params.get("GroupName.1") or ""
