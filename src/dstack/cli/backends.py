@@ -142,7 +142,8 @@ def delete_secret(name: str, project: ProjectOpt = None) -> None:
 @aws_app.command("iam-policy")
 def iam_policy(bucket: Annotated[str, typer.Option(help="the S3 bucket of the backend")],
                with_: Annotated[str | None, typer.Option(
-                   "--with", help="optional features to grant too, comma-separated: volumes, clusters, reservations")] = None,
+                   "--with", help="optional features to grant too, comma-separated: volumes, clusters, "
+                                  "reservations")] = None,
                ) -> None:
     """Print the least-privilege IAM policy for the AWS backend, filled in for BUCKET (with
     `--with`, plus the optional statements of those features)."""
