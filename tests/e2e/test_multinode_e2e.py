@@ -88,6 +88,10 @@ def test_two_nodes_rendezvous_over_the_private_network(cluster: tuple[list[VMHos
                  == ["idle", "idle"], 60, message="the hosts to be idle")
     nope = env.cli("logs", "ddp", "--job", "5", cwd=repo)
     assert nope.returncode != 0 and "has no node 5 (it has 2)" in nope.stderr
+    # Upstream's --replica: a task has one, replica 0.
+    assert "worker got welcome" in env.cli("logs", "ddp", "--replica", "0", "--job", "1", cwd=repo).stdout
+    nope = env.cli("logs", "ddp", "--replica", "1", cwd=repo)
+    assert nope.returncode != 0 and "has no replica 1 (it has 1)" in nope.stderr
     # The run page shows one node's logs at a time: the master's, then the one chosen.
     login(page, server.url, env.token())
     page.goto(f"{server.url}/projects/main/runs/ddp")

@@ -195,12 +195,14 @@ def logs(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="wait for new lines until the run ends")] = False,
     job: Annotated[int | None, typer.Option("--job", "-j", min=0, help="the node of a multi-node task "
                                                                       "(default: 0, the master)")] = None,
+    replica: Annotated[int, typer.Option("--replica", min=0, help="the replica (upstream's option; a task "
+                                                                  "has one, 0)")] = 0,
     project: ProjectOption = None,
 ) -> None:
     """Print a run's logs."""
     from dstack.cli.runs import print_logs
 
-    print_logs(run, follow=follow, project=project, job=job)
+    print_logs(run, follow=follow, project=project, job=job, replica=replica)
 
 
 @app.command()

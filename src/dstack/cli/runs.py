@@ -121,9 +121,15 @@ def show_runs(*, all: bool, last: int | None, watch: bool, verbose: bool, projec
         pass
 
 
-def print_logs(run_name: str, *, follow: bool, project: str | None, job: int | None = None) -> None:
+def print_logs(run_name: str, *, follow: bool, project: str | None, job: int | None = None,
+               replica: int = 0) -> None:
     client = client_for(project)
     client.runs.get(run_name)  # a clear "does not exist" before anything else
+    if replica:  # tasks and dev environments have one replica; services' come with services
+        from dstack.core.errors import ResourceNotFoundError
+
+        raise ResourceNotFoundError(f"run {run_name!r} has no replica {replica} (it has 1)", field="replica",
+                                    fix=f"Drop --replica, or see the nodes with `dstack logs {run_name} --job N`")
     try:
         for event in client.runs.follow_logs(run_name, follow=follow, job=job):
             sys.stdout.write(event.message + "\n")
