@@ -313,13 +313,17 @@ def _instance_volumes(env: Env, server: Server, repo: Path, volume: Path) -> Non
         "  - cat /mnt/in/out.txt\n")
     assert env.cli("apply", "-y", "-f", "reader.yml", cwd=repo).returncode == 0
     assert "persisted-writer" in _logs(server, "reader")
-    # The server's own directory is never a volume; a network volume is not supported yet.
+    # The server's own directory is never a volume; a network volume must exist first.
     (repo / "bad.yml").write_text(f"type: task\nvolumes: ['{env.server_dir}/data:/data']\ncommands: [ls /data]\n")
     result = env.cli("apply", "-y", "-f", "bad.yml", cwd=repo)
     assert result.returncode != 0 and "holds the server's own files" in result.stderr, result.stderr
     (repo / "net.yml").write_text("type: task\nvolumes: ['my-volume:/data']\ncommands: [ls /data]\n")
     result = env.cli("apply", "-y", "-f", "net.yml", cwd=repo)
-    assert result.returncode != 0 and "not supported yet: `volumes` (network volumes" in result.stderr, result.stderr
+    assert result.returncode != 0 and "no volume 'my-volume' in project 'main'" in result.stderr, result.stderr
+    # And the local backend has none to create.
+    (repo / "volume.yml").write_text("type: volume\nname: my-volume\nbackend: local\nregion: here\nsize: 1GB\n")
+    result = env.cli("apply", "-y", "-f", "volume.yml", cwd=repo)
+    assert result.returncode != 0 and "the local backend has no network volumes" in result.stderr, result.stderr
     # A member who is not a global admin may not mount the server machine's directories.
     with server.api() as api:
         token = api.post("/api/users", json={"name": "member"}).json()["token"]

@@ -59,11 +59,15 @@ EXPECTED = {
     "GET /api/projects/{project_name}/fleets": "read-only",
     "GET /api/projects/{project_name}/fleets/{fleet_name}": "read-only",
     "DELETE /api/projects/{project_name}/fleets/{fleet_name}": "user",
+    "POST /api/projects/{project_name}/volumes": "user",
+    "GET /api/projects/{project_name}/volumes": "read-only",
+    "GET /api/projects/{project_name}/volumes/{volume_name}": "read-only",
+    "DELETE /api/projects/{project_name}/volumes/{volume_name}": "user",
 }
 # Harmless arguments: targets that do not exist or belong to nobody who matters.
 PATH_ARGS = {"project_name": "target", "name": "TARGET_SECRET", "user_name": "target-user", "run_name": "ghost",
              "backend_type": "lambda", "code_hash": "0" * 64, "path": "nothing.txt",
-             "fleet_name": "ghost-fleet"}
+             "fleet_name": "ghost-fleet", "volume_name": "ghost-volume"}
 BODIES = {
     "POST /api/users": {"name": "made-by-matrix"},
     "POST /api/projects": {"name": "made-by-matrix"},
@@ -81,6 +85,8 @@ BODIES = {
     "POST /api/projects/{project_name}/runs/{run_name}/stop": {},
     "POST /api/projects/{project_name}/fleets/plan": {"configuration": {"type": "fleet", "nodes": 1}},
     "POST /api/projects/{project_name}/fleets": {"configuration": {"type": "fleet", "nodes": 1}},
+    "POST /api/projects/{project_name}/volumes": {"configuration": {"type": "volume", "backend": "local",
+                                                                     "region": "here", "size": "1GB"}},
 }
 
 

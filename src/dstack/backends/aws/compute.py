@@ -84,8 +84,8 @@ class AWSCompute(Compute):
         self._unsupported_here: dict[str, float] = {}  # instance type -> when EC2 said Unsupported
         self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.volumes = EBSVolumes(ec2=self.clients.ec2, region=config.region, tags=self.resources.tags(),
-                                  default_zone=self.resources.default_zone)
+        self.volumes = EBSVolumes(ec2=self.clients.ec2, region=config.region, bucket=config.bucket,
+                                  tags=self.resources.tags(), default_zone=self.resources.default_zone)
         self.permissions = OptionalPermissions(ec2=self.clients.ec2, region=config.region)
         self.reservations = reservations.Reservations(self.clients.ec2)
 

@@ -16,9 +16,11 @@ from dstack.core.errors import BackendError
 
 
 class EBSVolumes:
-    def __init__(self, *, ec2: Any, region: str, tags: list[dict[str, str]], default_zone: Any) -> None:
+    def __init__(self, *, ec2: Any, region: str, bucket: str, tags: list[dict[str, str]],
+                 default_zone: Any) -> None:
         self.ec2 = ec2
         self.region = region
+        self.bucket = bucket
         self.tags = tags
         self._default_zone = default_zone  # () -> the zone new volumes go to when none is asked for
 
