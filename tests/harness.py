@@ -36,14 +36,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition",  # noqa: ANN001, ANN201
+             diagnostics=None):  # noqa: ANN001 - a callable whose text explains a timeout
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            extra = f"\n{diagnostics()}" if diagnostics is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{extra}")
         time.sleep(interval)
 
 

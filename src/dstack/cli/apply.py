@@ -60,17 +60,26 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
         console.print(f"Run {active.name} is {active.status.value} with this configuration already; nothing to "
                       "do (--force restarts it)")
         return 0
-    if active is not None and not yes:
+    # A service changes in place: its replicas roll over to the new configuration, no request fails.
+    rolling = active is not None and active.spec.configuration.type == "service" and \
+        run_spec.configuration.type == "service"
+    if rolling and not yes:
+        _confirm(f"Service {active.name} is {active.status.value}. Roll its replicas over to the new configuration?")
+    elif active is not None and not yes:
         _confirm(f"Run {active.name} is {active.status.value}. Stop it and submit the new one?")
     elif not yes:
         _confirm("Submit the run?")
-    if active is not None:
+    if active is not None and not rolling:
         client.runs.stop(active.name)
         _wait_finished(client, active.name)
         console.print(f"Stopped the active run {active.name}")
     with console.status("Uploading code…"):
         run_spec = client.runs.upload_sources(run_spec, repo_dir=Path(repo.path))
     run = client.runs.submit(run_spec)
+    if run.spec.configuration.type == "service":
+        from dstack.cli.services import follow_service
+
+        return follow_service(client, run, rolled=rolling, detach=detach)
     console.print(f"Run [bold]{run.name}[/] submitted")
     if run.status == JobStatus.SUBMITTED and run.reason and run.reason.startswith("scheduled"):
         console.print(f"{run.name}: {run.reason}. It runs on its schedule until `dstack stop {run.name}`")

@@ -124,8 +124,10 @@ def show_runs(*, all: bool, last: int | None, watch: bool, verbose: bool, projec
 def print_logs(run_name: str, *, follow: bool, project: str | None, job: int | None = None,
                replica: int = 0) -> None:
     client = client_for(project)
-    client.runs.get(run_name)  # a clear "does not exist" before anything else
-    if replica:  # tasks and dev environments have one replica; services' come with services
+    run = client.runs.get(run_name)  # a clear "does not exist" before anything else
+    if run.spec.configuration.type == "service":
+        job = replica if job is None else job  # a service's jobs are its replicas
+    elif replica:  # tasks and dev environments have one replica
         from dstack.core.errors import ResourceNotFoundError
 
         raise ResourceNotFoundError(f"run {run_name!r} has no replica {replica} (it has 1)", field="replica",

@@ -89,6 +89,8 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     asyncio.run(_prepare(settings, url, show_token))
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per proxied request or probe would drown the server's own log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     app = create_app(settings)
     console.print(f"The dstack server is running at [bold]{url}[/] (API docs at {url}/docs). "
                   f"Press Ctrl+C to stop.", soft_wrap=True)

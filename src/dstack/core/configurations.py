@@ -364,9 +364,17 @@ _NOT_YET: dict[str, str] = {
 
 def not_supported_yet(conf: Any) -> list[tuple[str, str]]:
     """(field, what it needs) for each field this server parses but cannot run yet."""
-    if conf.type == "service":
-        return [("type", "`type: service` (services)")]
     reasons = []
+    if conf.type == "service":
+        if conf.gateway not in (None, False):
+            reasons.append(("gateway", "`gateway` (gateways: this server's own proxy serves services; "
+                                       "drop it or set `gateway: false`)"))
+        if conf.https is True:
+            reasons.append(("https", "`https: true` (TLS comes with gateways; the server's proxy serves "
+                                     "services at the server's own URL)"))
+        if conf.model is not None and conf.model.format != "openai":
+            reasons.append(("model", "`model.format: tgi` (models are served OpenAI-compatible: "
+                                     "`format: openai`)"))
     if getattr(conf, "nodes", 1) > 1 and conf.schedule is not None:
         reasons.append(("schedule", "`schedule` with `nodes`"))
     for field_name, feature in _NOT_YET.items():

@@ -79,7 +79,9 @@ class Job(BaseModel):
     id: str
     name: str
     submission: int = 0
-    job_num: int = Field(default=0, description="the node of a multi-node task (0: the master)")
+    job_num: int = Field(default=0, description="the node of a multi-node task (0: the master), or the "
+                                                "replica of a service")
+    deployment: int = Field(default=0, description="a service replica: the deployment it runs")
     status: JobStatus
     reason: str | None = None
     exit_code: int | None = None
@@ -105,14 +107,15 @@ class Run(BaseModel):
     spec: RunSpec
     jobs: list[Job] = Field(default_factory=list)
     stop_requested: bool = False
+    deployment: int = Field(default=0, description="a service: its configuration's version (re-applying a "
+                                                   "changed one rolls the replicas over to the next)")
+    service: ServiceInfo | None = Field(default=None, description="a service: where it is served, its replicas")
 
     @property
     def job(self) -> Job | None:
-        """The run's job: of its latest submission, the master node's (job 0)."""
-        if not self.jobs:
-            return None
-        latest = self.jobs[-1].submission
-        return next(j for j in self.jobs if j.submission == latest)
+        """The run's job: the master node's (a service: replica 0's), of its latest submission."""
+        first = [j for j in self.jobs if j.job_num == 0] or self.jobs
+        return max(first, key=lambda j: j.submission) if first else None
 
     @property
     def nodes(self) -> list[Job]:
@@ -130,6 +133,29 @@ class Run(BaseModel):
             return None
         end = job.finished_at or now
         return max(0.0, (end - job.started_at).total_seconds())
+
+
+class ReplicaInfo(BaseModel):
+    replica: int
+    job: str
+    status: JobStatus
+    deployment: int
+    ready: bool = Field(description="gets traffic: it answers (its probes pass) and is not being drained")
+
+
+class ServiceInfo(BaseModel):
+    """A service as this server's proxy sees it."""
+
+    url: str = Field(description="its path on the server: /proxy/services/PROJECT/RUN/")
+    model: str | None = Field(default=None, description="the model name it serves at the project's model endpoint")
+    model_url: str | None = Field(default=None, description="the project's OpenAI-compatible endpoint: "
+                                                            "/proxy/models/PROJECT/")
+    auth: bool = True
+    gateway: str = Field(default="server", description="who serves it: `server` (this server's proxy)")
+    replicas: list[ReplicaInfo] = Field(default_factory=list)
+    ready: int = 0
+    desired: int = 0
+    rps: float = Field(default=0.0, description="requests per second through the proxy, over the last minute")
 
 
 class RunPlan(BaseModel):
@@ -196,3 +222,6 @@ def status_text(status: JobStatus, reason: str | None, exit_code: int | None) ->
     return text
 
 
+
+
+Run.model_rebuild()

@@ -19,7 +19,7 @@ from dstack.core.errors import DstackError
 from dstack.server.context import ServerContext
 from dstack.server.db import Database
 from dstack.server.http_guard import BodyTooLarge, HTTPGuard, body_limit, docs_csp, error_body
-from dstack.server.routers import agent_storage, fleets, projects, runs, users, volumes
+from dstack.server.routers import agent_storage, fleets, projects, proxy, runs, users, volumes
 from dstack.server.settings import Settings
 from dstack.server.web import pages
 from dstack.server.web import settings as settings_pages
@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.proxy.close()
             await ctx.db.close()
 
     app = FastAPI(title="dstack", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleets.router)
     app.include_router(volumes.router)
     app.include_router(agent_storage.router)
+    app.include_router(proxy.router)
     app.include_router(pages.router)
     app.include_router(settings_pages.router)
     pages.mount_static(app)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dstack.server.crypto import Encryptor, load_encryptor
 from dstack.server.db import Database
 from dstack.server.settings import Settings
+
+if TYPE_CHECKING:
+    from dstack.server.proxy import ServiceProxy
 
 
 @dataclass
@@ -24,7 +28,12 @@ class ServerContext:
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     last_reap: float = 0.0
+    proxy: ServiceProxy = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.encryptor is None:
             self.encryptor = load_encryptor(self.settings.server_dir)
+        if self.proxy is None:
+            from dstack.server.proxy import ServiceProxy
+
+            self.proxy = ServiceProxy(self)

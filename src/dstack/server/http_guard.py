@@ -49,8 +49,11 @@ class BodyTooLarge(Exception):
     pass
 
 
+PROXY_PREFIX = "/proxy/"
+
+
 def body_limit(path: str) -> int:
-    return MAX_CODE_BODY if _CODE_PATH.match(path) else MAX_JSON_BODY
+    return MAX_CODE_BODY if _CODE_PATH.match(path) or path.startswith(PROXY_PREFIX) else MAX_JSON_BODY
 
 
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
@@ -68,9 +71,11 @@ class HTTPGuard:
             return
         path: str = scope["path"]
         policy = (self.docs_policy() if path in ("/docs", "/docs/oauth2-redirect") else None) or CSP
+        # A service's answers keep their own headers (the proxy sandboxes its HTML pages).
+        proxied = path.startswith(PROXY_PREFIX)
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and not proxied:
                 headers = list(message.get("headers", []))
                 headers += [(b"content-security-policy", policy.encode()), *_STATIC_HEADERS]
                 message["headers"] = headers

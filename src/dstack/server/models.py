@@ -164,6 +164,8 @@ class RunModel(Base):
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_abort: Mapped[bool] = mapped_column(Boolean, default=False)
     stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A service's configuration version: re-applying a changed one rolls its replicas over to the next.
+    deployment: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     project: Mapped[ProjectModel] = relationship(lazy="joined")
     user: Mapped[UserModel] = relationship(lazy="joined")
     jobs: Mapped[list[JobModel]] = relationship(
@@ -210,6 +212,11 @@ class JobModel(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The fleet instance the job runs on (None: an instance of its own, torn down when it ends).
     fleet_instance_id: Mapped[str | None] = mapped_column(ForeignKey("instances.id"), nullable=True)
+    # A service replica: the deployment it runs, and a stop of this job alone (scaled down, replaced
+    # by a new deployment), sent once `stop_after` has passed (the proxy drains it first).
+    deployment: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stop_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     run: Mapped[RunModel] = relationship(back_populates="jobs")
 
 

@@ -36,11 +36,12 @@ async def plan(body: RunSpec, project: ProjectReader, user: CurrentUser, ctx: Ct
 @router.post("/runs", status_code=201)
 async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser, session: Session,
                  ctx: Ctx) -> Run:
-    return await svc.submit_run(session=session, ctx=ctx, project=project, user=user, run_spec=body.run_spec)
+    run = await svc.submit_run(session=session, ctx=ctx, project=project, user=user, run_spec=body.run_spec)
+    return ctx.proxy.annotate(run)
 
 
 @router.get("/runs")
-async def list_runs(project: ProjectReader, session: Session, all: bool = False,
+async def list_runs(project: ProjectReader, session: Session, ctx: Ctx, all: bool = False,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
                     before: Annotated[str | None, Query(
                         max_length=64, description="runs submitted before this RFC 3339 time (the last "
@@ -48,13 +49,14 @@ async def list_runs(project: ProjectReader, session: Session, all: bool = False,
                     user: Annotated[str | None, Query(max_length=100)] = None,
                     backend: Annotated[str | None, Query(max_length=50)] = None) -> list[Run]:
     """Newest first; a page of `limit`, the next one `before` the last `submitted_at`."""
-    return await svc.list_runs(session=session, project=project, include_finished=all, limit=limit,
+    runs = await svc.list_runs(session=session, project=project, include_finished=all, limit=limit,
                                before=svc.parse_time(before, field="before"), user=user, backend=backend)
+    return [ctx.proxy.annotate(r) for r in runs]
 
 
 @router.get("/runs/{run_name}")
-async def get_run(run_name: str, project: ProjectReader, session: Session) -> Run:
-    return await svc.get_run(session=session, project=project, name=run_name)
+async def get_run(run_name: str, project: ProjectReader, session: Session, ctx: Ctx) -> Run:
+    return ctx.proxy.annotate(await svc.get_run(session=session, project=project, name=run_name))
 
 
 @router.post("/runs/{run_name}/stop")

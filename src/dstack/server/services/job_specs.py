@@ -38,6 +38,8 @@ def container_target(path: str, working_dir: str) -> str:
 def job_commands(conf: BaseRunConfiguration, run_name: str) -> list[str]:
     if isinstance(conf, TaskConfiguration):
         return [*conf.setup, *conf.commands]
+    if conf.type == "service":  # its app, in the foreground (an image's own command when it has none)
+        return [*conf.setup, *getattr(conf, "commands", [])]
     assert isinstance(conf, DevEnvironmentConfiguration)
     # A dev environment: run `init`, then stay up until stopped.
     return [*conf.setup, *conf.init,

@@ -19,15 +19,18 @@ def _job(run: RunModel, submission: int | None, job_num: int | None = None) -> J
     """A job of the run: of `submission` (default: the latest), node `job_num` (default: the master)."""
     if not run.jobs:
         raise ResourceNotFoundError(f"run {run.name!r} has no jobs")
-    wanted = run.jobs[-1].submission if submission is None else submission
-    jobs = [j for j in run.jobs if j.submission == wanted]
-    if not jobs:
+    if submission is not None and not any(j.submission == submission for j in run.jobs):
         raise ResourceNotFoundError(f"run {run.name!r} has no submission {submission}", field="submission")
-    for job in jobs:
-        if job.job_num == (job_num or 0):
-            return job
-    raise ResourceNotFoundError(f"run {run.name!r} has no node {job_num} (it has {len(jobs)})", field="job",
-                                fix=f"Pass a node number from 0 to {len(jobs) - 1}")
+    # The latest job of that node (a service: of that replica; replicas come and go one by one).
+    jobs = [j for j in run.jobs if submission is None or j.submission == submission]
+    mine = [j for j in jobs if j.job_num == (job_num or 0)]
+    if mine:
+        return max(mine, key=lambda j: j.submission)
+    nums = sorted({j.job_num for j in jobs})
+    what = "replica" if '"service"' in run.spec else "node"
+    raise ResourceNotFoundError(f"run {run.name!r} has no {what} {job_num} (it has {len(nums)}: "
+                                f"{', '.join(map(str, nums))})", field="job",
+                                fix=f"Pass a {what} number: {', '.join(map(str, nums))}")
 
 
 def _compute(ctx: ServerContext, run: RunModel, job: JobModel) -> Compute | None:

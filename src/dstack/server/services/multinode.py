@@ -14,7 +14,7 @@ from dstack.core.runs import JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.runs import ACTIVE_STATUSES, aggregate_nodes, master_job, new_job
+from dstack.server.services.runs import ACTIVE_STATUSES, aggregate_nodes, is_service, master_job, new_job
 
 # How long after a multi-node run failed its retry is still considered (its nodes' instances must be
 # gone first, which takes seconds).
@@ -31,13 +31,14 @@ async def settle_multinode_runs(ctx: ServerContext) -> None:
         runs = list(await session.scalars(
             select(RunModel).where(
                 RunModel.id.in_(select(JobModel.run_id).where(JobModel.job_num > 0)),
+                RunModel.spec.not_like('%"type":"service"%'),
                 or_(RunModel.status.in_(ACTIVE_STATUSES),
                     and_(RunModel.status == JobStatus.FAILED.value, RunModel.finished_at > now - NODES_RETRY_WINDOW)))
             .options(selectinload(RunModel.jobs), selectinload(RunModel.project))))
         go: list[tuple[ProjectModel, str, str]] = []  # (project, backend, job prefix): nodes whose turn has come
         for run in runs:
             master = master_job(run)
-            if master is None:
+            if master is None or is_service(run):  # a service's jobs are replicas (services/service_runs.py)
                 continue
             if run.status == JobStatus.FAILED.value:
                 await _retry_nodes(session, run, master.submission)

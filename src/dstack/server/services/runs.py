@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -148,10 +148,12 @@ async def submit_run(
         await get_plan(ctx=ctx, project=project, user=user, run_spec=run_spec)
     name = run_spec.run_name or conf.name or await _unique_name(session, project)
     active = await session.scalar(
-        select(RunModel.id).where(RunModel.project_id == project.id, RunModel.name == name,
-                                  RunModel.status.in_(ACTIVE_STATUSES))
+        select(RunModel).where(RunModel.project_id == project.id, RunModel.name == name,
+                               RunModel.status.in_(ACTIVE_STATUSES))
     )
-    if active:
+    if active is not None and conf.type == "service" and is_service(active) and not active.stop_requested:
+        return await _redeploy(session=session, ctx=ctx, run=active, run_spec=run_spec, name=name)
+    if active is not None:
         raise InvalidStateError(f"run {name!r} is still active", field="name",
                                 fix=f"Stop it with `dstack stop {name}` or choose another name")
     run_spec = run_spec.model_copy(update={"run_name": name})
@@ -162,7 +164,9 @@ async def submit_run(
     not_before = conf.schedule.next_fire(now) if conf.schedule else None
     if not_before is not None:
         run.reason = scheduled_reason(not_before)
-    for job_num in range(getattr(conf, "nodes", 1)):  # one job per node (multi-node tasks)
+    # One job per node (multi-node tasks), or per replica (a service starts with its minimum).
+    count = conf.replicas.min if conf.type == "service" else getattr(conf, "nodes", 1)
+    for job_num in range(count or 0):
         session.add(new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before,
                             job_num=job_num))
     try:
@@ -176,13 +180,37 @@ async def submit_run(
     return await get_run(session=session, project=project, name=name)
 
 
+async def _redeploy(*, session: AsyncSession, ctx: ServerContext, run: RunModel, run_spec: RunSpec,
+                    name: str) -> Run:
+    """Re-applying a service changes it in place: a new deployment, to which the reconciler rolls the
+    replicas over one by one (a new replica first; an old one drained once the new one is ready)."""
+    run_spec = run_spec.model_copy(update={"run_name": name})
+    if RunSpec.model_validate_json(run.spec).model_dump(exclude={"configuration_text"}) == \
+            run_spec.model_dump(exclude={"configuration_text"}):
+        return run_to_model(run)  # nothing changed
+    won = await session.execute(
+        update(RunModel).where(RunModel.id == run.id, RunModel.deployment == run.deployment,
+                               RunModel.stop_requested.is_(False))
+        .values(spec=run_spec.model_dump_json(), deployment=run.deployment + 1)
+        .execution_options(synchronize_session=False))
+    if won.rowcount != 1:
+        await session.rollback()
+        raise InvalidStateError(f"service {name!r} changed meanwhile (another apply, or a stop)",
+                                fix="Check it with `dstack ps` and apply again")
+    await session.commit()
+    await session.refresh(run)  # the UPDATE went around the loaded object
+    ctx.reconciler_wake.set()
+    return run_to_model(run)
+
+
 def new_job(*, run: RunModel, project: str, submission: int, now: datetime,
-            not_before: datetime | None = None, job_num: int = 0) -> JobModel:
+            not_before: datetime | None = None, job_num: int = 0, deployment: int = 0) -> JobModel:
     job_id = new_id()
     conf = RunSpec.model_validate_json(run.spec).configuration
     reason = scheduled_reason(not_before) if not_before else None
     return JobModel(
         id=job_id, run_id=run.id, name=f"{run.name}-{job_num}-{submission}", submission=submission, job_num=job_num,
+        deployment=deployment,
         status=JobStatus.SUBMITTED.value, submitted_at=now, instance_terminated=True,
         storage_prefix=job_prefix(project, run.id, job_id), priority=conf.priority, not_before=not_before,
         reason=reason,
@@ -350,7 +378,7 @@ def run_to_model(run: RunModel) -> Run:
         status=JobStatus(run.status), reason=run.reason, exit_code=run.exit_code,
         submitted_at=run.submitted_at, finished_at=run.finished_at,
         spec=RunSpec.model_validate_json(run.spec), stop_requested=run.stop_requested,
-        jobs=[job_to_model(j) for j in run.jobs],
+        jobs=[job_to_model(j) for j in run.jobs], deployment=run.deployment,
     )
 
 
@@ -369,16 +397,15 @@ def record_job_instance(job: JobModel, offer: Offer, instance: Any, *, fleet_ins
 
 
 def master_job(run: RunModel) -> JobModel | None:
-    """The run's job: of its latest submission, node 0's."""
-    if not run.jobs:
-        return None
-    latest = run.jobs[-1].submission
-    return next(j for j in run.jobs if j.submission == latest)
+    """The run's job: node 0's (a service: replica 0's), of its latest submission."""
+    first = [j for j in run.jobs if j.job_num == 0] or run.jobs
+    return max(first, key=lambda j: j.submission) if first else None
 
 
 def job_to_model(job: JobModel) -> Job:
     return Job(
         id=job.id, name=job.name, submission=job.submission, job_num=job.job_num, status=JobStatus(job.status),
+        deployment=job.deployment,
         reason=job.reason, exit_code=job.exit_code,
         offer=Offer.model_validate_json(job.offer) if job.offer else None,
         instance_id=job.instance_id,
@@ -431,10 +458,54 @@ def set_job_status(
     if _nodes(run) > 1:
         aggregate_nodes(job, run, now)
         return
+    if is_service(run):
+        aggregate_replicas(run, now, changed=job)
+        return
     run.status = status.value
     run.reason = reason
     run.exit_code = job.exit_code
     run.finished_at = now if status in FINISHED_STATUSES else None
+
+
+def is_service(run: RunModel) -> bool:
+    return '"service"' in run.spec and json.loads(run.spec).get("configuration", {}).get("type") == "service"
+
+
+def aggregate_replicas(run: RunModel, now: datetime, *, changed: JobModel | None = None,
+                       scaled_to_zero: bool = False) -> None:
+    """A service's status from its replicas: running while one runs; a replica that ended on its own
+    leaves it running (the next reconcile pass replaces it); finished only once stopped and every
+    replica is gone (failed if it was stopped because a replica kept failing)."""
+    jobs = {j.id: j for j in run.jobs}
+    if changed is not None:
+        jobs[changed.id] = changed
+    live = [j for j in jobs.values() if JobStatus(j.status) not in FINISHED_STATUSES]
+    statuses = {JobStatus(j.status) for j in live}
+    reason: str | None = None
+    if run.stop_requested:
+        if live:
+            status, reason = JobStatus.TERMINATING, run.stop_reason
+        else:
+            why = run.stop_reason or "stopped"
+            status = JobStatus.FAILED if why.startswith(CRASH_LOOP) else \
+                JobStatus.TERMINATED if why == "max duration exceeded" else JobStatus.STOPPED
+            reason = why
+    elif JobStatus.RUNNING in statuses or statuses == {JobStatus.TERMINATING} or (not live and scaled_to_zero):
+        status, reason = JobStatus.RUNNING, None if live else "scaled to zero"
+    elif JobStatus.PROVISIONING in statuses:
+        status = JobStatus.PROVISIONING
+    elif live:
+        status, reason = JobStatus.SUBMITTED, next((j.reason for j in live if j.reason), None)
+    else:
+        return  # between a replica's end and its replacement: the settle pass decides
+    run.status = status.value
+    run.reason = reason
+    run.exit_code = None
+    run.finished_at = now if status in FINISHED_STATUSES else None
+
+
+# The start of a service's stop reason when a replica kept failing (the run ends failed).
+CRASH_LOOP = "replica "
 
 
 def _nodes(run: RunModel) -> int:

@@ -14,7 +14,8 @@ logger = logging.getLogger("dstack.server.workers")
 
 
 async def run_loop(
-    name: str, ctx: ServerContext, wake: asyncio.Event, step: Callable[[ServerContext], Awaitable[None]]
+    name: str, ctx: ServerContext, wake: asyncio.Event, step: Callable[[ServerContext], Awaitable[None]],
+    interval: float | None = None,
 ) -> None:
     while True:
         wake.clear()
@@ -25,7 +26,8 @@ async def run_loop(
         except Exception:
             logger.exception("%s step failed; retrying", name)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=ctx.settings.worker_interval)
+            await asyncio.wait_for(wake.wait(), timeout=min(interval or ctx.settings.worker_interval,
+                                                            ctx.settings.worker_interval))
 
 
 def start_workers(ctx: ServerContext) -> list[asyncio.Task[None]]:
@@ -39,4 +41,5 @@ def start_workers(ctx: ServerContext) -> list[asyncio.Task[None]]:
         asyncio.create_task(run_loop("reconciler", ctx, ctx.reconciler_wake, reconcile_once)),
         asyncio.create_task(run_loop("fleets", ctx, ctx.fleets_wake, process_fleets_once)),
         asyncio.create_task(run_loop("volumes", ctx, ctx.volumes_wake, process_volumes_once)),
+        asyncio.create_task(run_loop("proxy", ctx, ctx.proxy.wake, ctx.proxy.refresh, interval=0.5)),
     ]

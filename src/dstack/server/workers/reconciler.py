@@ -31,6 +31,7 @@ from dstack.server.services.runs import (
     reschedule,
     set_job_status,
 )
+from dstack.server.services.service_runs import settle_service_runs
 from dstack.server.workers.common import for_each, release_lease, try_lease
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
@@ -56,6 +57,7 @@ async def reconcile_once(ctx: ServerContext) -> None:
         ))
     await for_each(ids, lambda job_id: _reconcile(ctx, job_id))
     await settle_multinode_runs(ctx)
+    await settle_service_runs(ctx)
     if time.monotonic() - ctx.last_reap >= ctx.settings.reaper_interval:
         ctx.last_reap = time.monotonic()
         await _reap(ctx)
@@ -175,11 +177,12 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             if (low_usage or idle) and not run.stop_requested:
                 run.stop_requested = True
                 run.stop_reason = low_usage or idle
-            if run.stop_requested and not job.stop_sent:
+            if (run.stop_requested or _replica_stop_due(ctx, job, now)) and not job.stop_sent:
+                reason = run.stop_reason if run.stop_requested else job.stop_reason
                 await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
-                                        {"abort": run.stop_abort, "reason": run.stop_reason, "t": now.timestamp()})
+                                        {"abort": run.stop_abort, "reason": reason, "t": now.timestamp()})
                 job.stop_sent = True
-                set_job_status(job, run, JobStatus.TERMINATING, reason=run.stop_reason)
+                set_job_status(job, run, JobStatus.TERMINATING, reason=reason)
                 if run.stop_abort:
                     _finish_stopped(job, run)
             elif job.stop_sent and \
@@ -362,8 +365,23 @@ def _stop_other_nodes(job: JobModel, run: RunModel) -> None:
         run.stop_requested, run.stop_reason = True, "the master node is done (stop_criteria: master-done)"
 
 
+def _replica_stop_due(ctx: ServerContext, job: JobModel, now: datetime) -> bool:
+    """A service replica scaled down or replaced: stopped once drained (the proxy sends it nothing new
+    from the moment it was retired; what it is still answering may finish, for a while)."""
+    if job.stop_reason is None:
+        return False
+    if job.stop_after is not None and now < job.stop_after:
+        return False
+    overdue = job.stop_after is None or (now - job.stop_after).total_seconds() > DRAIN_TIMEOUT
+    return overdue or ctx.proxy.in_flight(job.id) == 0
+
+
+# How long a retired replica's in-flight requests may go on before it is stopped anyway.
+DRAIN_TIMEOUT = 120.0
+
+
 def _finish_stopped(job: JobModel, run: RunModel) -> None:
-    reason = run.stop_reason or "stopped"
+    reason = (run.stop_reason if run.stop_requested else job.stop_reason) or run.stop_reason or "stopped"
     final = JobStatus.TERMINATED if reason == "max duration exceeded" else JobStatus.STOPPED
     set_job_status(job, run, final, reason=reason)
 
@@ -385,8 +403,10 @@ def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> bool:
     if job.status != JobStatus.FAILED.value or run.stop_requested or run.jobs[-1].id != job.id:
         return False
     conf = RunSpec.model_validate_json(run.spec).configuration
-    if getattr(conf, "nodes", 1) > 1:
-        return False  # every node together, once all are gone (services/runs.settle_multinode_runs)
+    if getattr(conf, "nodes", 1) > 1 or conf.type == "service":
+        # Every node together, once all are gone (services/multinode.py); a service's replica is
+        # replaced by the next pass (services/service_runs.py).
+        return False
     retry = conf.retry
     if retry is None:
         return False

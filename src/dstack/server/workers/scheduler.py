@@ -57,7 +57,9 @@ async def schedule_once(ctx: ServerContext) -> None:
         # (or at once when its run is being stopped).
         rows = list(await session.execute(
             select(JobModel.id, JobModel.priority).join(RunModel, RunModel.id == JobModel.run_id)
-            .where(JobModel.status == JobStatus.SUBMITTED.value, JobModel.job_num == 0,  # a master schedules its nodes
+            .where(JobModel.status == JobStatus.SUBMITTED.value,
+                   # A master schedules its nodes; a service's replicas are scheduled each on its own.
+                   (JobModel.job_num == 0) | RunModel.spec.like('%"type":"service"%'),
                    (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now),
                    JobModel.not_before.is_(None) | (JobModel.not_before <= now) | RunModel.stop_requested)
             .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
@@ -102,6 +104,11 @@ async def _schedule(ctx: ServerContext, job_id: str) -> None:
         await end_waiting_nodes(ctx, job_id)
 
 
+def _proxy_key(ctx: ServerContext, run_spec: RunSpec) -> str | None:
+    """A service's replicas let in the server's own key: its proxy reaches them through SSH tunnels."""
+    return ctx.proxy.public_key() if run_spec.configuration.type == "service" else None
+
+
 async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
     """Keep the claim short but alive while this replica provisions: if it dies, the claim runs out
     within `claim_lease` and the reconciler of any replica resolves the job."""
@@ -132,8 +139,9 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         job = await _load(session, job_id)
         run = job.run
         project = run.project
-        if run.stop_requested:
-            set_job_status(job, run, JobStatus.STOPPED, reason=run.stop_reason)
+        if run.stop_requested or job.stop_reason:
+            set_job_status(job, run, JobStatus.STOPPED, reason=run.stop_reason if run.stop_requested
+                           else job.stop_reason)
             await session.commit()
             return
         run_spec = RunSpec.model_validate_json(run.spec)
@@ -158,7 +166,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         launch_secrets[secret_name(repo.url)] = json.dumps(credentials)
     launch = JobLaunch(job_id=job_id, project=project.name, run_name=run.name, job_prefix=job.storage_prefix,
                        secrets=launch_secrets,
-                       ssh_public_keys=[run_spec.ssh_key_pub] if run_spec.ssh_key_pub else [],
+                       ssh_public_keys=[k for k in (run_spec.ssh_key_pub, _proxy_key(ctx, run_spec)) if k],
                        read_keys=[k for k in [spec.get("code_key"), spec.get("files_key")] if k],
                        max_duration=run_spec.configuration.max_duration, image=job_image(run_spec.configuration),
                        gpu_count=_gpu_count(run_spec), python=run_spec.configuration.python,
