@@ -141,3 +141,130 @@ def test_replicas_failover_rolling_update_and_auth(env: Env, service_server: Ser
         assert env.cli("stop", "web", cwd=repo).returncode == 0
         wait_for(lambda: _service(api, "web")["status"] == "stopped", 60, message="stopped")
         wait_for(lambda: web.get(url).status_code == 404, 10, message="404 once stopped")
+
+
+def _replica_count(api: httpx.Client, name: str) -> tuple[int, int, str]:
+    run = _service(api, name)
+    info = run["service"]
+    return len(info["replicas"]), info["ready"], f"{run['status']} {run['reason']}"
+
+
+def test_autoscaling_up_and_down_and_scale_to_zero_with_cold_start(env: Env, service_server: Server,
+                                                                   registry: Registry) -> None:
+    image = registry.push_busybox("dstack-test/web:2")
+    repo = _repo(env)
+    # Times as written, tenths of them here (DSTACK_SERVICE_TIME_SCALE=0.1): a 6 s RPS window, up after
+    # 2 s, down after 4 s.
+    extra = "scaling: {metric: rps, target: 2, scale_up_delay: 20s, scale_down_delay: 40s}\n"
+    out = _apply(env, repo, SERVICE.format(name="auto", image=image, replicas="0..2", extra=extra, body="a"))
+    assert "scaled to zero; the first request starts a replica" in out.stdout or "submitted" in out.stdout
+    url = f"{service_server.url}/proxy/services/main/auto/"
+    headers = {"Authorization": f"Bearer {env.token()}"}
+    with service_server.api() as api, httpx.Client(headers=headers, timeout=120) as web:
+        wait_for(lambda: _service(api, "auto")["reason"] == "scaled to zero", 30, message="scaled to zero")
+        assert _replica_count(api, "auto")[0] == 0
+        # Cold start: the first request waits for a replica, then is answered.
+        started = time.monotonic()
+        first = web.get(url)
+        assert first.status_code == 200 and first.text.startswith("a "), first.text
+        assert _replica_count(api, "auto")[:2] == (1, 1)
+        cold = time.monotonic() - started
+        # Sustained load over the target (2 RPS per replica): a second replica.
+        peak = 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and peak < 2:
+            assert web.get(url).status_code == 200
+            peak = max(peak, _replica_count(api, "auto")[1])
+            time.sleep(0.08)
+        assert peak == 2, _service(api, "auto")["service"]
+        # Idle: back down, to zero.
+        wait_for(lambda: _replica_count(api, "auto")[0] == 0, 90, interval=0.5, message="scaled back to zero",
+                 diagnostics=lambda: json.dumps(_service(api, "auto")["service"]))
+        assert _service(api, "auto")["status"] == "running"
+        # And up again on the next request.
+        assert web.get(url).status_code == 200
+    assert cold < 120
+
+
+FAKE_MODEL = r'''
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        if self.path != "/v1/chat/completions":
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for i in range(5):
+            chunk = {"object": "chat.completion.chunk", "model": request["model"], "produced": time.time(),
+                     "seen_auth": self.headers.get("authorization"),
+                     "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(0.4)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+def test_model_endpoint_streams_sse_as_produced(env: Env, server: Server) -> None:
+    repo = _repo(env)
+    (repo / "fake_openai.py").write_text(FAKE_MODEL)
+    _apply(env, repo, """type: service
+name: llm
+port: 8013
+auth: false
+model: fake-model
+commands:
+  - python3 fake_openai.py 8013
+resources: {cpu: 1.., memory: 0.1GB..}
+""")
+    with server.api() as api:
+        wait_for(lambda: _ready(api, "llm", 1), 120, interval=0.3, message="a ready replica",
+                 diagnostics=lambda: json.dumps(_service(api, "llm"), indent=1)[-3000:])
+        assert _service(api, "llm")["service"]["model_url"] == "/proxy/models/main/"
+    base = f"{server.url}/proxy/models/main"
+    # `auth: false`: no token needed, at the service's URL or the model endpoint.
+    assert httpx.get(f"{server.url}/proxy/services/main/llm/").text == "ok\n"
+    listed = httpx.get(f"{base}/models").json()
+    assert [m["id"] for m in listed["data"]] == ["fake-model"]
+    missing = httpx.post(f"{base}/chat/completions", json={"model": "other", "messages": []})
+    assert missing.status_code == 404 and "fake-model" in missing.text
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=30,
+                      json={"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                      headers={"Authorization": "Bearer not-for-the-app"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append((time.time(), json.loads(line[6:])))
+    assert [c["choices"][0]["delta"]["content"] for _, c in arrivals] == [f"w{i} " for i in range(5)]
+    # Each chunk reached the client before the app produced the next one: nothing was buffered.
+    for (arrived, _), (_, following) in zip(arrivals, arrivals[1:], strict=False):
+        assert arrived < following["produced"], arrivals
+    # `auth: false` passes the caller's headers through as they are.
+    assert arrivals[0][1]["seen_auth"] == "Bearer not-for-the-app"

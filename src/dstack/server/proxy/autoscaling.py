@@ -20,7 +20,6 @@ class RpsMeter:
         self.width = window / _BUCKETS
         self.counts = [0] * _BUCKETS
         self.stamps = [-1] * _BUCKETS
-        self.started = time.monotonic()
 
     def hit(self, now: float | None = None) -> None:
         slot = int((now if now is not None else time.monotonic()) / self.width)
@@ -33,10 +32,7 @@ class RpsMeter:
         now = now if now is not None else time.monotonic()
         slot = int(now / self.width)
         total = sum(c for c, s in zip(self.counts, self.stamps, strict=True) if slot - _BUCKETS < s <= slot)
-        # A meter younger than its window averages over what it has seen (a new service under load
-        # scales up without waiting a whole window first).
-        span = min(self.window, max(now - self.started, self.width))
-        return total / span
+        return total / self.window
 
 
 class Scaler:
