@@ -32,7 +32,8 @@ RESULTS: list[tuple[str, str, str, bool]] = []
 
 
 def record(name: str, value: float, unit: str, target: float) -> None:
-    RESULTS.append((name, f"{value:.3f} {unit}" if unit == "s" else f"{value:.0f} {unit}", f"≤ {target:g} {unit}",
+    shown = f"{value:.3f} {unit}" if unit == "s" else f"{value:.2f} {unit}" if unit == "ms" else f"{value:.0f} {unit}"
+    RESULTS.append((name, shown, f"≤ {target:g} {unit}",
                     value <= target))
 
 
@@ -218,6 +219,18 @@ def main() -> int:
             record("`dstack attach RUN -c true` → output, run already running (median of 7)", attach_s, "s", 1.0)
             RESULTS.append(("port forward through the SSH tunnel on loopback (64 MB)", f"{throughput:.0f} MB/s",
                             "(no target)", True))
+            from bench.proxy import bench_proxy
+
+            proxy = bench_proxy(server, env)
+            for connections in (4, 32):
+                record(f"service proxy: p50 added to a direct request, {connections} connections",
+                       proxy[f"c{connections}_p50_added_ms"], "ms", 2.0)
+                RESULTS.append((f"… p99 added, {connections} connections (direct p99 "
+                                f"{proxy[f'c{connections}_p99_direct_ms']:.2f} ms)",
+                                f"{proxy[f'c{connections}_p99_added_ms']:.2f} ms", "(no target)", True))
+                RESULTS.append((f"… requests/s through the proxy, {connections} connections (direct "
+                                f"{proxy[f'c{connections}_direct_rps']:.0f})", f"{proxy[f'c{connections}_rps']:.0f}",
+                                "(no target)", True))
             fill_runs(env, 1000)
             record("`dstack ps` with 1,000 runs in the DB (median of 7)", time_cli(env, "ps"), "s", 0.3)
             RESULTS.append(("`dstack ps -a` listing all 1,000 runs (median of 7)",

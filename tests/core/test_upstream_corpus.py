@@ -25,8 +25,6 @@ FILES = sorted(CORPUS.glob("*.dstack.yml"))
 # Run configurations refused at apply time until the issue giving their field a runtime lands.
 NOT_YET = {
     "task-fleets.dstack.yml": "`idle_duration` (keeping a run's own instance idle for reuse: use a fleet)",
-    "service-basic.dstack.yml": "`type: service` (services)",
-    "service-autoscaling.dstack.yml": "`type: service` (services)",
 }
 TYPES = {"task": TaskConfiguration, "dev": DevEnvironmentConfiguration, "service": ServiceConfiguration,
          "fleet": FleetConfiguration, "volume": VolumeConfiguration, "gateway": GatewayConfiguration,

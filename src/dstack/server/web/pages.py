@@ -107,7 +107,9 @@ async def run_page(project_name: str, run_name: str, request: Request, session: 
         run = await runs_svc.get_run(session=session, project=project, name=run_name)
     except DstackError as exc:
         return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
+    run = request.app.state.ctx.proxy.annotate(run)
     return render(request, "run.html", user=user, project=project, role=role, run=run,
+                   base_url=str(request.base_url).rstrip("/"),
                    started_at=run.job.started_at.isoformat() if run.job and run.job.started_at else "",
                    configuration=run.spec.configuration_text or yaml.safe_dump(
                        run.spec.configuration.model_dump(mode="json", exclude_defaults=True), sort_keys=False))

@@ -148,6 +148,12 @@ const dstack = (() => {
       link.href = `/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(run.name)}`;
       link.textContent = run.name;
       name.appendChild(link);
+      if (run.service) {  // a service: its replicas and traffic under its name
+        const svc = run.service;
+        const about = Object.assign(document.createElement("div"), { className: "help service-line",
+          textContent: `service · ${svc.ready}/${svc.desired} ready · ${svc.rps} req/s` });
+        name.appendChild(about);
+      }
       const status = document.createElement("td");
       status.appendChild(badge(run.status));
       const reason = reasonText(run);
@@ -391,6 +397,28 @@ const dstack = (() => {
       }
     }
 
+    function renderService(svc) {
+      const ready = document.getElementById("service-replicas");
+      if (ready) ready.textContent = `${svc.ready} ready of ${svc.desired}`;
+      const rps = document.getElementById("service-rps");
+      if (rps) rps.textContent = `${svc.rps} per second (last minute)`;
+      const body = document.querySelector("#replicas tbody");
+      if (!body) return;
+      const rows = svc.replicas.map((r) => {
+        const tr = document.createElement("tr");
+        tr.append(cell(String(r.replica)), cell(r.job), cell(String(r.deployment)), cell(r.status), cell(r.ready ? "yes" : "no"));
+        return tr;
+      });
+      if (!rows.length) {
+        const tr = document.createElement("tr");
+        const td = cell("None (scaled to zero: the first request starts one).");
+        td.colSpan = 5;
+        tr.appendChild(td);
+        rows.push(tr);
+      }
+      body.replaceChildren(...rows);
+    }
+
     async function pollRun() {
       try {
         const run = await api(base);
@@ -405,6 +433,7 @@ const dstack = (() => {
         const costNode = document.getElementById("cost");
         if (costNode) costNode.textContent = run.jobs.some((j) => j.offer) ? `$${cost(run).toFixed(4)}` : "—";
         if (finished && !wasFinished) refreshArtifacts(base, project, runName);
+        if (run.service) renderService(run.service);
       } catch (err) {
         setMessage(reason, `Could not refresh: ${err.message}`);
       }
