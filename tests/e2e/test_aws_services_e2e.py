@@ -5,6 +5,7 @@ instances open no port but SSH."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,15 @@ def stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterator[St
 
 
 def _tunnels(server_pid: int) -> list[list[str]]:
-    procs = psutil.Process(server_pid).children(recursive=True)
-    return [p.cmdline() for p in procs if p.name() == "ssh" and "-L" in p.cmdline()]
+    """The server's live `ssh -L` processes (a killed one is a zombie until the server reaps it)."""
+    found = []
+    for proc in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if proc.name() == "ssh" and proc.status() != psutil.STATUS_ZOMBIE and "-L" in proc.cmdline():
+                found.append(proc.cmdline())
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_aws_service_replicas_are_reached_through_ssh_tunnels(stack: Stack, tmp_path: Path) -> None:
@@ -66,9 +74,11 @@ resources:
             # A tunnel that dies is brought back.
             psutil.Process(next(p.pid for p in psutil.Process(stack.server.proc.pid).children(recursive=True)
                                 if p.name() == "ssh" and "-L" in p.cmdline())).kill()
+            killed_at = time.monotonic()
             wait_for(lambda: len(_tunnels(stack.server.proc.pid)) == 2 and all(
                 httpx.get(url, headers=headers, timeout=30).status_code == 200 for _ in range(4)), 60,
                 interval=0.5, message="the tunnel back and every request answered")
+            assert time.monotonic() - killed_at < 60
             assert stack.env.cli("stop", "aws-web", cwd=stack.repo).returncode == 0
             wait_for(lambda: service()["status"] == "stopped", 120, message="stopped")
             wait_for(lambda: not _tunnels(stack.server.proc.pid), 30, message="tunnels closed")
