@@ -73,7 +73,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fleets.router)
     app.include_router(volumes.router)
     app.include_router(agent_storage.router)
-    app.include_router(proxy.router)
     app.include_router(pages.router)
     app.include_router(settings_pages.router)
     pages.mount_static(app)
@@ -122,5 +121,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    app.add_middleware(proxy.ProxyRoutes)  # inside the guard (body limits, NUL check), before FastAPI's routing
     app.add_middleware(HTTPGuard, docs_policy=lambda: docs_policy)
     return app

@@ -15,13 +15,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from dstack.server.proxy.registry import Replica, Service, ServiceProxy
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dstack.server.context import ServerContext
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
@@ -116,13 +117,18 @@ def forward_headers(request: Request, *, strip_auth: bool) -> list[tuple[str, st
     client = request.client.host if request.client else ""
     prior = request.headers.get("x-forwarded-for")
     headers += [("x-forwarded-for", f"{prior}, {client}" if prior else client),
-                ("x-forwarded-proto", request.url.scheme), ("x-forwarded-host", request.headers.get("host", ""))]
+                ("x-forwarded-proto", request.scope.get("scheme", "http")),
+                ("x-forwarded-host", request.headers.get("host", ""))]
     return headers
 
 
 async def forward(proxy: ServiceProxy, service: Service, request: Request, path: str,
                   body: bytes | None = None) -> Response:
-    """Send the request to a ready replica at `path` (with its query) and stream the answer back."""
+    """Send the request to a ready replica at `path` (with its query, as sent) and stream the answer
+    back."""
+    import aiohttp  # on first use (see ServiceProxy.client)
+    from yarl import URL
+
     if service.limiter is not None:
         client = request.client.host if request.client else ""
         wait = service.limiter.check("/" + path.lstrip("/"), client, request.headers)
@@ -132,7 +138,7 @@ async def forward(proxy: ServiceProxy, service: Service, request: Request, path:
     service.meter.hit()
     content = body if body is not None else await request.body()
     headers = forward_headers(request, strip_auth=bool(service.conf.auth))
-    query = request.url.query
+    query = request.scope.get("query_string", b"").decode("latin-1")
     tried: set[str] = set()
     last = ""
     for _ in range(3):
@@ -143,41 +149,43 @@ async def forward(proxy: ServiceProxy, service: Service, request: Request, path:
             continue
         tried.add(replica.job_id)
         assert replica.address is not None
-        url = f"http://{replica.address[0]}:{replica.address[1]}/{path.lstrip('/')}" + (f"?{query}" if query else "")
+        url = URL(f"http://{replica.address[0]}:{replica.address[1]}/{path.lstrip('/')}"
+                  + (f"?{query}" if query else ""), encoded=True)
         replica.in_flight += 1
         try:
-            upstream = await proxy.client.send(
-                proxy.client.build_request(request.method, url, headers=headers, content=content), stream=True)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectTimeout) as exc:
+            upstream = await proxy.client.request(request.method, url, headers=headers, data=content or None,
+                                                  allow_redirects=False)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             # Nothing came back: the request did not reach the app (or it died before answering).
             replica.in_flight -= 1
-            last = f"{type(exc).__name__}"
+            last = type(exc).__name__
             proxy.failed(service, replica, last)
             continue
         except BaseException:
             replica.in_flight -= 1
             raise
-        out = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _HOP]
-        if upstream.headers.get("content-length"):  # the raw bytes pass as they are, encoded or not
-            out.append(("content-length", upstream.headers["content-length"]))
+        out = [(k, v) for k, v in upstream.raw_headers if k.decode("latin-1").lower() not in _HOP]
+        length = upstream.headers.get("content-length")
+        if length is not None:  # the raw bytes pass as they are, encoded or not
+            out.append((b"content-length", length.encode("latin-1")))
         if upstream.headers.get("content-type", "").startswith("text/html"):
             # A service's pages share this server's origin: sandboxed, their scripts cannot act with a
             # signed-in user's cookie on the server's API (docs/services.md).
-            out.append(("content-security-policy", "sandbox allow-scripts allow-forms allow-popups "
-                                                   "allow-downloads allow-modals"))
-        response = StreamingResponse(_stream(upstream, replica), status_code=upstream.status_code)
-        response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out]
+            out.append((b"content-security-policy", b"sandbox allow-scripts allow-forms allow-popups "
+                                                    b"allow-downloads allow-modals"))
+        response = StreamingResponse(_stream(upstream, replica), status_code=upstream.status)
+        response.raw_headers = [(k.lower(), v) for k, v in out]
         return response
     return error(502, "bad_gateway", f"service {service.name!r}: no replica could be reached ({last})")
 
 
-async def _stream(upstream: httpx.Response, replica: Replica) -> AsyncIterator[bytes]:
+async def _stream(upstream: aiohttp.ClientResponse, replica: Replica) -> AsyncIterator[bytes]:
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in upstream.content.iter_any():
             yield chunk
     finally:
         replica.in_flight -= 1
-        await upstream.aclose()
+        upstream.release()
 
 
 async def forward_model(proxy: ServiceProxy, ctx: ServerContext, project: str, request: Request, path: str,

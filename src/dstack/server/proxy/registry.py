@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -24,6 +23,8 @@ from dstack.server.proxy.limits import RateLimiter
 from dstack.server.proxy.tunnels import Tunnel
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dstack.server.context import ServerContext
     from dstack.server.models import JobModel, RunModel
 
@@ -81,19 +82,25 @@ class ServiceProxy:
         self.services: dict[tuple[str, str], Service] = {}
         self.by_run: dict[str, Service] = {}
         self.wake = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.tokens: dict[str, tuple[float, str | None, dict[str, str], bool]] = {}  # auth cache
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            # Keep-alive connections to the replicas; no read timeout between chunks of a stream
-            # shorter than a model's longest pause.
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0),
-                limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
-                follow_redirects=False, trust_env=False)
+    def client(self) -> aiohttp.ClientSession:
+        """One HTTP client for every replica (aiohttp: its C parser keeps the proxy's cost per request
+        low): keep-alive connections, no decompression (bytes pass as they came), no read timeout
+        shorter than a model's longest pause between two chunks. Imported on first use: a server
+        without services does not pay for it at start."""
+        import aiohttp
+
+        if self._client is None or self._client.closed:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0, keepalive_timeout=30,
+                                               enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0),
+                auto_decompress=False, trust_env=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
         return self._client
 
     # --- what the workers and services ask -------------------------------------------------------
@@ -291,27 +298,35 @@ class ServiceProxy:
             replica.probing = False
 
     async def _answers(self, replica: Replica) -> bool:
+        import aiohttp
+
         assert replica.address is not None
         try:
-            await self.client.get(f"http://{replica.address[0]}:{replica.address[1]}/",
-                                  timeout=httpx.Timeout(5.0))
+            async with self.client.get(f"http://{replica.address[0]}:{replica.address[1]}/",
+                                       timeout=aiohttp.ClientTimeout(total=5.0), allow_redirects=False) as response:
+                await response.read()
             return True
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             replica.problem = f"not answering: {type(exc).__name__}"
             return False
 
     async def _probe_once(self, replica: Replica, probe: Any) -> bool:
+        import aiohttp
+
         assert replica.address is not None
         headers = {k: v for h in probe.headers for k, v in ([(h["name"], h["value"])] if "name" in h else h.items())}
         try:
-            response = await self.client.request(
-                probe.method.upper(), f"http://{replica.address[0]}:{replica.address[1]}{probe.url}",
-                headers=headers, content=probe.body, timeout=httpx.Timeout(float(probe.timeout)))
-        except httpx.HTTPError as exc:
+            async with self.client.request(
+                    probe.method.upper(), f"http://{replica.address[0]}:{replica.address[1]}{probe.url}",
+                    headers=headers, data=probe.body, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=float(probe.timeout))) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
             replica.problem = f"probe {probe.url}: {type(exc).__name__}"
             return False
-        if not 200 <= response.status_code < 400:
-            replica.problem = f"probe {probe.url}: HTTP {response.status_code}"
+        if not 200 <= status < 400:
+            replica.problem = f"probe {probe.url}: HTTP {status}"
             return False
         return True
 
@@ -328,7 +343,7 @@ class ServiceProxy:
                 if replica.tunnel is not None:
                     await asyncio.to_thread(replica.tunnel.stop)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
 
 def _server_key(ctx: ServerContext) -> tuple[Any, str]:
