@@ -233,6 +233,10 @@ ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 def test_model_endpoint_streams_sse_as_produced(env: Env, server: Server) -> None:
     repo = _repo(env)
     (repo / "fake_openai.py").write_text(FAKE_MODEL)
+    # Two replicas without an image on the local backend would share one port: refused, saying why.
+    (repo / ".dstack.yml").write_text("type: service\nport: 8013\nreplicas: 2\ncommands: [python3 x.py]\n")
+    refused = env.cli("apply", "-y", cwd=repo)
+    assert refused.returncode != 0 and "would share this machine's network and port" in refused.stderr + refused.stdout
     _apply(env, repo, """type: service
 name: llm
 port: 8013

@@ -54,5 +54,6 @@ resources: {{cpu: 1.., memory: 0.1GB..}}
             assert jobs[0] not in page.locator("#logs").inner_text()
             screenshot(page, "service-page", tmp_path)
             assert env.cli("stop", "ui-web", cwd=repo).returncode == 0
+            page.goto("about:blank")  # its polling would otherwise meet the stopped server
         finally:
             server.stop()

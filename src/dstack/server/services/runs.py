@@ -48,7 +48,16 @@ def backend_types_for(project: ProjectModel, run_spec: RunSpec) -> list[str]:
     so (see `missing_backends`)."""
     types = [b.type for b in project.backends]
     wanted = run_spec.configuration.backends
-    return [t for t in types if t in wanted] if wanted else types
+    types = [t for t in types if t in wanted] if wanted else types
+    if shared_network_clash(run_spec.configuration):
+        types = [t for t in types if t != "local"]
+    return types
+
+
+def shared_network_clash(conf: Any) -> bool:
+    """Replicas of a service without `image` on the local backend would all listen on this machine's
+    one network, on the same port: only one could run."""
+    return conf.type == "service" and not conf.image and (conf.replicas.max or 0) > 1
 
 
 def missing_backends(project: ProjectModel, run_spec: RunSpec) -> str | None:
@@ -117,6 +126,10 @@ async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel
     missing = missing_backends(project, run_spec)
     if missing:
         search.rejections.insert(0, f"backends: {missing}")
+    if shared_network_clash(conf) and any(b.type == "local" for b in project.backends):
+        search.rejections.insert(0, "local: replicas without an `image` would share this machine's network "
+                                    "and port: give the service an `image` (each container has its own "
+                                    "address), or `replicas: 1`")
     if not search.offers:
         raise search.no_offers_error(requirements)
     return RunPlan(run_spec=run_spec, offers=search.offers[:50], total_offers=len(search.offers),
