@@ -222,8 +222,9 @@ def main() -> int:
             from bench.proxy import bench_proxy
 
             proxy = bench_proxy(server, env)
+            tool = "wrk" if proxy["wrk"] else "a Python client"
             for connections in (4, 32):
-                record(f"service proxy: p50 added to a direct request, {connections} connections",
+                record(f"service proxy: p50 added to a direct request, {connections} connections ({tool})",
                        proxy[f"c{connections}_p50_added_ms"], "ms", 2.0)
                 RESULTS.append((f"… p99 added, {connections} connections (direct p99 "
                                 f"{proxy[f'c{connections}_p99_direct_ms']:.2f} ms)",

@@ -36,6 +36,8 @@ def service_server(env: Env, registry: Registry) -> Iterator[Server]:
     env.extra.update(registry.env)
     # Autoscaling's minute-long window and delays, in tenths: the same code, a test-sized clock.
     env.extra["DSTACK_SERVICE_TIME_SCALE"] = "0.1"
+    # How long a request waits for a ready replica: a cold start here takes seconds.
+    env.extra["DSTACK_SERVICE_COLD_START_TIMEOUT"] = "30"
     srv = Server(env).start()
     yield srv
     srv.stop()
@@ -86,6 +88,8 @@ def test_replicas_failover_rolling_update_and_auth(env: Env, service_server: Ser
         bodies = Counter(web.get(url).text.strip() for _ in range(10))
         assert len(bodies) == 2 and all(b.startswith("v1 ") for b in bodies), bodies
         jobs = [b.split()[1] for b in bodies]
+        ps = env.cli("ps", cwd=repo).stdout
+        assert "replica 0" in ps and "replica 1" in ps and ps.count("running · ready") == 2, ps
 
         # Auth: no token 401, a non-member's 403, a bad one 401.
         assert httpx.get(url).status_code == 401
@@ -272,3 +276,23 @@ resources: {cpu: 1.., memory: 0.1GB..}
         assert arrived < following["produced"], arrivals
     # `auth: false` passes the caller's headers through as they are.
     assert arrivals[0][1]["seen_auth"] == "Bearer not-for-the-app"
+
+
+def test_probes_gate_traffic_until_they_pass(env: Env, service_server: Server, registry: Registry) -> None:
+    image = registry.push_busybox("dstack-test/web:3")
+    repo = _repo(env)
+    extra = "probes: [{url: /health, interval: 1s, ready_after: 2}]\n"
+    _apply(env, repo, SERVICE.format(name="probed", image=image, replicas=1, extra=extra, body="p"))
+    url = f"{service_server.url}/proxy/services/main/probed/"
+    with service_server.api() as api:
+        wait_for(lambda: _service(api, "probed")["status"] == "running", 120, interval=0.3, message="running")
+        job = _service(api, "probed")["jobs"][0]["id"]
+        # The app answers (/ is there) but /health is not: not ready; a request waits for the
+        # cold-start timeout (30 s here, many probe intervals), then gets 503 saying why.
+        waited = httpx.get(url, headers={"Authorization": f"Bearer {env.token()}"}, timeout=60)
+        assert waited.status_code == 503 and "no ready replica" in waited.text and "/health" in waited.text
+        assert _service(api, "probed")["service"]["ready"] == 0
+        subprocess.run(["podman", "exec", _container_of(job), "sh", "-c", "echo ok > /www/health"], check=True,
+                       capture_output=True)
+        wait_for(lambda: _service(api, "probed")["service"]["ready"] == 1, 30, interval=0.3, message="ready")
+        assert httpx.get(url, headers={"Authorization": f"Bearer {env.token()}"}).text.startswith("p ")

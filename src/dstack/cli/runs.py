@@ -89,6 +89,19 @@ def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
             ago(run.submitted_at),
             duration(run.duration_seconds(now)),
         )
+        if run.service is not None:  # a service: a row per replica, as upstream's `dstack ps` shows them
+            jobs = {j.name: j for j in run.jobs}
+            for replica in run.service.replicas:
+                rjob = jobs.get(replica.job)
+                roffer = rjob.offer if rjob else None
+                state = replica.status.value + (" · ready" if replica.ready else "")
+                if replica.deployment != run.deployment:
+                    state += f" · deployment {replica.deployment}"
+                table.add_row(f"  replica {replica.replica}", "",
+                              f"{roffer.backend} ({roffer.region})" if roffer else "",
+                              roffer.instance_type if roffer else "", roffer.resources.pretty() if roffer else "",
+                              f"${roffer.price:.4f}" if roffer else "", escape(state),
+                              ago(rjob.submitted_at) if rjob else "", "")
         if verbose and job:
             for attempt in job.attempts:
                 mark = "launched" if attempt.ok else f"failed: {attempt.reason}"

@@ -188,7 +188,8 @@ class ServiceProxy:
             self._update(run)
         for run_id in [r for r in self.by_run if r not in seen]:
             service = self.by_run.pop(run_id)
-            self.services.pop((service.project, service.name), None)
+            if self.services.get((service.project, service.name)) is service:  # not a new run of that name
+                del self.services[(service.project, service.name)]
             for replica in service.replicas.values():
                 self._close(replica)
             service.became_ready.set()  # waiters see it is gone

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class Tunnel:
         self.local_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at = self.next_start = 0.0
+        self.backoff = 0.5
         self.config = self._write_config()
 
     def _write_config(self) -> Path:
@@ -58,8 +61,16 @@ class Tunnel:
         return "127.0.0.1", self.local_port
 
     def ensure(self) -> None:
+        """Started, or started again if it has exited: at once the first times, then backing off to
+        one try every 10 s while it keeps failing (a refused key, an unreachable host)."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        now = time.monotonic()
+        if now < self.next_start:
+            return
+        quick_exit = self.proc is not None and now - self.started_at < 10
+        self.backoff = min(self.backoff * 2, 10.0) if quick_exit else 0.5
+        self.next_start, self.started_at = now + self.backoff, now
         forward_host = str(self.own.get("forward_host") or "localhost")
         log = open(self.workdir / "ssh.log", "ab")  # noqa: SIM115 - the child writes to it
         self.proc = subprocess.Popen(
