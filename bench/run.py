@@ -162,6 +162,12 @@ def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
 
 
 def run_aws_benchmarks(tmp: Path) -> None:
+    try:
+        import moto  # noqa: F401 - the AWS stand-in (a test extra)
+    except ImportError:
+        RESULTS.append(("AWS benchmarks", "skipped: needs moto (`make test` installs the test extras)",
+                        "(see docs/benchmarks.md)", True))
+        return
     from tests.aws_harness import MotoAWS
     from tests.vmhost import can_run_vm_hosts
 
