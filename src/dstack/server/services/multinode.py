@@ -14,7 +14,8 @@ from dstack.core.runs import JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.runs import ACTIVE_STATUSES, aggregate_nodes, is_service, master_job, new_job
+from dstack.server.services.run_status import aggregate_nodes, is_service
+from dstack.server.services.runs import ACTIVE_STATUSES, master_job, new_job
 
 # How long after a multi-node run failed its retry is still considered (its nodes' instances must be
 # gone first, which takes seconds).

@@ -15,7 +15,8 @@ from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel, utcnow
 from dstack.server.proxy.registry import SERVICE_SPEC_LIKE
-from dstack.server.services.runs import ACTIVE_STATUSES, CRASH_LOOP, aggregate_replicas, is_service, new_job
+from dstack.server.services.run_status import CRASH_LOOP, aggregate_replicas, is_service
+from dstack.server.services.runs import ACTIVE_STATUSES, new_job
 
 # A retired replica gets no new request from now; it is stopped after this (and once what it is
 # answering is done), so that every server replica's proxy has stopped routing to it.

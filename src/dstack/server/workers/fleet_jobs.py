@@ -20,7 +20,8 @@ from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel
 from dstack.server.services.backends import compute_for
 from dstack.server.services.fleets import allocate, instance_fits, takeable_instances
 from dstack.server.services.job_specs import stage_job
-from dstack.server.services.runs import record_job_instance, set_job_status
+from dstack.server.services.run_status import set_job_status
+from dstack.server.services.runs import record_job_instance
 
 logger = logging.getLogger("dstack.server.scheduler")
 # A job that ended so: the instance is gone or broken, not given back to the fleet.

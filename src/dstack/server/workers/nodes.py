@@ -16,7 +16,7 @@ from dstack.server.context import ServerContext
 from dstack.server.models import FleetModel, InstanceModel, JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.fleets import allocate, instance_fits, multinode_host
 from dstack.server.services.job_specs import build_job_spec
-from dstack.server.services.runs import set_job_status
+from dstack.server.services.run_status import set_job_status
 from dstack.server.workers.cloud_nodes import addresses_env, gated, launch_nodes, node_env
 from dstack.server.workers.fleet_jobs import release_fleet_instance, run_on_fleet_instance
 

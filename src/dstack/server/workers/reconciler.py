@@ -24,12 +24,12 @@ from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
 from dstack.server.services.multinode import settle_multinode_runs
+from dstack.server.services.run_status import set_job_status
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
     add_agent_events,
     new_job,
     reschedule,
-    set_job_status,
 )
 from dstack.server.services.service_runs import settle_service_runs
 from dstack.server.workers.common import for_each, release_lease, try_lease

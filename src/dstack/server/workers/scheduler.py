@@ -31,12 +31,12 @@ from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
+from dstack.server.services.run_status import set_job_status
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
     backend_types_for,
     record_job_instance,
     reschedule,
-    set_job_status,
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes

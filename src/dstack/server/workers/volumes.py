@@ -18,7 +18,7 @@ from dstack.core.volumes import VolumeStatus
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, VolumeModel
 from dstack.server.services.backends import compute_for
-from dstack.server.services.runs import set_job_status
+from dstack.server.services.run_status import set_job_status
 from dstack.server.services.volumes import provisioned
 from dstack.server.workers.common import for_each, release_lease, try_lease, under_lease
 
