@@ -276,6 +276,22 @@ resources: {cpu: 1.., memory: 0.1GB..}
         assert arrived < following["produced"], arrivals
     # `auth: false` passes the caller's headers through as they are.
     assert arrivals[0][1]["seen_auth"] == "Bearer not-for-the-app"
+    # `dstack stop` drains: an answer being streamed when the stop comes is finished first.
+    words: list[str] = []
+    with httpx.stream("POST", f"{base}/chat/completions", timeout=30,
+                      json={"model": "fake-model", "stream": True, "messages": []}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                words.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
+                if len(words) == 1:
+                    with server.api() as api:
+                        api.post("/api/projects/main/runs/llm/stop", json={"abort": False}).raise_for_status()
+            elif line == "data: [DONE]":
+                words.append("[DONE]")
+    assert words == [f"w{i} " for i in range(5)] + ["[DONE]"]
+    with server.api() as api:
+        wait_for(lambda: _service(api, "llm")["status"] == "stopped", 60, message="stopped after the drain")
+        assert httpx.post(f"{base}/chat/completions", json={"model": "fake-model"}).status_code == 404
 
 
 def test_probes_gate_traffic_until_they_pass(env: Env, service_server: Server, registry: Registry) -> None:

@@ -24,7 +24,7 @@ from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel
 from dstack.server.services.backends import compute_for
 from dstack.server.services.job_specs import stop_grace
 from dstack.server.services.multinode import settle_multinode_runs
-from dstack.server.services.run_status import set_job_status
+from dstack.server.services.run_status import is_service, set_job_status
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
     add_agent_events,
@@ -177,7 +177,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             if (low_usage or idle) and not run.stop_requested:
                 run.stop_requested = True
                 run.stop_reason = low_usage or idle
-            if (run.stop_requested or _replica_stop_due(ctx, job, now)) and not job.stop_sent:
+            stopping = _service_drained(ctx, job, run, now) if run.stop_requested else _replica_stop_due(ctx, job, now)
+            if stopping and not job.stop_sent:
                 reason = run.stop_reason if run.stop_requested else job.stop_reason
                 await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
                                         {"abort": run.stop_abort, "reason": reason, "t": now.timestamp()})
@@ -373,6 +374,19 @@ def _replica_stop_due(ctx: ServerContext, job: JobModel, now: datetime) -> bool:
     if job.stop_after is not None and now < job.stop_after:
         return False
     overdue = job.stop_after is None or (now - job.stop_after).total_seconds() > DRAIN_TIMEOUT
+    return overdue or ctx.proxy.in_flight(job.id) == 0
+
+
+def _service_drained(ctx: ServerContext, job: JobModel, run: RunModel, now: datetime) -> bool:
+    """A stopped run's job may be stopped now: at once, unless it is a service's replica still
+    answering requests through this server's proxy (`dstack stop` drains: no new request goes to it,
+    those in flight finish, for up to DRAIN_TIMEOUT; `--abort` does not wait)."""
+    if run.stop_abort or not is_service(run):
+        return True
+    ctx.proxy.drain(job.id)
+    if job.stop_after is None:
+        job.stop_after = now  # when the drain began (committed with the job)
+    overdue = (now - job.stop_after).total_seconds() > DRAIN_TIMEOUT
     return overdue or ctx.proxy.in_flight(job.id) == 0
 
 
