@@ -291,7 +291,9 @@ resources: {cpu: 1.., memory: 0.1GB..}
     assert words == [f"w{i} " for i in range(5)] + ["[DONE]"]
     with server.api() as api:
         wait_for(lambda: _service(api, "llm")["status"] == "stopped", 60, message="stopped after the drain")
-        assert httpx.post(f"{base}/chat/completions", json={"model": "fake-model"}).status_code == 404
+        # The proxy forgets it at its next look at the DB (a request meanwhile: 503 "no longer running").
+        wait_for(lambda: httpx.post(f"{base}/chat/completions", json={"model": "fake-model"}).status_code == 404,
+                 10, message="the model gone")
 
 
 def test_probes_gate_traffic_until_they_pass(env: Env, service_server: Server, registry: Registry) -> None:
@@ -312,3 +314,35 @@ def test_probes_gate_traffic_until_they_pass(env: Env, service_server: Server, r
                        capture_output=True)
         wait_for(lambda: _service(api, "probed")["service"]["ready"] == 1, 30, interval=0.3, message="ready")
         assert httpx.get(url, headers={"Authorization": f"Bearer {env.token()}"}).text.startswith("p ")
+
+
+def test_apply_waits_for_the_replica_then_follows_its_logs(env: Env, server: Server) -> None:
+    """`dstack apply` without -d: the URL, the replicas coming up, then replica 0's logs; Ctrl-C
+    detaches and the service goes on."""
+    import signal
+
+    repo = _repo(env)
+    (repo / "app.py").write_text(
+        "import http.server, sys\nprint('app listening', flush=True)\n"
+        "http.server.ThreadingHTTPServer(('0.0.0.0', 8014), http.server.SimpleHTTPRequestHandler).serve_forever()\n")
+    (repo / ".dstack.yml").write_text("type: service\nname: fg\nport: 8014\ncommands: [python3 app.py]\n"
+                                      "resources: {cpu: 1.., memory: 0.1GB..}\n")
+    proc = env.popen_cli("apply", "-y", cwd=repo)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "app listening" in line:
+                break
+        out = "".join(lines)
+        assert f"{server.url}/proxy/services/main/fg/" in out and "1/1 replicas ready" in out, out
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0 and "Detached; fg goes on" in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with server.api() as api:
+        assert _service(api, "fg")["status"] == "running"
+        api.post("/api/projects/main/runs/fg/stop", json={"abort": True}).raise_for_status()
