@@ -4,17 +4,12 @@ where it is installed (apt-get install wrk), else a bounded asyncio client in th
 
 from __future__ import annotations
 
-import asyncio
-import re
-import shutil
 import statistics
-import subprocess
-import time
 
-import httpx
 from tests.harness import Env, Server, wait_for
 
 from bench.common import uploaded_repo
+from bench.load import Load, have_wrk, measure
 
 # A keep-alive HTTP/1.1 app on the standard library only (the job runs with the machine's python3):
 # as fast as an app can answer, so that what is measured is the proxy.
@@ -51,48 +46,6 @@ async def main():
 asyncio.run(main())
 '''
 PORT = 18431
-REQUESTS = 1500
-
-
-async def _load(url: str, connections: int, headers: dict[str, str]) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    per_worker = REQUESTS // connections
-
-    async def worker() -> None:
-        async with httpx.AsyncClient(headers=headers, limits=httpx.Limits(max_connections=1), timeout=30) as client:
-            await client.get(url)  # connect first: latency of requests, not of handshakes
-            for _ in range(per_worker):
-                started = time.perf_counter()
-                response = await client.get(url)
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200, response.text
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return latencies, len(latencies) / (time.perf_counter() - started)
-
-
-def _wrk(url: str, connections: int, headers: dict[str, str]) -> tuple[dict[int, float], float]:
-    """({50: ms, 99: ms}, requests/s) from `wrk` (C: the load generator takes little of the CPUs)."""
-    args = ["wrk", "-t", "2", "-c", str(connections), "-d", "4s", "--latency"]
-    for key, value in headers.items():
-        args += ["-H", f"{key}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    latency: dict[int, float] = {}
-    for q in (50, 99):
-        match = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        assert match, out
-        latency[q] = float(match.group(1)) * units[match.group(2)]
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rate, out
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    assert errors is None, out
-    return latency, float(rate.group(1))
-
-
-def _pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] * 1000 if q < 100 else max(values) * 1000
 
 
 def bench_proxy(server: Server, env: Env) -> dict[str, float]:
@@ -114,34 +67,19 @@ def bench_proxy(server: Server, env: Env) -> dict[str, float]:
              120, interval=0.2, message="the app ready")
     headers = {"Authorization": f"Bearer {env.token()}"}
     direct, proxied = f"http://127.0.0.1:{PORT}/", f"{server.url}/proxy/services/main/bench-app/"
-    figures: dict[str, float] = {"wrk": 1.0 if shutil.which("wrk") else 0.0}
+    figures: dict[str, float] = {"wrk": 1.0 if have_wrk() else 0.0}
     try:
-        if figures["wrk"]:
-            for connections in (4, 32):
-                runs: dict[str, list[tuple[dict[int, float], float]]] = {"direct": [], "proxy": []}
-                for _ in range(2):
-                    for kind, url in (("direct", direct), ("proxy", proxied)):
-                        runs[kind].append(_wrk(url, connections, headers))
-                for q in (50, 99):
-                    mid = {k: statistics.median(lat[q] for lat, _ in v) for k, v in runs.items()}
-                    figures[f"c{connections}_p{q}_added_ms"] = mid["proxy"] - mid["direct"]
-                    figures[f"c{connections}_p{q}_direct_ms"] = mid["direct"]
-                figures[f"c{connections}_rps"] = statistics.median(rate for _, rate in runs["proxy"])
-                figures[f"c{connections}_direct_rps"] = statistics.median(rate for _, rate in runs["direct"])
-            return figures
         for connections in (4, 32):
-            rounds: dict[str, list[float]] = {"direct": [], "proxy": []}
-            rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+            runs: dict[str, list[Load]] = {"direct": [], "proxy": []}
             for _ in range(2):
                 for kind, url in (("direct", direct), ("proxy", proxied)):
-                    latencies, rate = asyncio.run(_load(url, connections, headers))
-                    rounds[kind] += latencies
-                    rates[kind].append(rate)
+                    runs[kind].append(measure(url, connections, headers))
             for q in (50, 99):
-                figures[f"c{connections}_p{q}_added_ms"] = _pct(rounds["proxy"], q) - _pct(rounds["direct"], q)
-                figures[f"c{connections}_p{q}_direct_ms"] = _pct(rounds["direct"], q)
-            figures[f"c{connections}_rps"] = statistics.median(rates["proxy"])
-            figures[f"c{connections}_direct_rps"] = statistics.median(rates["direct"])
+                mid = {k: statistics.median(getattr(load, f"p{q}_ms") for load in v) for k, v in runs.items()}
+                figures[f"c{connections}_p{q}_added_ms"] = mid["proxy"] - mid["direct"]
+                figures[f"c{connections}_p{q}_direct_ms"] = mid["direct"]
+            figures[f"c{connections}_rps"] = statistics.median(load.rps for load in runs["proxy"])
+            figures[f"c{connections}_direct_rps"] = statistics.median(load.rps for load in runs["direct"])
     finally:
         client.runs.stop("bench-app")
     return figures

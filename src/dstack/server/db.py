@@ -15,7 +15,13 @@ from dstack.server.settings import Settings
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         (settings.server_dir / "data").mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(settings.db_url, connect_args={"timeout": 30})
+        from sqlalchemy.engine import make_url
+
+        from dstack.server import sqlite_driver
+
+        path = make_url(settings.db_url).database or ":memory:"
+        engine = create_async_engine(settings.db_url,
+                                     async_creator=lambda: sqlite_driver.connect(path, timeout=30))
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

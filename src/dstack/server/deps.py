@@ -17,7 +17,7 @@ from dstack.server.services.users import authenticate
 TOKEN_COOKIE = "dstack_token"
 
 
-def get_ctx(request: Request) -> ServerContext:
+async def get_ctx(request: Request) -> ServerContext:
     return request.app.state.ctx
 
 

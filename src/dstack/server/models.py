@@ -66,7 +66,8 @@ class ProjectModel(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    members: Mapped[list[MemberModel]] = relationship(back_populates="project", lazy="selectin")
+    # Read where needed (services/projects.members_of): not with every project a request or a run loads.
+    members: Mapped[list[MemberModel]] = relationship(back_populates="project", lazy="raise")
     backends: Mapped[list[BackendModel]] = relationship(back_populates="project", lazy="selectin")
 
 
@@ -175,7 +176,8 @@ class RunModel(Base):
 
 class JobModel(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status", "status"), Index("ix_jobs_cleanup", "instance_terminated"))
+    __table_args__ = (Index("ix_jobs_status", "status"), Index("ix_jobs_cleanup", "instance_terminated"),
+                      Index("ix_jobs_run", "run_id", "submission", "job_num"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))

@@ -10,6 +10,7 @@ from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectUser, Ses
 from dstack.server.schemas import ERROR_RESPONSES, StopRunRequest, SubmitRunRequest
 from dstack.server.services import logs as logs_svc
 from dstack.server.services import repos as repos_svc
+from dstack.server.services import run_listing as listing
 from dstack.server.services import runs as svc
 
 CodeHash = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 of the archive")]
@@ -40,18 +41,19 @@ async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser
     return ctx.proxy.annotate(run)
 
 
-@router.get("/runs")
+@router.get("/runs", response_model=list[Run])
 async def list_runs(project: ProjectReader, session: Session, ctx: Ctx, all: bool = False,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
                     before: Annotated[str | None, Query(
                         max_length=64, description="runs submitted before this RFC 3339 time (the last "
                         "`submitted_at` of the previous page)", json_schema_extra={"format": "date-time"})] = None,
                     user: Annotated[str | None, Query(max_length=100)] = None,
-                    backend: Annotated[str | None, Query(max_length=50)] = None) -> list[Run]:
+                    backend: Annotated[str | None, Query(max_length=50)] = None) -> Response:
     """Newest first; a page of `limit`, the next one `before` the last `submitted_at`."""
-    runs = await svc.list_runs(session=session, project=project, include_finished=all, limit=limit,
-                               before=svc.parse_time(before, field="before"), user=user, backend=backend)
-    return [ctx.proxy.annotate(r) for r in runs]
+    body = await listing.list_runs_json(
+        session=session, project=project, include_finished=all, limit=limit,
+        before=svc.parse_time(before, field="before"), user=user, backend=backend, annotate=ctx.proxy.annotate)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/runs/{run_name}")

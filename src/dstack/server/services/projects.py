@@ -5,6 +5,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from dstack.core.errors import ForbiddenError, ResourceExistsError, ResourceNotFoundError
 from dstack.server.crypto import Encryptor
@@ -51,21 +52,22 @@ async def get_project(*, session: AsyncSession, name: str) -> ProjectModel:
     return project
 
 
-def role_in(project: ProjectModel, user: UserModel) -> str | None:
-    if user.global_role == "admin":
-        return "admin"
-    for member in project.members:
-        if member.user_id == user.id:
-            return member.role
-    return None
+async def members_of(*, session: AsyncSession, project: ProjectModel) -> list[MemberModel]:
+    return list(await session.scalars(select(MemberModel).where(MemberModel.project_id == project.id)))
 
 
 async def get_project_for(
     *, session: AsyncSession, name: str, user: UserModel, min_role: str = "read-only"
 ) -> tuple[ProjectModel, str]:
-    """The project if `user` holds at least `min_role` in it; non-members see 'does not exist'."""
-    project = await session.scalar(select(ProjectModel).where(ProjectModel.name == name))
-    role = role_in(project, user) if project else None
+    """The project if `user` holds at least `min_role` in it; non-members see 'does not exist'.
+    One query (every API call of a project asks it)."""
+    found = (await session.execute(
+        select(ProjectModel, MemberModel.role).outerjoin(
+            MemberModel, (MemberModel.project_id == ProjectModel.id) & (MemberModel.user_id == user.id))
+        .where(ProjectModel.name == name))).first()
+    project, role = found if found else (None, None)
+    if project is not None and user.global_role == "admin":
+        role = "admin"
     if project is None or role is None:
         raise ResourceNotFoundError(
             f"project {name!r} does not exist or you are not a member", field="project"
@@ -76,29 +78,27 @@ async def get_project_for(
 
 
 async def list_projects(*, session: AsyncSession, user: UserModel) -> list[ProjectModel]:
-    query = select(ProjectModel).order_by(ProjectModel.name)
+    query = select(ProjectModel).order_by(ProjectModel.name).options(selectinload(ProjectModel.members))
     if user.global_role != "admin":
         query = query.join(MemberModel).where(MemberModel.user_id == user.id)
     return list(await session.scalars(query))
 
 
 async def set_member(*, session: AsyncSession, project: ProjectModel, user: UserModel, role: str) -> None:
-    for member in project.members:
+    for member in await members_of(session=session, project=project):
         if member.user_id == user.id:
             member.role = role
             break
     else:
         session.add(MemberModel(project_id=project.id, user_id=user.id, role=role))
     await session.commit()
-    await session.refresh(project, ["members"])
 
 
 async def remove_member(*, session: AsyncSession, project: ProjectModel, user: UserModel) -> None:
-    for member in project.members:
+    for member in await members_of(session=session, project=project):
         if member.user_id == user.id:
             await session.delete(member)
             await session.commit()
-            await session.refresh(project, ["members"])
             return
     raise ResourceNotFoundError(f"{user.name!r} is not a member of {project.name!r}", field="user")
 
@@ -109,6 +109,7 @@ async def project_info(*, session: AsyncSession, encryptor: Encryptor, project: 
         name=project.name,
         owner=owner.name if owner else "",
         created_at=project.created_at,
-        members=[Member(user=m.user.name, role=m.role) for m in project.members],  # type: ignore[arg-type]
+        members=[Member(user=m.user.name, role=m.role)  # type: ignore[arg-type]
+                 for m in await members_of(session=session, project=project)],
         backends=[backend_info(encryptor, b) for b in project.backends],
     )

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -289,27 +289,6 @@ def parse_time(value: str | None, *, field: str) -> datetime | None:
     return parsed
 
 
-async def list_runs(
-    *, session: AsyncSession, project: ProjectModel, include_finished: bool, limit: int = 1000,
-    before: datetime | None = None, user: str | None = None, backend: str | None = None,
-) -> list[Run]:
-    query = select(RunModel).where(RunModel.project_id == project.id)
-    if before is not None:
-        query = query.where(RunModel.submitted_at < (before.astimezone(UTC) if before.tzinfo
-                                                     else before.replace(tzinfo=UTC)))
-    if user:
-        query = query.where(RunModel.user.has(UserModel.name == user))
-    if backend:
-        query = query.where(RunModel.jobs.any(JobModel.backend == backend))
-    if not include_finished:
-        # Active runs, plus the latest run so a just-finished one is still shown.
-        latest = select(func.max(RunModel.submitted_at)).where(RunModel.project_id == project.id)
-        query = query.where(or_(RunModel.status.in_(ACTIVE_STATUSES),
-                                and_(RunModel.submitted_at == latest.scalar_subquery())))
-    query = query.order_by(RunModel.submitted_at.desc()).limit(limit)
-    return [run_to_model(r) for r in await session.scalars(query)]
-
-
 async def get_run_model(*, session: AsyncSession, project: ProjectModel, name: str) -> RunModel:
     run = await session.scalar(
         select(RunModel).where(RunModel.project_id == project.id, RunModel.name == name)
@@ -416,7 +395,8 @@ def master_job(run: RunModel) -> JobModel | None:
     return max(first, key=lambda j: j.submission) if first else None
 
 
-def job_to_model(job: JobModel) -> Job:
+def job_to_model(job: Any) -> Job:
+    """A Job from a JobModel or a row of its columns (`_JOB_COLUMNS`)."""
     return Job(
         id=job.id, name=job.name, submission=job.submission, job_num=job.job_num, status=JobStatus(job.status),
         deployment=job.deployment,
