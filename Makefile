@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-peers install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(VENV)/.test-installed
 ## Benchmarks: prints a table of the measured figures and their targets.
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+
+# Ours against upstream dstack 0.22.5 (installed into a temporary venv), interleaved.
+bench-peers: $(VENV)/.installed
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) .dstack-demo .pytest_cache

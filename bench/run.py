@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness import Env, Server  # noqa: E402
 
+from bench.server import bench_list_runs  # noqa: E402
 from dstack.core.configurations import TaskConfiguration  # noqa: E402
 from dstack.core.runs import RunSpec  # noqa: E402
 
@@ -208,11 +209,39 @@ def bench_browser_logs(server: Server, env: Env) -> None:
                     "(no target)", True))
 
 
+def run_server_benchmarks(server: Server, env: Env) -> None:
+    from bench.server import bench_dispatch, bench_logs
+
+    dispatch = bench_dispatch(server, env)
+    RESULTS.append(("dispatch 300 local one-line tasks: jobs/s, submit → agent started (wall)",
+                    f"{dispatch.jobs_per_s:.1f}", "(bound by this machine's CPUs: see below)", True))
+    record("… the server's own CPU per job (50 jobs/s of one core = 20 ms)", dispatch.server_cpu_ms_per_job,
+           "ms", 20)
+    RESULTS.append(("… every process's CPU per job (the agents', the client's)",
+                    f"{dispatch.machine_cpu_ms_per_job:.0f} ms", "(no target)", True))
+    logs = bench_logs(server, env)
+    RESULTS.append(("200,000 log lines: submit → all returned through the API, lines/s",
+                    f"{logs.lines_per_s:,.0f}", "≥ 50,000, 0 lost", logs.lines_per_s >= 50_000 and logs.lost == 0))
+    RESULTS.append(("… read again (the stored lines alone), lines/s; lines lost",
+                    f"{logs.read_lines_per_s:,.0f}; {logs.lost}", "(no target)", True))
+
+
+def run_start_benchmarks(tmp: Path) -> None:
+    from bench.server import bench_server_start
+
+    fresh, warm = bench_server_start(tmp)
+    record("server start → answers, fresh (a new database; median of 5), wall", fresh.wall, "s", 1.0)
+    RESULTS.append(("… CPU seconds", f"{fresh.cpu:.2f}", "(no target)", True))
+    record("server start → answers, warm (median of 5), wall", warm.wall, "s", 0.6)
+    RESULTS.append(("… CPU seconds", f"{warm.cpu:.2f}", "(no target)", True))
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
+        run_start_benchmarks(Path(tmp))
         home = Path(tmp) / "home"
         home.mkdir()
-        env = Env(home=home)
+        env = Env(home=home, extra={"DSTACK_WORKER_INTERVAL": "1"})  # the server's own pace
         server = Server(env).start()
         try:
             time.sleep(3)
@@ -238,13 +267,23 @@ def main() -> int:
                 RESULTS.append((f"… requests/s through the proxy, {connections} connections (direct "
                                 f"{proxy[f'c{connections}_direct_rps']:.0f})", f"{proxy[f'c{connections}_rps']:.0f}",
                                 "(no target)", True))
+            run_server_benchmarks(server, env)
             fill_runs(env, 1000)
             record("`dstack ps` with 1,000 runs in the DB (median of 7)", time_cli(env, "ps"), "s", 0.3)
+            for connections in (4, 16):
+                load = bench_list_runs(server, env, connections)
+                RESULTS.append((f"list runs (a page of 100 of 1,000), {connections} connections ({load.tool}): "
+                                "requests/s", f"{load.rps:.0f}", "≥ 2× 38 (before #16) at 4" if connections == 4
+                                else "(no target)", load.rps >= 76 or connections != 4))
+                if connections == 4:
+                    record("… p99, 4 connections", load.p99_ms, "ms", 50)
+                else:
+                    RESULTS.append(("… p99, 16 connections", f"{load.p99_ms:.1f} ms", "(no target)", True))
             RESULTS.append(("`dstack ps -a` listing all 1,000 runs (median of 7)",
                             f"{time_cli(env, 'ps', '-a'):.3f} s", "(no target)", True))
             time.sleep(3)
             rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
-            record("server RSS, idle after the runs above", rss, "MB", 150)
+            record("server RSS, idle after the load above", rss, "MB", 150)
             bench_browser_logs(server, env)
         finally:
             server.stop()
