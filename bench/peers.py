@@ -113,11 +113,20 @@ def install_upstream(tmp: Path) -> Path:
     return venv
 
 
+_PORTS: dict[Path, int] = {}
+
+
+def port_for(home: Path) -> int:
+    """One port per HOME: upstream's server asks on the terminal (and, with none, fails to start)
+    before pointing the CLI's config at another URL."""
+    return _PORTS.setdefault(home, free_port())
+
+
 class Running:
     """A server of `product` with its state under `home`, started and stopped by `with`."""
 
     def __init__(self, product: Product, home: Path) -> None:
-        self.product, self.home, self.port = product, home, free_port()
+        self.product, self.home, self.port = product, home, port_for(home)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -227,7 +236,7 @@ def main() -> int:
             home = tmp / f"start-{product.name.split()[0]}-{i}"
             home.mkdir()
             for kind in ("fresh", "warm"):
-                port = free_port()
+                port = port_for(home)
                 start = time_start(product.server_command(port), product.env(home),
                                    lambda p, product=product: answers(f"http://127.0.0.1:{p}{product.health}"),
                                    port, home)

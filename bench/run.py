@@ -152,6 +152,30 @@ def bench_image_first_line(tmp: Path) -> None:
         server.stop()
 
 
+def bench_apply_first_line(env: Env) -> None:
+    """`dstack apply -y` of a task on the local backend (a sandboxed host job) → its first log line."""
+    import subprocess
+
+    repo = env.home / "apply-bench"
+    repo.mkdir()
+    assert env.cli("init", cwd=repo).returncode == 0
+    samples = []
+    for i in range(5):
+        (repo / ".dstack.yml").write_text(f"type: task\nname: first-{i}\ncommands: [echo first-line]\n"
+                                          "resources: {cpu: 1.., memory: 0.1GB..}\n")
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "apply", "-y"], cwd=repo,
+                                env=env.vars, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "first-line":
+                samples.append(time.perf_counter() - started)
+                break
+        proc.wait(timeout=120)
+    record("local: `dstack apply -y` of a task → its first log line (median of 5)", statistics.median(samples),
+           "s", 1.0)
+
+
 def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
     samples = []
     for _ in range(repeat):
@@ -248,6 +272,7 @@ def main() -> int:
             rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
             record("server RSS, idle after start", rss, "MB", 150)
             bench_first_log_line(server, env)
+            bench_apply_first_line(env)
             from bench.attach import bench_attach
 
             attach_s, throughput = bench_attach(server, env)
