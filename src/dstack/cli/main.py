@@ -266,24 +266,27 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """dstack: run ML tasks on your own machine, AWS or Lambda Cloud."""
 
 
-def _add_groups() -> None:
-    from dstack.cli.backends import aws_app, backend_app, secrets_app
-
-    app.add_typer(backend_app, name="backend")
-    app.add_typer(secrets_app, name="secrets")
-    app.add_typer(aws_app, name="aws")
-    from dstack.cli.artifacts import artifacts_app
-
-    app.add_typer(artifacts_app, name="artifacts")
-    from dstack.cli.fleets import fleet_app
-
-    app.add_typer(fleet_app, name="fleet")
-    from dstack.cli.volumes import volume_app
-
-    app.add_typer(volume_app, name="volume")
+# Command groups: (module, Typer app). A command line names at most one; only that one is imported
+# (all of them for the top-level help, or a command line that names none we know).
+GROUPS = {"backend": ("dstack.cli.backends", "backend_app"), "secrets": ("dstack.cli.backends", "secrets_app"),
+          "aws": ("dstack.cli.backends", "aws_app"), "artifacts": ("dstack.cli.artifacts", "artifacts_app"),
+          "fleet": ("dstack.cli.fleets", "fleet_app"), "volume": ("dstack.cli.volumes", "volume_app")}
 
 
-_add_groups()
+def _add_groups(argv: list[str]) -> None:
+    import importlib
+
+    word = next((a for a in argv[1:] if not a.startswith("-")), None)
+    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if word in commands:
+        return
+    for name, (module, attribute) in GROUPS.items():
+        if word in GROUPS and name != word:
+            continue
+        app.add_typer(getattr(importlib.import_module(module), attribute), name=name)
+
+
+_add_groups(sys.argv)
 
 
 def main() -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from dstack.core.base import CoreModel
 
 
-class FieldError(BaseModel):
+class FieldError(CoreModel):
     field: str | None
     message: str
 
 
-class BackendCheck(BaseModel):
+class BackendCheck(CoreModel):
     """Errors by field, and choices for fields (a field whose choices are null is typed in by hand)."""
 
     ok: bool

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from dstack.core.base import CoreModel
 from dstack.core.infra_configurations import FleetConfiguration
 from dstack.core.resources import InstanceResources
 from dstack.core.runs import Offer
@@ -35,13 +36,13 @@ class InstanceStatus(StrEnum):
         return self == InstanceStatus.TERMINATED
 
 
-class FleetSpec(BaseModel):
+class FleetSpec(CoreModel):
     configuration: FleetConfiguration
     configuration_path: str = Field(default="fleet.dstack.yml", max_length=1000)
     configuration_text: str | None = Field(default=None, max_length=65536)
 
 
-class Instance(BaseModel):
+class Instance(CoreModel):
     name: str = Field(description="{fleet}-{num}")
     num: int
     status: InstanceStatus
@@ -58,7 +59,7 @@ class Instance(BaseModel):
     finished_at: datetime | None = None
 
 
-class Fleet(BaseModel):
+class Fleet(CoreModel):
     name: str
     project: str
     user: str
@@ -68,7 +69,7 @@ class Fleet(BaseModel):
     instances: list[Instance] = Field(default_factory=list)
 
 
-class FleetPlan(BaseModel):
+class FleetPlan(CoreModel):
     spec: FleetSpec
     project: str
     user: str

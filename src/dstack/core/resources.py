@@ -12,15 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from dstack.core.base import CoreModel
 from dstack.core.gpus import COMPUTE_CAPABILITY, KNOWN_GPUS, VENDORS, normalize_gpu_name, vendor_of
 
 _UNITS = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*\Z", re.IGNORECASE)
 
 
-class StrictModel(BaseModel):
+class StrictModel(CoreModel):
     """Rejects unknown fields, so a typo is an error rather than silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
@@ -286,12 +287,12 @@ class ResourcesSpec(StrictModel):
         return " ".join(parts)
 
 
-class GPU(BaseModel):
+class GPU(CoreModel):
     name: str
     memory_gb: float
 
 
-class InstanceResources(BaseModel):
+class InstanceResources(CoreModel):
     """What an offer or an instance actually provides."""
 
     cpus: int

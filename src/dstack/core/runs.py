@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from dstack.core.base import CoreModel
 from dstack.core.configurations import AnyRunConfiguration
 from dstack.core.resources import InstanceResources
 
@@ -29,7 +30,7 @@ class JobStatus(StrEnum):
 FINISHED_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.TERMINATED})
 
 
-class RunSpec(BaseModel):
+class RunSpec(CoreModel):
     """What the client submits: the parsed configuration plus where the code comes from."""
 
     configuration: AnyRunConfiguration
@@ -48,7 +49,7 @@ class RunSpec(BaseModel):
                                     description="the user's public key, for `dstack attach`")
 
 
-class Offer(BaseModel):
+class Offer(CoreModel):
     backend: str
     region: str
     instance_type: str
@@ -58,7 +59,7 @@ class Offer(BaseModel):
     availability: str = "available"
 
 
-class ProvisioningAttempt(BaseModel):
+class ProvisioningAttempt(CoreModel):
     at: datetime
     backend: str
     region: str
@@ -69,13 +70,13 @@ class ProvisioningAttempt(BaseModel):
     reason: str | None = None
 
 
-class StatusEvent(BaseModel):
+class StatusEvent(CoreModel):
     at: datetime
     status: JobStatus
     reason: str | None = None
 
 
-class Job(BaseModel):
+class Job(CoreModel):
     id: str
     name: str
     submission: int = 0
@@ -94,7 +95,7 @@ class Job(BaseModel):
     finished_at: datetime | None = None
 
 
-class Run(BaseModel):
+class Run(CoreModel):
     id: str
     name: str
     project: str
@@ -135,7 +136,7 @@ class Run(BaseModel):
         return max(0.0, (end - job.started_at).total_seconds())
 
 
-class ReplicaInfo(BaseModel):
+class ReplicaInfo(CoreModel):
     replica: int
     job: str
     status: JobStatus
@@ -143,7 +144,7 @@ class ReplicaInfo(BaseModel):
     ready: bool = Field(description="gets traffic: it answers (its probes pass) and is not being drained")
 
 
-class ServiceInfo(BaseModel):
+class ServiceInfo(CoreModel):
     """A service as this server's proxy sees it."""
 
     url: str = Field(description="its path on the server: /proxy/services/PROJECT/RUN/")
@@ -158,7 +159,7 @@ class ServiceInfo(BaseModel):
     rps: float = Field(default=0.0, description="requests per second through the proxy, over the last minute")
 
 
-class RunPlan(BaseModel):
+class RunPlan(CoreModel):
     run_spec: RunSpec
     offers: list[Offer]
     total_offers: int
@@ -167,12 +168,12 @@ class RunPlan(BaseModel):
     user: str
 
 
-class LogEvent(BaseModel):
+class LogEvent(CoreModel):
     timestamp: float
     message: str
 
 
-class LogPage(BaseModel):
+class LogPage(CoreModel):
     events: list[LogEvent]
     next_token: str
     finished: bool = Field(description="the job has ended and every log line has been returned")
@@ -180,13 +181,13 @@ class LogPage(BaseModel):
                                                   "read the log store throttled): ask again at once")
 
 
-class GPUMetrics(BaseModel):
+class GPUMetrics(CoreModel):
     util: float | None = Field(default=None, description="utilization, percent")
     memory_used_mb: float | None = None
     memory_total_mb: float | None = None
 
 
-class MetricsSample(BaseModel):
+class MetricsSample(CoreModel):
     t: float = Field(description="unix time of the sample")
     cpu_percent: float | None = Field(default=None, description="the machine's CPU use, percent of all cores")
     memory_used_mb: float | None = None
@@ -194,7 +195,7 @@ class MetricsSample(BaseModel):
     gpus: list[GPUMetrics] = Field(default_factory=list)
 
 
-class RunMetrics(BaseModel):
+class RunMetrics(CoreModel):
     """The latest samples of the run's machine (the agent takes one every DSTACK_METRICS_INTERVAL)."""
 
     samples: list[MetricsSample] = Field(default_factory=list)
@@ -204,7 +205,7 @@ class RunMetrics(BaseModel):
                                                                      "job was last open (inactivity_duration)")
 
 
-class Artifact(BaseModel):
+class Artifact(CoreModel):
     path: str
     size: int
 

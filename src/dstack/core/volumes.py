@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from dstack.core.base import CoreModel
 from dstack.core.infra_configurations import VolumeConfiguration
 
 
@@ -19,13 +20,13 @@ class VolumeStatus(StrEnum):
     DELETED = "deleted"
 
 
-class VolumeSpec(BaseModel):
+class VolumeSpec(CoreModel):
     configuration: VolumeConfiguration
     configuration_path: str = Field(default="volume.dstack.yml", max_length=1000)
     configuration_text: str | None = Field(default=None, max_length=65536)
 
 
-class Volume(BaseModel):
+class Volume(CoreModel):
     name: str
     project: str
     user: str

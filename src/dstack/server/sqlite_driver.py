@@ -4,7 +4,8 @@ aiosqlite runs every call of a sqlite3 connection on its own thread, and SQLAlch
 four such calls per statement (open a cursor, execute, fetch all, close); each trip hands over to the
 thread and back through the event loop, about 0.15 ms here, more than most of our statements cost.
 Here `execute` opens the cursor, runs the statement, fetches its rows and closes the cursor in one
-call on that thread, and the cursor answers from what it brought back. The rows are fetched at once,
+call on that thread, and the cursor answers from what it brought back; a commit or rollback with no
+transaction open makes no trip at all. The rows are fetched at once,
 as SQLAlchemy's adapter does for every cursor that is not server-side (we use none)."""
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ class OneTripConnection(aiosqlite.Connection):
     @contextmanager
     async def cursor(self) -> OneTripCursor:  # type: ignore[override]
         return OneTripCursor(self)
+
+    # With no transaction open there is nothing to commit or roll back: no trip. (The pool rolls back
+    # every connection it gets back, mostly after a commit; a session that only read never began one.)
+    # `in_transaction` may be read from this thread, and no call is in flight on this connection
+    # while SQLAlchemy asks for one of these.
+    async def commit(self) -> None:
+        if self._connection is not None and not self._connection.in_transaction:
+            return
+        await super().commit()
+
+    async def rollback(self) -> None:
+        if self._connection is not None and not self._connection.in_transaction:
+            return
+        await super().rollback()
 
 
 def connect(path: str, **kwargs: Any) -> OneTripConnection:
