@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from rich.table import Table
@@ -44,6 +45,17 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
     if overrides is not None:
         run_spec = run_spec.model_copy(update={"configuration": overrides.apply(run_spec.configuration)})
     run_spec = _resolve_env(run_spec)
+    # The code goes up while the server plans and the active run is looked up: by the time the plan
+    # is confirmed it is there (an archive of the same content is stored once, even if not confirmed).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        uploading = pool.submit(client.runs.upload_sources, run_spec, repo_dir=Path(repo.path))
+        looking_up = pool.submit(_active_run, client, run_spec.configuration.name)
+        return _plan_confirm_submit(client, run_spec, uploading=uploading, looking_up=looking_up, yes=yes,
+                                    force=force, detach=detach)
+
+
+def _plan_confirm_submit(client: Client, run_spec: RunSpec, *, uploading: Future[RunSpec],
+                         looking_up: Future[Run | None], yes: bool, force: bool, detach: bool) -> int:
     retry = run_spec.configuration.retry
     try:
         plan = client.runs.plan(run_spec)
@@ -53,7 +65,7 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
             raise
         # As upstream: with retry on no-capacity, the run is queued until capacity appears.
         console.print(f"No offers now ({exc}); the run waits for capacity (retry on no-capacity)", soft_wrap=True)
-    active = _active_run(client, run_spec.configuration.name)
+    active = looking_up.result()
     if active is not None and not force and \
             active.spec.configuration.model_dump() == run_spec.configuration.model_dump():
         # As upstream: re-applying what runs changes nothing, unless --force restarts it.
@@ -73,8 +85,10 @@ def apply_configuration(*, file: str, yes: bool, detach: bool, force: bool, proj
         client.runs.stop(active.name)
         _wait_finished(client, active.name)
         console.print(f"Stopped the active run {active.name}")
-    with console.status("Uploading code…"):
-        run_spec = client.runs.upload_sources(run_spec, repo_dir=Path(repo.path))
+    if not uploading.done():
+        with console.status("Uploading code…"):
+            uploading.result()
+    run_spec = uploading.result()
     run = client.runs.submit(run_spec)
     if run.spec.configuration.type == "service":
         from dstack.cli.services import follow_service

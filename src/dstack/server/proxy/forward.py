@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import os
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from dstack.server.deps import TOKEN_COOKIE
 from dstack.server.proxy.registry import Replica, Service, ServiceProxy
+from dstack.server.services.users import hash_token
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,7 +31,6 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "transfer-encoding", "upgrade", "host", "content-length"}
 # Tokens checked against the DB at most this often (a revoked token or membership counts within it).
 AUTH_CACHE_SECONDS = 5.0
-TOKEN_COOKIE = "dstack_token"
 
 
 def cold_start_timeout() -> float:
@@ -51,7 +51,7 @@ async def authorize(proxy: ServiceProxy, ctx: ServerContext, service: Service, t
         return error(401, "not_authenticated", f"service {service.name!r} needs a token: pass "
                      "`Authorization: Bearer TOKEN` (a member of project "
                      f"{service.project!r}; or deploy it with `auth: false`)", {"WWW-Authenticate": "Bearer"})
-    digest = hashlib.sha256(token.encode()).hexdigest()
+    digest = hash_token(token)
     cached = proxy.tokens.get(digest)
     if cached is None or time.monotonic() - cached[0] > AUTH_CACHE_SECONDS:
         cached = await _lookup(ctx, digest)
@@ -93,7 +93,7 @@ async def pick(proxy: ServiceProxy, service: Service) -> Replica | Response:
             return min(ordered, key=lambda r: r.in_flight)
         if proxy.by_run.get(service.run_id) is not service:
             return error(503, "service_unavailable", f"service {service.name!r} is no longer running")
-        proxy.demand(service)
+        proxy.demand()
         left = deadline - time.monotonic()
         if left <= 0:
             why = "; ".join(sorted({r.problem for r in service.replicas.values() if r.problem})) or \

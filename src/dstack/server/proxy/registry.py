@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from dstack.core.runs import FINISHED_STATUSES, JobStatus, ReplicaInfo, Run, RunSpec, ServiceInfo
+from dstack.core.runs import JobStatus, ReplicaInfo, Run, RunSpec, ServiceInfo
 from dstack.server.proxy.autoscaling import RPS_WINDOW, RpsMeter, Scaler
 from dstack.server.proxy.limits import RateLimiter
 from dstack.server.proxy.tunnels import Tunnel
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from dstack.server.models import JobModel, RunModel
 
 logger = logging.getLogger("dstack.server.proxy")
-SERVICE_SPEC_LIKE = '%"type":"service"%'
 # How often a replica that is not ready yet is tried (a ready one without probes is tried again only
 # when a request to it fails).
 NOT_READY_RETRY = 0.5
@@ -105,10 +104,14 @@ class ServiceProxy:
 
     # --- what the workers and services ask -------------------------------------------------------
 
-    def public_key(self) -> str:
+    def server_key(self) -> tuple[Any, str]:
+        """The server's own SSH key (private, public): its tunnels to replicas log in with it."""
         from dstack.core.sshkeys import server_key
 
-        return server_key(self.ctx.settings.server_dir)[1]
+        return server_key(self.ctx.settings.server_dir)
+
+    def public_key(self) -> str:
+        return self.server_key()[1]
 
     def in_flight(self, job_id: str) -> int:
         for service in self.services.values():
@@ -164,7 +167,7 @@ class ServiceProxy:
     def models(self, project: str) -> dict[str, Service]:
         return {s.conf.model.name: s for s in self.services.values() if s.project == project and s.conf.model}
 
-    def demand(self, service: Service) -> None:
+    def demand(self) -> None:
         """A request waits and no replica is ready: scale from zero now, not at the next pass."""
         self.ctx.reconciler_wake.set()
 
@@ -172,6 +175,7 @@ class ServiceProxy:
 
     async def refresh(self, ctx: ServerContext) -> None:
         from dstack.server.models import RunModel
+        from dstack.server.services.run_status import SERVICE_SPEC_LIKE
         from dstack.server.services.runs import ACTIVE_STATUSES
 
         async with ctx.db.session() as session:
@@ -266,7 +270,7 @@ class ServiceProxy:
             if not keys:
                 replica.problem = "its instance has not published its SSH host key yet"
                 return
-            key, _ = await asyncio.to_thread(_server_key, self.ctx)
+            key, _ = await asyncio.to_thread(self.server_key)
             tunnel = Tunnel(workdir=self.ctx.settings.server_dir / "proxy" / "tunnels" / job.id, key=key,
                             own=own, jump={**jump.model_dump(), "user": (published or {}).get("ssh_user") or jump.user,
                                            "host_keys": keys}, app_port=app_port)
@@ -346,12 +350,3 @@ class ServiceProxy:
         if self._client is not None:
             await self._client.close()
 
-
-def _server_key(ctx: ServerContext) -> tuple[Any, str]:
-    from dstack.core.sshkeys import server_key
-
-    return server_key(ctx.settings.server_dir)
-
-
-def finished(status: str) -> bool:
-    return JobStatus(status) in FINISHED_STATUSES

@@ -29,7 +29,6 @@ class Tunnel:
         self.workdir, self.key, self.own, self.jump, self.app_port = workdir, key, own, jump, app_port
         self.local_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self.started_at = self.next_start = 0.0
         self.backoff = 0.5
         self.config = self._write_config()
@@ -78,7 +77,6 @@ class Tunnel:
              "-L", f"127.0.0.1:{self.local_port}:{forward_host}:{self.app_port}", "replica"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         log.close()
-        self.starts += 1
 
     def last_error(self) -> str:
         try:

@@ -14,7 +14,7 @@ from dstack.core.runs import JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.services.run_status import aggregate_nodes, is_service
+from dstack.server.services.run_status import SERVICE_SPEC_LIKE, aggregate_nodes, is_service
 from dstack.server.services.runs import ACTIVE_STATUSES, master_job, new_job
 
 # How long after a multi-node run failed its retry is still considered (its nodes' instances must be
@@ -32,7 +32,7 @@ async def settle_multinode_runs(ctx: ServerContext) -> None:
         runs = list(await session.scalars(
             select(RunModel).where(
                 RunModel.id.in_(select(JobModel.run_id).where(JobModel.job_num > 0)),
-                RunModel.spec.not_like('%"type":"service"%'),
+                RunModel.spec.not_like(SERVICE_SPEC_LIKE),
                 or_(RunModel.status.in_(ACTIVE_STATUSES),
                     and_(RunModel.status == JobStatus.FAILED.value, RunModel.finished_at > now - NODES_RETRY_WINDOW)))
             .options(selectinload(RunModel.jobs), selectinload(RunModel.project))))

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.runs import JobStatus, Run, RunSpec
 from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel
+from dstack.server.services.run_status import SERVICE_SPEC_MARK
 from dstack.server.services.runs import ACTIVE_STATUSES, job_to_model
 
 _RUN_COLUMNS = (RunModel.id, RunModel.name, RunModel.status, RunModel.reason, RunModel.exit_code,
@@ -29,8 +30,6 @@ _JOB_COLUMNS = (JobModel.run_id, JobModel.id, JobModel.name, JobModel.submission
                 JobModel.status, JobModel.deployment, JobModel.reason, JobModel.exit_code, JobModel.offer,
                 JobModel.instance_id, JobModel.attempts, JobModel.history, JobModel.submitted_at,
                 JobModel.started_at, JobModel.finished_at)
-# Services are annotated with their live state (replicas ready, RPS): their spec is parsed.
-_SERVICE_MARK = '"type":"service"'
 
 
 async def list_runs_json(
@@ -62,7 +61,7 @@ async def list_runs_json(
             jobs[job.run_id].append(job)
     parts: list[str] = []
     for row in rows:
-        if _SERVICE_MARK in row.spec:
+        if SERVICE_SPEC_MARK in row.spec:  # a service: annotated with its live state
             run = Run(id=row.id, name=row.name, project=project.name, user=row.user_name,
                       status=JobStatus(row.status), reason=row.reason, exit_code=row.exit_code,
                       submitted_at=row.submitted_at, finished_at=row.finished_at, stop_requested=row.stop_requested,

@@ -40,8 +40,14 @@ def set_job_status(
     run.finished_at = now if status in FINISHED_STATUSES else None
 
 
+# A run's spec is stored as `RunSpec.model_dump_json()`: a service's holds this (its configuration's
+# type; JSON inside a string value would be escaped), and SQL finds services with SERVICE_SPEC_LIKE.
+SERVICE_SPEC_MARK = '"type":"service"'
+SERVICE_SPEC_LIKE = f"%{SERVICE_SPEC_MARK}%"
+
+
 def is_service(run: RunModel) -> bool:
-    return '"service"' in run.spec and json.loads(run.spec).get("configuration", {}).get("type") == "service"
+    return SERVICE_SPEC_MARK in run.spec and json.loads(run.spec).get("configuration", {}).get("type") == "service"
 
 
 def aggregate_replicas(run: RunModel, now: datetime, *, changed: JobModel | None = None,

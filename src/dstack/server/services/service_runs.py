@@ -14,8 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from dstack.core.runs import FINISHED_STATUSES, JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, RunModel, utcnow
-from dstack.server.proxy.registry import SERVICE_SPEC_LIKE
-from dstack.server.services.run_status import CRASH_LOOP, aggregate_replicas, is_service
+from dstack.server.services.run_status import CRASH_LOOP, SERVICE_SPEC_LIKE, aggregate_replicas, is_service
 from dstack.server.services.runs import ACTIVE_STATUSES, new_job
 
 # A retired replica gets no new request from now; it is stopped after this (and once what it is

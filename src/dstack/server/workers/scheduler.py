@@ -31,7 +31,7 @@ from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
 from dstack.server.services.repo_credentials import credentials_for, secret_name
 from dstack.server.services.repos import get_code
-from dstack.server.services.run_status import set_job_status
+from dstack.server.services.run_status import SERVICE_SPEC_LIKE, set_job_status
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
     backend_types_for,
@@ -59,7 +59,7 @@ async def schedule_once(ctx: ServerContext) -> None:
             select(JobModel.id, JobModel.priority).join(RunModel, RunModel.id == JobModel.run_id)
             .where(JobModel.status == JobStatus.SUBMITTED.value,
                    # A master schedules its nodes; a service's replicas are scheduled each on its own.
-                   (JobModel.job_num == 0) | RunModel.spec.like('%"type":"service"%'),
+                   (JobModel.job_num == 0) | RunModel.spec.like(SERVICE_SPEC_LIKE),
                    (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now),
                    JobModel.not_before.is_(None) | (JobModel.not_before <= now) | RunModel.stop_requested)
             .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
