@@ -131,37 +131,21 @@ def bench_image_first_line(tmp: Path) -> None:
     env = Env(home=home, extra={"DSTACK_CONTAINER_RUN_ARGS": args})
     server = Server(env).start()
     try:
-        repo = home / "repo"
-        repo.mkdir()
-        assert env.cli("init", cwd=repo).returncode == 0
-        samples = []
-        for i in range(5):
-            (repo / ".dstack.yml").write_text(f"type: task\nname: img-{i}\nimage: {BENCH_IMAGE}\n"
-                                              "commands: [echo first-line]\nresources: {cpu: 1.., memory: 0.1GB..}\n")
-            started = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "apply", "-y"], cwd=repo,
-                                    env=env.vars, stdout=subprocess.PIPE, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.strip() == "first-line":
-                    samples.append(time.perf_counter() - started)
-                    break
-            proc.wait(timeout=120)
-        record(name, statistics.median(samples), "s", 1.5)
+        record(name, apply_to_first_line(env, "repo", f"image: {BENCH_IMAGE}\n"), "s", 1.5)
     finally:
         server.stop()
 
 
-def bench_apply_first_line(env: Env) -> None:
-    """`dstack apply -y` of a task on the local backend (a sandboxed host job) → its first log line."""
+def apply_to_first_line(env: Env, repo_name: str, extra: str = "", runs: int = 5) -> float:
+    """Median seconds from `dstack apply -y` of a one-line task (plus `extra` YAML) to its line."""
     import subprocess
 
-    repo = env.home / "apply-bench"
+    repo = env.home / repo_name
     repo.mkdir()
     assert env.cli("init", cwd=repo).returncode == 0
     samples = []
-    for i in range(5):
-        (repo / ".dstack.yml").write_text(f"type: task\nname: first-{i}\ncommands: [echo first-line]\n"
+    for i in range(runs):
+        (repo / ".dstack.yml").write_text(f"type: task\nname: first-{i}\n{extra}commands: [echo first-line]\n"
                                           "resources: {cpu: 1.., memory: 0.1GB..}\n")
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "dstack.cli.main", "apply", "-y"], cwd=repo,
@@ -172,8 +156,7 @@ def bench_apply_first_line(env: Env) -> None:
                 samples.append(time.perf_counter() - started)
                 break
         proc.wait(timeout=120)
-    record("local: `dstack apply -y` of a task → its first log line (median of 5)", statistics.median(samples),
-           "s", 1.0)
+    return statistics.median(samples)
 
 
 def time_cli(env: Env, *args: str, repeat: int = 7) -> float:
@@ -272,7 +255,8 @@ def main() -> int:
             rss = psutil.Process(server.proc.pid).memory_info().rss / 2**20
             record("server RSS, idle after start", rss, "MB", 150)
             bench_first_log_line(server, env)
-            bench_apply_first_line(env)
+            record("local: `dstack apply -y` of a task → its first log line (median of 5)",
+                   apply_to_first_line(env, "apply-bench"), "s", 1.0)
             from bench.attach import bench_attach
 
             attach_s, throughput = bench_attach(server, env)

@@ -9,19 +9,19 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy import update
 
 from dstack.backends.base import JobLaunch, LaunchedInstance, Requirements
 from dstack.core.fleets import InstanceStatus, instance_name
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt
 from dstack.server.context import ServerContext
-from dstack.server.models import InstanceModel, JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.models import InstanceModel, JobModel, ProjectModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.fleets import allocate, instance_fits, takeable_instances
 from dstack.server.services.job_specs import stage_job
 from dstack.server.services.run_status import set_job_status
 from dstack.server.services.runs import record_job_instance
+from dstack.server.workers.common import job_with_run
 
 logger = logging.getLogger("dstack.server.scheduler")
 # A job that ended so: the instance is gone or broken, not given back to the fleet.
@@ -135,6 +135,4 @@ def _remove_assignment(storage: Any, prefix: str, job_id: str) -> None:
 
 
 async def _load_job(session: Any, job_id: str) -> JobModel:
-    return (await session.scalars(select(JobModel).where(JobModel.id == job_id)
-                                  .options(selectinload(JobModel.run).selectinload(RunModel.project),
-                                           selectinload(JobModel.run).selectinload(RunModel.jobs)))).one()
+    return (await session.scalars(job_with_run(job_id))).one()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
 from dstack.core.fleets import InstanceStatus
@@ -32,7 +31,7 @@ from dstack.server.services.runs import (
     reschedule,
 )
 from dstack.server.services.service_runs import settle_service_runs
-from dstack.server.workers.common import for_each, release_lease, try_lease
+from dstack.server.workers.common import for_each, job_with_run, release_lease, try_lease
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -102,12 +101,7 @@ async def _reconcile(ctx: ServerContext, job_id: str) -> None:
 
 
 async def _load(session: Any, job_id: str) -> JobModel:
-    # The run's jobs are loaded explicitly: eager loading stops at the job -> run -> jobs cycle.
-    return (await session.scalars(
-        select(JobModel).where(JobModel.id == job_id)
-        .options(selectinload(JobModel.run).selectinload(RunModel.project),
-                 selectinload(JobModel.run).selectinload(RunModel.jobs))
-    )).one()
+    return (await session.scalars(job_with_run(job_id))).one()
 
 
 async def _step(ctx: ServerContext, job_id: str) -> None:
@@ -120,7 +114,8 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             await session.commit()
             await _terminate(ctx, job)
             async with ctx.db.session() as s2:
-                (await _load(s2, job_id)).instance_terminated = True
+                await s2.execute(update(JobModel).where(JobModel.id == job_id).values(instance_terminated=True)
+                                 .execution_options(synchronize_session=False))
                 await s2.commit()
             return
         if job.instance is None:

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from dstack.backends.base import (
     JobLaunch,
@@ -40,7 +39,7 @@ from dstack.server.services.runs import (
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
-from dstack.server.workers.common import for_each, record_intent, release_lease
+from dstack.server.workers.common import for_each, job_with_run, record_intent, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
@@ -126,12 +125,8 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
             logger.exception("renewing the claim on job %s failed", job_id)
 
 
-async def _load(session: object, job_id: str) -> JobModel:
-    return (await session.scalars(  # type: ignore[attr-defined]
-        select(JobModel).where(JobModel.id == job_id)
-        .options(selectinload(JobModel.run).selectinload(RunModel.project),
-                 selectinload(JobModel.run).selectinload(RunModel.jobs))  # a multi-node run's status needs them
-    )).one()
+async def _load(session: AsyncSession, job_id: str) -> JobModel:
+    return (await session.scalars(job_with_run(job_id))).one()
 
 
 async def _provision(ctx: ServerContext, job_id: str) -> None:
