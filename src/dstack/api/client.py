@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from dstack.api.config import load_config
+from dstack.api.http import httpx
 from dstack.core.errors import AuthenticationError, ConfigurationError, DstackError, error_from_dict
 
 if TYPE_CHECKING:
