@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,3 +148,17 @@ def run_logs(api: httpx.Client, run: str, project: str = "main") -> str:
         token = page["next_token"]
         if page["finished"]:
             return "\n".join(lines)
+
+
+@contextmanager
+def server_with_repo(env: Env, database_url: str) -> Iterator[tuple[Server, Path]]:
+    """A server of `env` on `database_url` (PostgreSQL), and a repo initialized against it."""
+    env.extra["DSTACK_DATABASE_URL"] = database_url
+    server = Server(env).start()
+    try:
+        repo = env.home / "repo"
+        repo.mkdir()
+        assert env.cli("init", cwd=repo).returncode == 0
+        yield server, repo
+    finally:
+        server.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness import Env, Server, wait_for
+from tests.harness import Env, Server, server_with_repo, wait_for
 
 FAILING_TASK = """\
 type: task
@@ -71,15 +71,8 @@ def test_task_failing_with_exit_code_sqlite(env: Env, server: Server, repo: Path
 
 @pytest.mark.postgres
 def test_task_failing_with_exit_code_postgres(env: Env, postgres_url: str) -> None:
-    env.extra["DSTACK_DATABASE_URL"] = postgres_url
-    server = Server(env).start()
-    try:
-        repo = env.home / "repo"
-        repo.mkdir()
-        assert env.cli("init", cwd=repo).returncode == 0
+    with server_with_repo(env, postgres_url) as (server, repo):
         check_failing_task(env, server, repo)
-    finally:
-        server.stop()
 
 
 def _processes_with(marker: str) -> list[psutil.Process]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Env, Server, wait_for
+from tests.harness import Env, Server, server_with_repo, wait_for
 
 RUN = "type: task\nname: {name}\ncommands: [{command}]\nresources: {{cpu: 1.., memory: 0.1GB..}}\n"
 
@@ -19,15 +19,8 @@ def test_listed_runs_read_as_the_models_write_them(env: Env, server: Server, rep
 @pytest.mark.postgres
 def test_listed_runs_read_as_the_models_write_them_postgres(env: Env, postgres_url: str) -> None:
     # PostgreSQL hands back its own types (timestamps with their zone, booleans): the same JSON.
-    env.extra["DSTACK_DATABASE_URL"] = postgres_url
-    server = Server(env).start()
-    try:
-        repo = env.home / "repo"
-        repo.mkdir()
-        assert env.cli("init", cwd=repo).returncode == 0
+    with server_with_repo(env, postgres_url) as (server, repo):
         check_listing(env, server, repo)
-    finally:
-        server.stop()
 
 
 def check_listing(env: Env, server: Server, repo: Path) -> None:
