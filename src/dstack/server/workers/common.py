@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from dstack.server.context import ServerContext
@@ -16,11 +17,11 @@ LEASE = timedelta(seconds=15)
 CONCURRENCY = 8
 
 
-def job_with_run(job_id: str) -> Select[tuple[JobModel]]:
+async def load_job(session: AsyncSession, job_id: str) -> JobModel:
     """The job, its run with the run's project and user joined in the same statement, the project's
     backends and the run's jobs (a run's status is made from all of them): three statements."""
-    return (select(JobModel).where(JobModel.id == job_id)
-            .options(joinedload(JobModel.run).selectinload(RunModel.jobs)))
+    return (await session.scalars(select(JobModel).where(JobModel.id == job_id)
+                                  .options(joinedload(JobModel.run).selectinload(RunModel.jobs)))).one()
 
 
 async def try_lease(ctx: ServerContext, job_id: str, *, model: Any = JobModel, **where: object) -> bool:

@@ -15,13 +15,13 @@ from dstack.backends.base import JobLaunch, LaunchedInstance, Requirements
 from dstack.core.fleets import InstanceStatus, instance_name
 from dstack.core.runs import JobStatus, Offer, ProvisioningAttempt
 from dstack.server.context import ServerContext
-from dstack.server.models import InstanceModel, JobModel, ProjectModel, utcnow
+from dstack.server.models import InstanceModel, ProjectModel, utcnow
 from dstack.server.services.backends import compute_for
 from dstack.server.services.fleets import allocate, instance_fits, takeable_instances
 from dstack.server.services.job_specs import stage_job
 from dstack.server.services.run_status import set_job_status
 from dstack.server.services.runs import record_job_instance
-from dstack.server.workers.common import job_with_run
+from dstack.server.workers.common import load_job
 
 logger = logging.getLogger("dstack.server.scheduler")
 # A job that ended so: the instance is gone or broken, not given back to the fleet.
@@ -77,7 +77,7 @@ async def run_on_fleet_instance(ctx: ServerContext, *, job_id: str, project: Pro
         logger.exception("assigning job %s to fleet instance %s failed", job_id, name)
         await release_fleet_instance(ctx, instance_id=instance.id, job_id=job_id, reason=None)
         async with ctx.db.session() as session:
-            job = await _load_job(session, job_id)
+            job = await load_job(session, job_id)
             set_job_status(job, job.run, JobStatus.FAILED, reason=f"could not assign the job to {name}: {exc}")
             await session.commit()
         return
@@ -87,7 +87,7 @@ async def run_on_fleet_instance(ctx: ServerContext, *, job_id: str, project: Pro
                                   instance_type=offer.instance_type, price=offer.price, spot=offer.spot, ok=True,
                                   reason=f"reused fleet instance {name}")
     async with ctx.db.session() as session:
-        job = await _load_job(session, job_id)
+        job = await load_job(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [attempt.model_dump(mode="json")])
         record_job_instance(job, offer, launched, fleet_instance_id=instance.id)
         await session.commit()
@@ -133,6 +133,3 @@ async def release_fleet_instance(ctx: ServerContext, *, instance_id: str, job_id
 def _remove_assignment(storage: Any, prefix: str, job_id: str) -> None:
     storage.delete(f"{prefix}/jobs/{job_id}.json")
 
-
-async def _load_job(session: Any, job_id: str) -> JobModel:
-    return (await session.scalars(job_with_run(job_id))).one()

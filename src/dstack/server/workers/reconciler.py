@@ -31,7 +31,7 @@ from dstack.server.services.runs import (
     reschedule,
 )
 from dstack.server.services.service_runs import settle_service_runs
-from dstack.server.workers.common import for_each, job_with_run, release_lease, try_lease
+from dstack.server.workers.common import for_each, load_job, release_lease, try_lease
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -100,14 +100,10 @@ async def _reconcile(ctx: ServerContext, job_id: str) -> None:
         await release_lease(ctx, job_id)
 
 
-async def _load(session: Any, job_id: str) -> JobModel:
-    return (await session.scalars(job_with_run(job_id))).one()
-
-
 async def _step(ctx: ServerContext, job_id: str) -> None:
     settings = ctx.settings
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         run = job.run
         status = JobStatus(job.status)
         if status in FINISHED_STATUSES:
@@ -218,7 +214,7 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             logger.warning("terminating the instance of job %s failed; trying again", job_id, exc_info=True)
             terminated = False
         async with ctx.db.session() as session:
-            job = await _load(session, job_id)
+            job = await load_job(session, job_id)
             job.instance_terminated = terminated
             if not _maybe_retry(session, job, job.run):
                 reschedule(session, job, job.run)
@@ -235,7 +231,7 @@ async def _resolve_interrupted(ctx: ServerContext, job_id: str) -> None:
     """A claim whose replica died: adopt what it launched (found by the job id the launch tagged it
     with), or put the job back in the queue when nothing was launched. A stop request is honoured."""
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         intent = LaunchIntent.model_validate_json(job.launch_intent) if job.launch_intent else None
         project = job.run.project
         await session.commit()
@@ -247,7 +243,7 @@ async def _resolve_interrupted(ctx: ServerContext, job_id: str) -> None:
         if found is not None:
             extras = await asyncio.to_thread(_spec_extras, compute, intent.job_prefix)
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         run = job.run
         if job.instance is not None or JobStatus(job.status) != JobStatus.PROVISIONING:
             return  # resolved meanwhile

@@ -39,7 +39,7 @@ from dstack.server.services.runs import (
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
-from dstack.server.workers.common import for_each, job_with_run, record_intent, release_lease
+from dstack.server.workers.common import for_each, load_job, record_intent, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
@@ -94,7 +94,7 @@ async def _schedule(ctx: ServerContext, job_id: str) -> None:
     except Exception as exc:
         logger.exception("provisioning job %s failed", job_id)
         async with ctx.db.session() as session:
-            job = await _load(session, job_id)
+            job = await load_job(session, job_id)
             set_job_status(job, job.run, JobStatus.FAILED, reason=f"provisioning error: {exc}")
             await session.commit()
     finally:
@@ -125,13 +125,9 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
             logger.exception("renewing the claim on job %s failed", job_id)
 
 
-async def _load(session: AsyncSession, job_id: str) -> JobModel:
-    return (await session.scalars(job_with_run(job_id))).one()
-
-
 async def _provision(ctx: ServerContext, job_id: str) -> None:
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         run = job.run
         project = run.project
         if run.stop_requested or job.stop_reason:
@@ -248,7 +244,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
     async with ctx.db.session() as session:
         await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
                                        broken=broken_backends)
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
         if instance is None:
             await session.commit()
@@ -281,7 +277,7 @@ async def _record_backend_warnings(session: AsyncSession, *, project_id: str, at
 
 async def _fail(ctx: ServerContext, job_id: str, reason: str) -> None:
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         set_job_status(job, job.run, JobStatus.FAILED, reason=reason)
         await session.commit()
 
@@ -289,7 +285,7 @@ async def _fail(ctx: ServerContext, job_id: str, reason: str) -> None:
 async def _wait(ctx: ServerContext, job_id: str, reason: str) -> None:
     """Back to submitted, saying what for, and tried again in a few seconds."""
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         set_job_status(job, job.run, JobStatus.SUBMITTED, reason=reason)
         job.lock_owner, job.lock_until = None, utcnow() + VOLUME_WAIT_DELAY
         await session.commit()
@@ -299,7 +295,7 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
     await release_unlaunched(ctx=ctx, job_id=job_id)
     retry = run_spec.configuration.retry
     async with ctx.db.session() as session:
-        job = await _load(session, job_id)
+        job = await load_job(session, job_id)
         run = job.run
         job.status = JobStatus.SUBMITTED.value
         elapsed = (utcnow() - run.submitted_at).total_seconds()
