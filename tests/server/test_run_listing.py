@@ -48,3 +48,19 @@ def check_listing(env: Env, server: Server, repo: Path) -> None:
         # Active runs only (and the latest): what `dstack ps` asks first.
         assert [r["name"] for r in api.get("/api/projects/main/runs").json()] == ["long"]
         api.post("/api/projects/main/runs/long/stop", json={})
+
+
+def test_submit_answers_the_run_as_get_reads_it(server: Server) -> None:
+    """`POST …/runs` answers with what it wrote, not a read back: it must equal `GET …/runs/NAME`.
+    A scheduled run (next fire a year away, at most) stays as submitted, so nothing moves meanwhile."""
+    spec = {"repo_id": "submit-answer", "run_name": "later",
+            "configuration": {"type": "task", "commands": ["true"], "schedule": {"cron": "0 0 1 1 *"},
+                              "env": {"A": "x"}, "resources": {"cpu": "1..", "memory": "0.1GB.."}}}
+    with server.api() as api:
+        assert api.post("/api/projects/main/repos", json={"repo_id": "submit-answer"}).status_code == 200
+        answer = api.post("/api/projects/main/runs", json={"run_spec": spec})
+        assert answer.status_code == 201, answer.text
+        submitted = answer.json()
+        assert submitted["status"] == "submitted" and submitted["reason"].startswith("scheduled: starts at")
+        assert [j["status"] for j in submitted["jobs"]] == ["submitted"]
+        assert submitted == api.get("/api/projects/main/runs/later").json()

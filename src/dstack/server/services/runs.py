@@ -180,9 +180,9 @@ async def submit_run(
         run.reason = scheduled_reason(not_before)
     # One job per node (multi-node tasks), or per replica (a service starts with its minimum).
     count = conf.replicas.min if conf.type == "service" else getattr(conf, "nodes", 1)
-    for job_num in range(count or 0):
-        session.add(new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before,
-                            job_num=job_num))
+    jobs = [new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before, job_num=job_num)
+            for job_num in range(count or 0)]
+    session.add_all(jobs)
     try:
         await session.commit()
     except IntegrityError:  # a parallel submit of the same name won (the DB allows one active run)
@@ -191,7 +191,10 @@ async def submit_run(
                                 fix=f"Stop it with `dstack stop {name}` or choose another name") from None
     failpoint("after-submit")
     ctx.scheduler_wake.set()
-    return await get_run(session=session, project=project, name=name)
+    # What was just written, as written (reading it back would cost three statements).
+    return Run(id=run.id, name=name, project=project.name, user=user.name, status=JobStatus.SUBMITTED,
+               reason=run.reason, exit_code=None, submitted_at=now, finished_at=None, spec=run_spec,
+               stop_requested=False, jobs=[job_to_model(j) for j in jobs], deployment=0)
 
 
 async def _redeploy(*, session: AsyncSession, ctx: ServerContext, run: RunModel, run_spec: RunSpec,

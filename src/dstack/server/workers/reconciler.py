@@ -31,7 +31,7 @@ from dstack.server.services.runs import (
     reschedule,
 )
 from dstack.server.services.service_runs import settle_service_runs
-from dstack.server.workers.common import for_each, load_job, release_lease, try_lease
+from dstack.server.workers.common import for_each_leased, load_job
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -54,7 +54,7 @@ async def reconcile_once(ctx: ServerContext) -> None:
         ids = list(await session.scalars(
             select(JobModel.id).where(or_(JobModel.status.in_(_FOLLOWED), JobModel.instance_terminated.is_(False)))
         ))
-    await for_each(ids, lambda job_id: _reconcile(ctx, job_id))
+    await for_each_leased(ctx, ids, lambda job_id: _reconcile(ctx, job_id))
     await settle_multinode_runs(ctx)
     await settle_service_runs(ctx)
     if time.monotonic() - ctx.last_reap >= ctx.settings.reaper_interval:
@@ -90,14 +90,11 @@ async def _reap(ctx: ServerContext) -> None:
 
 
 async def _reconcile(ctx: ServerContext, job_id: str) -> None:
-    if not await try_lease(ctx, job_id):
-        return
+    """One job's step, under the lease `reconcile_once` took for it."""
     try:
         await _step(ctx, job_id)
     except Exception:
         logger.exception("reconciling job %s failed", job_id)
-    finally:
-        await release_lease(ctx, job_id)
 
 
 async def _step(ctx: ServerContext, job_id: str) -> None:

@@ -242,8 +242,9 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         break
 
     async with ctx.db.session() as session:
-        await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
-                                       broken=broken_backends)
+        if _warnings_change(project.backends, attempts, broken_backends):
+            await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
+                                           broken=broken_backends)
         job = await load_job(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
         if instance is None:
@@ -257,6 +258,13 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         await session.commit()
     failpoint("after-record")
     ctx.reconciler_wake.set()
+
+
+def _warnings_change(backends: list[BackendModel], attempts: list[ProvisioningAttempt], broken: set[str]) -> bool:
+    """Whether `_record_backend_warnings` has anything to write, judged by the backends as loaded with
+    the job (most launches succeed on a backend without a warning: no statement for them)."""
+    warned = {b.type for b in backends if b.warning}
+    return any((a.ok and a.backend in warned) or (not a.ok and a.backend in broken) for a in attempts)
 
 
 async def _record_backend_warnings(session: AsyncSession, *, project_id: str, attempts: list[ProvisioningAttempt],
