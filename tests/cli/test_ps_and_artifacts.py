@@ -56,7 +56,7 @@ def test_columns_paging_and_last(env: Env, server: Server, repo: Path) -> None:
 
 
 def test_one_line_reasons() -> None:
-    from dstack.cli.runs import one_line
+    from dstack.cli.ps import one_line
     from dstack.core.runs import JobStatus, status_text
 
     long = "launch failed: " + "AccessDenied " * 20 + "\n<xml>…</xml>"

@@ -1,16 +1,19 @@
 """What a `dstack` command imports before it runs: only the command group it names, and httpx
-without httpx's own command-line tool (click, pygments). Checked in a fresh interpreter each."""
+without httpx's own command-line tool (click, pygments); `dstack ps` none of typer, httpx or pydantic.
+Checked in a fresh interpreter each."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = """
 import json, sys
 sys.argv = {argv!r}
-import dstack.cli.main, dstack.cli.runs
+import dstack.cli.commands, dstack.cli.runs
 print(json.dumps(sorted(m for m in {watched!r} if m in sys.modules)))
 """
 WATCHED = ["dstack.cli.fleets", "dstack.cli.volumes", "dstack.cli.backends", "pygments", "click", "httpx"]
@@ -32,6 +35,40 @@ def test_a_group_imports_itself_only() -> None:
 
 def test_top_level_help_lists_every_group() -> None:
     assert set(_imported("--help")) >= {"dstack.cli.fleets", "dstack.cli.volumes", "dstack.cli.backends"}
+
+
+QUICK_PS = """
+import json, sys
+sys.argv = {argv!r}
+from dstack.cli.main import main
+try:
+    main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in ("typer", "httpx", "pydantic", "dstack.cli.commands") if m in sys.modules)))
+"""
+
+
+def _quick_ps_imports(tmp_path: Path, *argv: str) -> tuple[list[str], str]:
+    config = tmp_path / "config.yml"  # a server that is not there: the command fails after its imports
+    config.write_text("projects:\n- {name: main, url: 'http://127.0.0.1:9', token: t, default: true}\n")
+    result = subprocess.run([sys.executable, "-c", QUICK_PS.format(argv=["dstack", "ps", *argv])],
+                            capture_output=True, text=True, check=True, cwd=tmp_path,
+                            env={**os.environ, "DSTACK_CONFIG": str(config)})
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_ps_imports_no_typer_httpx_or_pydantic(tmp_path: Path) -> None:
+    for argv in ((), ("-a",), ("-n", "3", "-v"), ("--project=main", "--all")):
+        imported, stderr = _quick_ps_imports(tmp_path, *argv)
+        assert imported == [], argv
+        assert "cannot reach the dstack server at http://127.0.0.1:9" in stderr
+
+
+def test_ps_options_it_does_not_know_go_to_typer(tmp_path: Path) -> None:
+    for argv in (("--help",), ("-w",), ("-n", "0"), ("--bogus",)):
+        imported, _ = _quick_ps_imports(tmp_path, *argv)
+        assert "typer" in imported and "dstack.cli.commands" in imported, argv
 
 
 def test_httpx_still_works_and_its_cli_says_why_it_is_absent() -> None:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from dstack.api.config import load_config
+from dstack.api.errors import error_for, no_answer, unreachable
 from dstack.api.http import httpx
-from dstack.core.errors import AuthenticationError, ConfigurationError, DstackError, error_from_dict
+from dstack.core.errors import ConfigurationError, DstackError
 
 if TYPE_CHECKING:
     from dstack.core.backends import BackendCheck
@@ -59,12 +60,9 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
-            raise DstackError(
-                f"cannot reach the dstack server at {self.url}",
-                fix="Is `dstack server` running? Start it, or fix the URL in ~/.dstack/config.yml",
-            ) from None
+            raise unreachable(self.url) from None
         except httpx.TimeoutException:
-            raise DstackError(f"the dstack server at {self.url} did not answer in time") from None
+            raise no_answer(self.url) from None
         if response.status_code >= 400 and method != "HEAD":
             raise _error(response)
         return response
@@ -96,19 +94,7 @@ class Client:
 
 
 def _error(response: httpx.Response) -> DstackError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = error_from_dict(body["error"])
-        if isinstance(err, AuthenticationError):
-            from dstack.api.config import config_path
-
-            err.fix = (f"Check the token in {config_path()}, or set it again with "
-                       "`dstack config --url URL --token TOKEN`")
-        return err
-    return DstackError(f"the server answered {response.status_code}: {response.text[:200]}")
+    return error_for(response.status_code, response.content)
 
 
 class ProjectsAPI:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rich.table import Table
 
 from dstack.api.client import Client
 from dstack.api.config import ProjectConfig, RepoConfig, load_config, save_config
-from dstack.cli.ui import ago, console, duration
-
-if TYPE_CHECKING:
-    from dstack.core.runs import Run
-
-STATUS_STYLE = {"done": "green", "failed": "red", "running": "cyan", "stopped": "yellow", "terminated": "yellow"}
+from dstack.cli.ui import console
 
 
 def client_for(project: str | None) -> Client:
@@ -58,67 +52,14 @@ def configure(*, url: str, token: str, project: str, default: bool) -> None:
     console.print(f"OK: project [bold]{project}[/] at {url} saved in the config")
 
 
-def one_line(text: str, width: int = 60) -> str:
-    """A reason for a table cell: one line, at most `width` characters (`dstack ps -v` shows it all)."""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
-
-
-def runs_table(runs: list[Run], *, verbose: bool = False) -> Table:
-    from rich.markup import escape
-
-    from dstack.core.runs import status_text
-
-    now = datetime.now(UTC)
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "USER", "BACKEND", "INSTANCE", "RESOURCES", "PRICE", "STATUS", "SUBMITTED", "DURATION"):
-        table.add_column(column, no_wrap=column not in ("RESOURCES", "STATUS"), overflow="fold")
-    for run in runs:
-        job = run.job
-        offer = job.offer if job else None
-        reason = run.reason if verbose or not run.reason else one_line(run.reason)
-        status = escape(status_text(run.status, reason, run.exit_code))
-        style = STATUS_STYLE.get(run.status.value, "")
-        table.add_row(
-            escape(run.name), escape(run.user),
-            f"{offer.backend} ({offer.region})" if offer else "",
-            offer.instance_type if offer else "",
-            offer.resources.pretty() if offer else run.spec.configuration.resources.pretty(),
-            f"${offer.price:.4f}" if offer else "",
-            f"[{style}]{status}[/]" if style else status,
-            ago(run.submitted_at),
-            duration(run.duration_seconds(now)),
-        )
-        if run.service is not None:  # a service: a row per replica, as upstream's `dstack ps` shows them
-            jobs = {j.name: j for j in run.jobs}
-            for replica in run.service.replicas:
-                rjob = jobs.get(replica.job)
-                roffer = rjob.offer if rjob else None
-                state = replica.status.value + (" · ready" if replica.ready else "")
-                if replica.deployment != run.deployment:
-                    state += f" · deployment {replica.deployment}"
-                table.add_row(f"  replica {replica.replica}", "",
-                              f"{roffer.backend} ({roffer.region})" if roffer else "",
-                              roffer.instance_type if roffer else "", roffer.resources.pretty() if roffer else "",
-                              f"${roffer.price:.4f}" if roffer else "", escape(state),
-                              ago(rjob.submitted_at) if rjob else "", "")
-        if verbose and job:
-            for attempt in job.attempts:
-                mark = "launched" if attempt.ok else f"failed: {attempt.reason}"
-                table.add_row("  attempt", "", f"{attempt.backend} ({attempt.region})", attempt.instance_type, "",
-                              f"${attempt.price:.4f}", escape(mark), ago(attempt.at), "")
-            for event in job.history:
-                if event.reason and event.status.value == "provisioning":  # e.g. an image pull's progress
-                    table.add_row("  event", "", "", "", "", "", escape(event.reason), ago(event.at), "")
-    return table
-
-
 def show_runs(*, all: bool, last: int | None, watch: bool, verbose: bool, project: str | None) -> None:
+    from dstack.cli.ps import fetch_runs, runs_table
+
     client = client_for(project)
 
-    def fetch() -> list[Run]:
-        # Finished runs too: fetched from the server a page at a time (newest first).
-        return list(client.runs.iter_all(last=last)) if all or last else client.runs.list()
+    def fetch() -> list[dict[str, Any]]:
+        return fetch_runs(lambda path, params: client.json("GET", path, params=params), client.project,
+                          all=all, last=last)
 
     if not watch:
         console.print(runs_table(fetch(), verbose=verbose))

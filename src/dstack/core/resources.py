@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from dstack.core.base import CoreModel
 from dstack.core.gpus import COMPUTE_CAPABILITY, KNOWN_GPUS, VENDORS, normalize_gpu_name, vendor_of
+from dstack.core.pretty import format_memory, format_range, gpu_text, instance_resources_text, resources_spec_text
 
 _UNITS = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0}
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mb|gb|tb)?\s*\Z", re.IGNORECASE)
@@ -41,14 +42,6 @@ def parse_memory(value: Any) -> float:
     return float(match.group(1)) * _UNITS[(match.group(2) or "gb").lower()]
 
 
-def format_memory(gb: float | None) -> str:
-    if gb is None:
-        return ""
-    if gb >= 1024 and gb % 1024 == 0:
-        return f"{gb / 1024:g}TB"
-    if gb < 1:
-        return f"{gb * 1024:g}MB"
-    return f"{gb:g}GB"
 
 
 def _split_range(value: str) -> tuple[str | None, str | None] | None:
@@ -90,7 +83,7 @@ class IntRange(StrictModel):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
     def __str__(self) -> str:
-        return _format_range(self.min, self.max, str)
+        return format_range(self.min, self.max, str)
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -131,13 +124,7 @@ class MemoryRange(StrictModel):
         return (self.min is None or value >= self.min * 0.9) and (self.max is None or value <= self.max * 1.1)
 
     def __str__(self) -> str:
-        return _format_range(self.min, self.max, format_memory)
-
-
-def _format_range(low: Any, high: Any, fmt: Any) -> str:
-    if low is not None and low == high:
-        return fmt(low)
-    return f"{fmt(low) if low is not None else ''}..{fmt(high) if high is not None else ''}"
+        return format_range(self.min, self.max, format_memory)
 
 
 _COUNT_RE = re.compile(r"^\s*\d*\s*(\.\.\s*\d*\s*)?\Z")
@@ -195,15 +182,7 @@ class GPUSpec(StrictModel):
         return self
 
     def __str__(self) -> str:
-        parts = []
-        if self.vendor and not self.name:
-            parts.append(self.vendor)
-        if self.name:
-            parts.append(",".join(self.name))
-        if self.memory:
-            parts.append(str(self.memory))
-        parts.append(str(self.count))
-        return ":".join(parts)
+        return gpu_text(self.model_dump())
 
 
 def _parse_gpu_string(text: str) -> dict[str, Any]:
@@ -279,12 +258,7 @@ class ResourcesSpec(StrictModel):
         return value
 
     def pretty(self) -> str:
-        parts = [f"cpu={self.cpu_arch + ':' if self.cpu_arch else ''}{self.cpu}", f"mem={self.memory}"]
-        if self.gpu is not None and self.gpu.count.max != 0:
-            parts.append(f"gpu={self.gpu}")
-        if self.disk is not None:
-            parts.append(f"disk={self.disk.size}")
-        return " ".join(parts)
+        return resources_spec_text(self.model_dump())
 
 
 class GPU(CoreModel):
@@ -302,13 +276,7 @@ class InstanceResources(CoreModel):
     spot: bool = False
 
     def pretty(self) -> str:
-        parts = [f"{self.cpus}xCPU", format_memory(round(self.memory_gb, 1))]
-        if self.gpus:
-            gpu = self.gpus[0]
-            parts.append(f"{len(self.gpus)}x{gpu.name} ({format_memory(gpu.memory_gb)})")
-        if self.disk_gb is not None:
-            parts.append(f"{format_memory(round(self.disk_gb))} disk")
-        return ", ".join(parts)
+        return instance_resources_text(self.model_dump())
 
 
 def unmet_requirements(spec: ResourcesSpec, resources: InstanceResources) -> list[str]:

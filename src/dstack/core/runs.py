@@ -9,6 +9,7 @@ from pydantic import Field
 
 from dstack.core.base import CoreModel
 from dstack.core.configurations import AnyRunConfiguration
+from dstack.core.pretty import status_text
 from dstack.core.resources import InstanceResources
 
 
@@ -210,17 +211,6 @@ class Artifact(CoreModel):
     size: int
 
 
-def status_text(status: JobStatus, reason: str | None, exit_code: int | None) -> str:
-    text = status.value
-    if status == JobStatus.FAILED and exit_code is not None:
-        text += f" (exit code {exit_code})"
-    elif reason and (status in FINISHED_STATUSES and status != JobStatus.DONE
-                     or status in (JobStatus.PROVISIONING, JobStatus.SUBMITTED)):
-        # Why it ended; while provisioning, what it is doing (pulling an image); while submitted, what
-        # it waits for (its schedule, capacity). A reason that repeats the status stands for both:
-        # `stopped by user`, not `stopped (stopped by user)`.
-        text = reason if reason.startswith(text + " ") else f"{text} ({reason})"
-    return text
 
 
 

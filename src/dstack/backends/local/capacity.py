@@ -3,7 +3,8 @@ asked for explicitly. The local backend offers the rest, so a job that needs mor
 `retry` on no-capacity) instead of sharing a GPU, and `priority` decides who gets it next.
 
 A job's hold is `held.json` in its working directory, with its agent's pid: it counts while that
-agent lives (the directory is removed when the job's instance is terminated). Between choosing a
+agent lives (the directory is removed when the job's instance is terminated). A job that holds
+nothing has no such file: the offers of a machine with hundreds of jobs cost no more to list. Between choosing a
 job's GPUs and its agent starting, the choice is kept in memory, so two jobs launched at once never
 get the same GPU.
 """
@@ -98,6 +99,8 @@ def record(workdirs: Path, job_id: str, *, pid: int, create_time: float) -> None
     with _LOCK:
         at_hold = _RESERVED.get(str(workdirs), {}).pop(job_id, None)
     hold = at_hold[1] if at_hold else Hold()
+    if not (hold.cpus or hold.memory_gb or hold.gpus):
+        return  # holds nothing (most jobs): no file, so counting holds never reads or checks it
     (workdirs / job_id / "held.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
                                                              "create_time": create_time}))
 

@@ -1,0 +1,45 @@
+"""What the local machine's jobs hold: a hold counts while its agent lives; a job that holds nothing
+leaves no file to read (hundreds of such jobs must not slow down listing the offers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from dstack.backends.local import capacity
+
+
+def _launch(workdirs: Path, job_id: str, pid: int, **asks: float) -> capacity.Hold | None:
+    (workdirs / job_id).mkdir(parents=True)
+    hold = capacity.reserve(workdirs, job_id, cpus=int(asks.get("cpus", 0)), memory_gb=asks.get("memory_gb", 0),
+                            gpu_count=int(asks.get("gpus", 0)), machine_gpus=2, machine_cpus=8,
+                            machine_memory_gb=32)
+    capacity.record(workdirs, job_id, pid=pid, create_time=psutil.Process(pid).create_time())
+    return hold
+
+
+def test_holds_count_while_their_agent_lives_and_empty_ones_leave_no_file(tmp_path: Path) -> None:
+    me = os.getpid()
+    _launch(tmp_path, "nothing", me)
+    assert not (tmp_path / "nothing" / "held.json").exists()
+    assert capacity.held(tmp_path) == capacity.Hold()
+
+    gpu = _launch(tmp_path, "gpu", me, gpus=1, cpus=2)
+    assert gpu == capacity.Hold(cpus=2, gpus=[0])
+    assert (tmp_path / "gpu" / "held.json").exists()
+    assert capacity.held(tmp_path) == capacity.Hold(cpus=2, gpus=[0])
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / "ended").mkdir()
+    (tmp_path / "ended" / "held.json").write_text(json.dumps({"cpus": 4, "gpus": [1], "pid": ended.pid}))
+    assert capacity.held(tmp_path) == capacity.Hold(cpus=2, gpus=[0])  # its agent is gone
+
+    assert _launch(tmp_path, "second-gpu", me, gpus=1) == capacity.Hold(gpus=[1])
+    assert capacity.reserve(tmp_path, "third", cpus=0, memory_gb=0, gpu_count=1, machine_gpus=2, machine_cpus=8,
+                            machine_memory_gb=32) is None  # both GPUs held
