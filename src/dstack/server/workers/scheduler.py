@@ -8,7 +8,7 @@ import logging
 import time
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.backends.base import (
@@ -68,19 +68,19 @@ async def schedule_once(ctx: ServerContext) -> None:
         await for_each([job_id for job_id, priority in rows if priority == level], lambda j: _schedule(ctx, j))
 
 
+# Built once (see the lease statements in common.py): every job is claimed.
+_CLAIM = (update(JobModel)
+          .where(JobModel.id == bindparam("row_id"), JobModel.status == JobStatus.SUBMITTED.value,
+                 JobModel.lock_until.is_(None) | (JobModel.lock_until < bindparam("now")))
+          .values(status=JobStatus.PROVISIONING.value, lock_owner=bindparam("owner"), lock_until=bindparam("until")))
+
+
 async def _claim(ctx: ServerContext, job_id: str) -> bool:
     """submitted -> provisioning as one compare-and-set: exactly one replica wins a job."""
     now = utcnow()
-    async with ctx.db.session() as session:
-        result = await session.execute(
-            update(JobModel)
-            .where(JobModel.id == job_id, JobModel.status == JobStatus.SUBMITTED.value,
-                   (JobModel.lock_until.is_(None)) | (JobModel.lock_until < now))
-            .values(status=JobStatus.PROVISIONING.value, lock_owner=ctx.replica_id,
-                    lock_until=now + timedelta(seconds=ctx.settings.claim_lease))
-            .execution_options(synchronize_session=False)
-        )
-        await session.commit()
+    async with ctx.db.transaction() as conn:
+        result = await conn.execute(_CLAIM, {"row_id": job_id, "now": now, "owner": ctx.replica_id,
+                                             "until": now + timedelta(seconds=ctx.settings.claim_lease)})
         return result.rowcount == 1
 
 
