@@ -138,7 +138,9 @@ def test_a_node_that_cannot_be_launched_leaves_nothing_running(stack: Stack) -> 
 
 def test_a_lost_node_fails_the_run_which_retry_resubmits_whole(stack: Stack) -> None:
     (stack.repo / ".dstack.yml").write_text(
-        "type: task\nname: sturdy\nnodes: 2\ncommands:\n  - echo \"rank $DSTACK_NODE_RANK up\"\n  - sleep 8\n"
+        # Node 0 must still be running when node 1's loss is noticed and it is stopped: 8 s were not
+        # always enough on a loaded 2-CPU machine (it finished `done` first).
+        "type: task\nname: sturdy\nnodes: 2\ncommands:\n  - echo \"rank $DSTACK_NODE_RANK up\"\n  - sleep 25\n"
         "instance_types: [t3.medium]\nresources:\n  cpu: 2..\n  memory: 4GB..\n"
         "retry:\n  on_events: [interruption]\n  duration: 10m\n")
     assert stack.env.cli("apply", "-y", "-d", cwd=stack.repo, timeout=120).returncode == 0
