@@ -68,6 +68,14 @@ def duration_seconds(job: dict[str, Any] | None, now: datetime) -> float | None:
     return max(0.0, ((_time(job.get("finished_at")) or now) - started).total_seconds())
 
 
+def _offer_cells(offer: dict[str, Any] | None) -> list[str]:
+    """BACKEND, INSTANCE, RESOURCES and PRICE of a job's offer (blank without one)."""
+    if not offer:
+        return ["", "", "", ""]
+    return [f"{offer['backend']} ({offer['region']})", offer["instance_type"],
+            instance_resources_text(offer["resources"]), f"${offer['price']:.4f}"]
+
+
 def runs_table(runs: list[dict[str, Any]], *, verbose: bool = False) -> Any:
     from rich.markup import escape
     from rich.table import Table
@@ -85,13 +93,10 @@ def runs_table(runs: list[dict[str, Any]], *, verbose: bool = False) -> Any:
         reason = reason if verbose or not reason else one_line(reason)
         status = escape(status_text(run["status"], reason, run.get("exit_code")))
         style = STATUS_STYLE.get(run["status"], "")
+        backend, instance, resources, price = _offer_cells(offer)
         table.add_row(
-            escape(run["name"]), escape(run["user"]),
-            f"{offer['backend']} ({offer['region']})" if offer else "",
-            offer["instance_type"] if offer else "",
-            instance_resources_text(offer["resources"]) if offer
-            else resources_spec_text(run["spec"]["configuration"]["resources"]),
-            f"${offer['price']:.4f}" if offer else "",
+            escape(run["name"]), escape(run["user"]), backend, instance,
+            resources or resources_spec_text(run["spec"]["configuration"]["resources"]), price,
             f"[{style}]{status}[/]" if style else status,
             ago(_time(run["submitted_at"])),  # type: ignore[arg-type]
             duration(duration_seconds(job, now)),
@@ -100,15 +105,11 @@ def runs_table(runs: list[dict[str, Any]], *, verbose: bool = False) -> Any:
             jobs = {j["name"]: j for j in run.get("jobs") or []}
             for replica in run["service"].get("replicas") or []:
                 rjob = jobs.get(replica["job"])
-                roffer = rjob.get("offer") if rjob else None
                 state = replica["status"] + (" · ready" if replica.get("ready") else "")
                 if replica["deployment"] != run.get("deployment", 0):
                     state += f" · deployment {replica['deployment']}"
                 table.add_row(f"  replica {replica['replica']}", "",
-                              f"{roffer['backend']} ({roffer['region']})" if roffer else "",
-                              roffer["instance_type"] if roffer else "",
-                              instance_resources_text(roffer["resources"]) if roffer else "",
-                              f"${roffer['price']:.4f}" if roffer else "", escape(state),
+                              *_offer_cells(rjob.get("offer") if rjob else None), escape(state),
                               ago(_time(rjob["submitted_at"])) if rjob else "", "")  # type: ignore[arg-type]
         if verbose and job:
             for attempt in job.get("attempts") or []:

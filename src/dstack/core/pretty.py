@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+# The statuses a job or run ends in (`FINISHED_STATUSES` in dstack/core/runs.py is made from these).
 FINISHED = frozenset({"done", "failed", "stopped", "terminated"})
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from dstack.core.base import CoreModel
 from dstack.core.configurations import AnyRunConfiguration
-from dstack.core.pretty import status_text
+from dstack.core.pretty import FINISHED, status_text
 from dstack.core.resources import InstanceResources
 
 
@@ -28,7 +28,7 @@ class JobStatus(StrEnum):
         return self in FINISHED_STATUSES
 
 
-FINISHED_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.TERMINATED})
+FINISHED_STATUSES = frozenset(JobStatus(status) for status in FINISHED)
 
 
 class RunSpec(CoreModel):
@@ -209,10 +209,6 @@ class RunMetrics(CoreModel):
 class Artifact(CoreModel):
     path: str
     size: int
-
-
-
-
 
 
 Run.model_rebuild()

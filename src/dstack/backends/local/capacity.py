@@ -4,9 +4,9 @@ asked for explicitly. The local backend offers the rest, so a job that needs mor
 
 A job's hold is `held.json` in its working directory, with its agent's pid: it counts while that
 agent lives (the directory is removed when the job's instance is terminated). A job that holds
-nothing has no such file: the offers of a machine with hundreds of jobs cost no more to list. Between choosing a
-job's GPUs and its agent starting, the choice is kept in memory, so two jobs launched at once never
-get the same GPU.
+nothing has no such file: the offers of a machine with hundreds of jobs cost no more to list.
+Between choosing a job's GPUs and its agent starting, the choice is kept in memory, so two jobs
+launched at once never get the same GPU.
 """
 
 from __future__ import annotations

@@ -34,9 +34,14 @@ async def load_job(session: AsyncSession, job_id: str) -> JobModel:
 # The lease statements, built once per table with bind parameters: each is run for every job at
 # every step, and building it (and its cache key) cost a third of running it. They run on a plain
 # connection, not an ORM session, which costs another third.
+def lease_is_free(model: Any) -> Any:
+    """No replica holds the row's lease (none taken, or run out by the bind parameter `now`)."""
+    return or_(model.lock_until.is_(None), model.lock_until < bindparam("now"))
+
+
 @functools.cache
 def _lease_statements(model: Any) -> tuple[Any, Any, Any, Any]:
-    free = or_(model.lock_until.is_(None), model.lock_until < bindparam("now"))
+    free = lease_is_free(model)
     take = {"lock_owner": bindparam("owner"), "lock_until": bindparam("until")}
     give_back = {"lock_owner": None, "lock_until": None}
     return (

@@ -39,7 +39,7 @@ from dstack.server.services.runs import (
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
-from dstack.server.workers.common import for_each, load_job, record_intent, release_lease
+from dstack.server.workers.common import for_each, lease_is_free, load_job, record_intent, release_lease
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
@@ -71,7 +71,7 @@ async def schedule_once(ctx: ServerContext) -> None:
 # Built once (see the lease statements in common.py): every job is claimed.
 _CLAIM = (update(JobModel)
           .where(JobModel.id == bindparam("row_id"), JobModel.status == JobStatus.SUBMITTED.value,
-                 JobModel.lock_until.is_(None) | (JobModel.lock_until < bindparam("now")))
+                 lease_is_free(JobModel))
           .values(status=JobStatus.PROVISIONING.value, lock_owner=bindparam("owner"), lock_until=bindparam("until")))
 
 

@@ -1,0 +1,65 @@
+"""Leases on a real database (SQLite, as the server migrates it): a batch is taken in one statement
+(`UPDATE … RETURNING`) and only rows nobody holds are taken; giving back frees only our own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+from sqlalchemy import select
+
+from dstack.server import migrate
+from dstack.server.db import Database
+from dstack.server.models import JobModel, ProjectModel, RunModel, UserModel, utcnow
+from dstack.server.settings import Settings
+from dstack.server.workers import common
+
+
+def test_batch_leases_take_free_rows_only_and_give_back_their_own(tmp_path: Path) -> None:
+    settings = Settings(server_dir=tmp_path)
+    migrate.upgrade(settings)
+
+    async def scenario() -> None:
+        db = Database(settings)
+        ours, theirs = SimpleNamespace(db=db, replica_id="ours"), SimpleNamespace(db=db, replica_id="theirs")
+        async with db.session() as session:
+            user = UserModel(id=str(uuid.uuid4()), name="u", global_role="admin", token_hash="h")
+            project = ProjectModel(id=str(uuid.uuid4()), name="p", owner_id=user.id)
+            run = RunModel(id=str(uuid.uuid4()), project_id=project.id, user_id=user.id, name="r", status="running",
+                           spec="{}")
+            jobs = [JobModel(id=f"job-{i}", run_id=run.id, name=f"r-{i}", status="running", storage_prefix=f"x/{i}")
+                    for i in range(5)]
+            for rows in ([user], [project], [run], jobs):  # parents first (no relationships set)
+                session.add_all(rows)
+                await session.flush()
+            await session.commit()
+        ids = [j.id for j in jobs]
+
+        assert await common.try_lease(theirs, "job-0")
+        assert sorted(await common.lease_many(ours, ids)) == ids[1:]  # job-0 is theirs
+        assert not await common.try_lease(theirs, "job-1")
+        await common.release_many(ours, ids)  # gives back ours only
+        assert not await common.try_lease(ours, "job-0")
+        assert await common.try_lease(theirs, "job-1")
+        await common.release_lease(ours, "job-1")  # not ours: still held
+        assert not await common.try_lease(ours, "job-1")
+
+        seen: list[str] = []
+        async with db.session() as session:  # a lease that ran out is free again
+            (await session.get(JobModel, "job-0")).lock_until = utcnow() - timedelta(seconds=1)
+            await session.commit()
+        await common.for_each_leased(ours, ids, lambda job_id: _record(seen, job_id))
+        assert sorted(seen) == ["job-0", "job-2", "job-3", "job-4"]
+        async with db.session() as session:
+            held = dict((await session.execute(select(JobModel.id, JobModel.lock_owner))).all())
+        assert held == {"job-0": None, "job-1": "theirs", "job-2": None, "job-3": None, "job-4": None}
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+async def _record(seen: list[str], job_id: str) -> None:
+    seen.append(job_id)
