@@ -106,7 +106,7 @@ def make_stack(request: pytest.FixtureRequest, env: Env, aws: MotoAWS) -> Iterat
         repo.mkdir()
         assert env.cli("init", "--project", "cloud", cwd=repo).returncode == 0
         yield Stack(env, server, aws, cloud, audit_log, repo, proxy)
-        assert cloud.errors == []
+        assert cloud.errors == [], cloud.errors  # (not a test module: no assertion rewriting)
     finally:
         cloud.stop()
         server.stop()
