@@ -64,7 +64,7 @@ def make_stack(env: Env, aws: MotoAWS, lambda_fake: FakeLambda) -> Iterator[Stac
         repo.mkdir()
         assert env.cli("init", "--project", "gpu", cwd=repo).returncode == 0
         yield Stack(env, server, aws, lambda_fake, vms, repo, keys)
-        assert lambda_fake.violations == []
+        assert lambda_fake.violations == [], lambda_fake.violations
     finally:
         server.stop()
         vms.stop()
