@@ -58,6 +58,10 @@ def project_access(min_role: str):  # noqa: ANN201 - returns a FastAPI dependenc
     async def _dep(project_name: Annotated[str, Path(max_length=100)], user: CurrentUser,
                    session: Session) -> ProjectModel:
         project, _role = await get_project_for(session=session, name=project_name, user=user, min_role=min_role)
+        # Hand the pooled connection back (the loaded rows stay usable): a handler that opens a session of
+        # its own (planning does) must not hold two at once, or as many concurrent requests as the pool
+        # has connections would each wait for a second one until the pool's timeout.
+        await session.commit()
         return project
 
     return _dep

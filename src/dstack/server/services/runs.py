@@ -81,6 +81,8 @@ def check_supported(run_spec: RunSpec) -> None:
 
 
 async def get_plan(*, ctx: ServerContext, project: ProjectModel, user: UserModel, run_spec: RunSpec) -> RunPlan:
+    """The offers for a run. It reads through short sessions of its own (and may ask clouds), so a caller
+    holds no pooled connection meanwhile: one per waiting caller could take the whole pool."""
     check_supported(run_spec)
     conf = run_spec.configuration
     requirements = requirements_for(conf, admin=user.global_role == "admin")
@@ -159,6 +161,7 @@ async def submit_run(
     # Fail fast with a clear message rather than queue a run nothing can ever serve.
     retry = conf.retry
     if not (retry and "no-capacity" in retry.on_events):
+        await session.commit()  # nothing written yet: get_plan's own sessions must not wait on ours (see deps)
         await get_plan(ctx=ctx, project=project, user=user, run_spec=run_spec)
     name = run_spec.run_name or conf.name or await _unique_name(session, project)
     active = await session.scalar(
