@@ -65,9 +65,11 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
 
     from dstack.cli.ui import console
     from dstack.server.app import create_app
+    from dstack.server.memory import limit_arenas
     from dstack.server.migrate import upgrade
     from dstack.server.settings import Settings
 
+    limit_arenas()  # before any thread starts
     settings = Settings(listen_port=port)
     _check_port(host, port)
     make_private(settings.server_dir)

@@ -19,6 +19,7 @@ from dstack.core.errors import DstackError
 from dstack.server.context import ServerContext
 from dstack.server.db import Database
 from dstack.server.http_guard import BodyTooLarge, HTTPGuard, body_limit, docs_csp, error_body
+from dstack.server.memory import trim_after_bursts
 from dstack.server.routers import agent_storage, fleets, projects, proxy, runs, users, volumes
 from dstack.server.settings import Settings
 from dstack.server.web import pages
@@ -47,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = ServerContext(settings=settings, db=Database(settings))
         app.state.ctx = ctx
-        tasks = start_workers(ctx)
+        tasks = [*start_workers(ctx), asyncio.create_task(trim_after_bursts())]
         try:
             yield
         finally:
