@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,34 @@ def test_httpx_still_works_and_its_cli_says_why_it_is_absent() -> None:
              "try:\n    httpx.main()\nexcept SystemExit as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "not loaded in this process" in out
+
+
+QUICK_SERVER = QUICK_PS.replace('("typer", "httpx", "pydantic", "dstack.cli.commands")', '("typer", "dstack.cli.commands")')
+
+
+def _quick_server(tmp_path: Path, *argv: str) -> tuple[list[str], str]:
+    result = subprocess.run([sys.executable, "-c", QUICK_SERVER.format(argv=["dstack", "server", *argv])],
+                            capture_output=True, text=True, check=True, cwd=tmp_path,
+                            env={**os.environ, "HOME": str(tmp_path)}, timeout=120)
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_server_with_plain_options_starts_without_typer(tmp_path: Path) -> None:
+    """The port is taken: the command gets as far as binding it, and says so in one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for argv in (("--port", str(port)), (f"--port={port}", "--host", "127.0.0.1", "--log-level=info")):
+            imported, stderr = _quick_server(tmp_path, *argv)
+            assert imported == [], argv
+            assert f"port {port} on 127.0.0.1 is already in use" in stderr and "Traceback" not in stderr, stderr
+    imported, stderr = _quick_server(tmp_path, "--log-level", "loud")
+    assert imported == [] and "--log-level: 'loud' is not a log level" in stderr, stderr
+    assert not (tmp_path / ".dstack").exists()  # refused before anything was written
+
+
+def test_server_options_it_does_not_know_go_to_typer(tmp_path: Path) -> None:
+    for argv in (("--help",), ("--port", "x"), ("--bogus",)):
+        imported, _ = _quick_server(tmp_path, *argv)
+        assert "typer" in imported and "dstack.cli.commands" in imported, argv

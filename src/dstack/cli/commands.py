@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dstack.cli import server as server_defaults
 from dstack.cli.options import ProjectOption
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -15,9 +16,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 @app.command()
 def server(
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
+    host: Annotated[str, typer.Option(help="address to listen on")] = server_defaults.DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="port to listen on")] = server_defaults.DEFAULT_PORT,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = server_defaults.DEFAULT_LOG_LEVEL,
 ) -> None:
     """Start the dstack server (state in ~/.dstack/server)."""
     from dstack.cli.server import run_server
