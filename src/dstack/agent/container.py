@@ -11,7 +11,6 @@ import base64
 import contextlib
 import functools
 import glob
-import http.client
 import json
 import os
 import re
@@ -233,15 +232,23 @@ def docker_socket() -> str | None:
     return path if os.path.exists(path) else None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+@functools.cache
+def _unix_connection() -> type:
+    """An HTTP connection over the daemon's unix socket (http.client imported with the first one: most
+    agents never talk to Docker's API)."""
+    import http.client
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
+    class UnixConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self.socket_path = path
+
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(self.socket_path)
+
+    return UnixConnection
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -265,7 +272,7 @@ def api_pull(path: str, image: str, auth: dict[str, str] | None, event: Callable
         token = json.dumps({"username": auth["username"], "password": auth["password"],
                             "serveraddress": registry_host(image)})
         headers["X-Registry-Auth"] = base64.urlsafe_b64encode(token.encode()).decode()
-    conn = _UnixConnection(path, timeout=600)
+    conn = _unix_connection()(path, timeout=600)
     try:
         conn.request("POST", "/images/create?" + urllib.parse.urlencode({"fromImage": repo, "tag": tag}),
                      headers=headers)

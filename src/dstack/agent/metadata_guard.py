@@ -11,12 +11,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from dstack.storage.sigv4 import IMDS_MARK
-
 METADATA_ADDRESS = "169.254.169.254"
-# New connections only (the metadata service speaks TCP alone): what answers them is not refused.
-_RULE = ["OUTPUT", "-d", METADATA_ADDRESS, "-p", "tcp", "--syn", "-m", "mark", "!", "--mark", hex(IMDS_MARK),
-         "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+
+def _rule() -> list[str]:
+    """New connections only (the metadata service speaks TCP alone): what answers them is not refused.
+    (The AWS client is imported here, not with the module: a local job's agent never needs it.)"""
+    from dstack.storage.sigv4 import IMDS_MARK
+
+    return ["OUTPUT", "-d", METADATA_ADDRESS, "-p", "tcp", "--syn", "-m", "mark", "!", "--mark", hex(IMDS_MARK),
+            "-j", "REJECT", "--reject-with", "tcp-reset"]
 
 
 class GuardError(Exception):
@@ -30,9 +34,10 @@ def guard_metadata() -> None:
     if iptables is None:
         raise GuardError("the instance has no iptables to keep the job (on the host network) from the metadata "
                          "service; use an image with iptables")
-    if subprocess.run([iptables, "-w", "-C", *_RULE], capture_output=True).returncode == 0:
+    rule = _rule()
+    if subprocess.run([iptables, "-w", "-C", *rule], capture_output=True).returncode == 0:
         return
-    result = subprocess.run([iptables, "-w", "-I", *_RULE], capture_output=True, text=True)
+    result = subprocess.run([iptables, "-w", "-I", *rule], capture_output=True, text=True)
     if result.returncode != 0:
         raise GuardError(f"cannot keep the job (on the host network) from the metadata service: iptables says "
                          f"{(result.stderr or result.stdout).strip()}")
