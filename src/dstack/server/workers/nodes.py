@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from dstack.backends.base import JobLaunch, LaunchedInstance, Requirements
 from dstack.core.fleets import InstanceStatus
@@ -118,8 +118,19 @@ def _gpus_per_node(run_spec: RunSpec) -> int:
     return (gpu.count.min or 0) if gpu and gpu.count.max != 0 else 0
 
 
+# Whether a master's run has nodes still waiting for it (built once: it runs after every scheduling).
+_MASTER = JobModel.__table__.alias("master")
+_HAS_WAITING_NODES = select(JobModel.id).where(
+    JobModel.run_id == _MASTER.c.run_id, JobModel.submission == _MASTER.c.submission, JobModel.job_num > 0,
+    JobModel.status == JobStatus.SUBMITTED.value, _MASTER.c.id == bindparam("master_id"),
+    _MASTER.c.status.in_([s.value for s in FINISHED_STATUSES])).limit(1)
+
+
 async def end_waiting_nodes(ctx: ServerContext, master_id: str) -> None:
     """The master ended before its nodes were assigned (stopped, failed, no capacity): so do they."""
+    async with ctx.db.transaction() as conn:  # one plain statement for the usual case: nothing waits
+        if (await conn.execute(_HAS_WAITING_NODES, {"master_id": master_id})).first() is None:
+            return
     async with ctx.db.session() as session:
         master = await session.get(JobModel, master_id)
         if master is None or JobStatus(master.status) not in FINISHED_STATUSES:
