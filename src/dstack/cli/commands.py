@@ -288,19 +288,3 @@ def _add_groups(argv: list[str]) -> None:
 
 
 _add_groups(sys.argv)
-
-
-def main() -> None:
-    from dstack.core.errors import DstackError
-
-    try:
-        app(standalone_mode=True)
-    except DstackError as exc:
-        from dstack.cli.ui import error
-
-        error(str(exc))
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

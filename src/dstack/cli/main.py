@@ -8,19 +8,31 @@ import sys
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["ps"]:
+    from dstack.core.errors import DstackError
+
+    try:
+        _run(sys.argv[1:])
+    except DstackError as exc:  # every command's errors: one line (what and the fix), no traceback
+        from dstack.cli.ui import error
+
+        error(str(exc))
+        sys.exit(1)
+
+
+def _run(argv: list[str]) -> None:
+    if argv[:1] == ["ps"]:
         from dstack.cli.ps import quick_ps
 
-        if quick_ps(sys.argv[2:]):
+        if quick_ps(argv[1:]):
             return
-    elif sys.argv[1:2] == ["server"]:
+    elif argv[:1] == ["server"]:
         from dstack.cli.server import quick_server
 
-        if quick_server(sys.argv[2:]):
+        if quick_server(argv[1:]):
             return
-    from dstack.cli.commands import main as run_command
+    from dstack.cli.commands import app
 
-    run_command()
+    app(standalone_mode=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ go to the typer command (dstack/cli/commands.py), which shows the same table.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,28 +157,21 @@ def quick_ps(argv: list[str]) -> bool:
     if options is None:
         return False
     from dstack.api.config import load_config
-    from dstack.core.errors import DstackError
 
-    try:
-        config = load_config()
-        project = options["project"]
-        if project is None:
-            repo = config.repo_for(Path.cwd())
-            project = repo.project if repo else None
-        entry = config.project(project)
-        if not entry.url.startswith("http://"):
-            return False  # https: certificates as httpx checks them, in the typer command
-        from dstack.api.plain_http import get_json
+    config = load_config()
+    project = options["project"]
+    if project is None:
+        repo = config.repo_for(Path.cwd())
+        project = repo.project if repo else None
+    entry = config.project(project)
+    if not entry.url.startswith("http://"):
+        return False  # https: certificates as httpx checks them, in the typer command
+    from dstack.api.plain_http import get_json
 
-        def get(path: str, params: dict[str, str]) -> Any:
-            return get_json(entry.url, entry.token, path, params)
+    def get(path: str, params: dict[str, str]) -> Any:
+        return get_json(entry.url, entry.token, path, params)
 
-        runs = fetch_runs(get, entry.name, all=options["all"], last=options["last"])
-    except DstackError as exc:
-        from dstack.cli.ui import error
-
-        error(str(exc))
-        sys.exit(1)
+    runs = fetch_runs(get, entry.name, all=options["all"], last=options["last"])
     from dstack.cli.ui import console
 
     console.print(runs_table(runs, verbose=options["verbose"]))

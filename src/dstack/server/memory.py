@@ -54,10 +54,9 @@ def resident_bytes() -> int:
 async def trim_after_bursts() -> None:
     """Each second: if the server was quiet and RSS grew since the last trim, give free heap pages back
     (a few ms; never while busy, when the pages would be asked for again at once)."""
-    libc = _glibc()
-    if libc is None or not resident_bytes():
+    libc, baseline = _glibc(), resident_bytes()
+    if libc is None or not baseline:
         return
-    baseline = resident_bytes()
     cpu = time.process_time()
     while True:
         await asyncio.sleep(CHECK_EVERY_S)
