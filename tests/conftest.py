@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -23,6 +24,8 @@ def _kill_strays(marker: str) -> None:
             if any(marker in part for part in cmdline) or proc.environ().get("HOME") == marker:
                 if "--job" in cmdline[:-1]:
                     containers.append("dstack-" + cmdline[cmdline.index("--job") + 1].rsplit("/", 1)[-1])
+                elif proc.name() == "dstack-agent":  # forked by the fork server: its output is its job's
+                    containers.append("dstack-" + Path(os.readlink(f"/proc/{proc.pid}/fd/1")).parent.name)
                 proc.kill()
         except psutil.Error:
             pass

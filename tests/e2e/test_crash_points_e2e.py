@@ -18,12 +18,15 @@ FINISHED = ("done", "failed", "stopped", "terminated")
 
 
 def _agents(env: Env) -> list[psutil.Process]:
-    """Agent processes of this server (their --storage URL names its directory)."""
+    """Agent processes of this server: forked by its fork server (named `dstack-agent`, with the fork
+    server's command line, which names the server's directory), or started as `-m dstack.agent` (whose
+    --storage URL names it)."""
     marker = str(env.server_dir)
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "name"]):
         cmdline = proc.info["cmdline"] or []
-        if "dstack.agent" in cmdline and any(marker in part for part in cmdline):
+        forked = proc.info["name"] == "dstack-agent" and "dstack.agent.forkserver" in cmdline
+        if ("dstack.agent" in cmdline or forked) and any(marker in part for part in cmdline):
             found.append(proc)
     return found
 
@@ -80,6 +83,8 @@ def test_stop_works_after_a_crash(env: Env, step: str) -> None:
     _submit(crashed, "crashrepo", "longy", ["echo START", "sleep 600"])
     server = _restart(env, crashed)
     try:
+        if step == "after-launch":  # launched before the crash: its agent runs on (and is found here)
+            assert _agents(env), "the agent launched before the crash is gone"
         with server.api() as api:
             response = api.post("/api/projects/main/runs/longy/stop", json={})
             assert response.status_code == 200, response.text

@@ -29,6 +29,7 @@ from dstack.backends.base import (
     Requirements,
 )
 from dstack.backends.local import capacity
+from dstack.backends.local.forkserver import FORK_SERVER, ForkServerError
 from dstack.backends.local.models import LocalBackendConfig
 from dstack.core.resources import GPU, InstanceResources
 from dstack.core.runs import Offer
@@ -167,33 +168,46 @@ class LocalCompute(Compute):
             fd = os.open(workdir / "secrets.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(job.secrets, f)
-            env = {"PATH": os.environ.get("PATH", sandbox.SYSTEM_PATH), "HOME": str(Path.home()),
-                   "LANG": os.environ.get("LANG", "C.UTF-8"),
-                   "DSTACK_AGENT_SECRETS_FILE": str(workdir / "secrets.json")}
+            base_env = {"PATH": os.environ.get("PATH", sandbox.SYSTEM_PATH), "HOME": str(Path.home()),
+                        "LANG": os.environ.get("LANG", "C.UTF-8")}
             # The container runtime's own settings (registries, storage), for `image` jobs.
-            env.update({k: v for k, v in os.environ.items() if k.startswith(("CONTAINERS_", "DOCKER_"))})
+            base_env.update({k: v for k, v in os.environ.items() if k.startswith(("CONTAINERS_", "DOCKER_"))})
             # Where GPU samples come from, if not nvidia-smi (see dstack/agent/metrics.py).
             if os.environ.get("DSTACK_GPU_METRICS_FILE"):
-                env["DSTACK_GPU_METRICS_FILE"] = os.environ["DSTACK_GPU_METRICS_FILE"]
-            log_fd = os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(log_fd, "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "dstack.agent", "--storage", self.storage.url,
-                     "--job", job.job_prefix, "--workdir", str(workdir)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    # A session of its own: the agent outlives a server that is killed or restarted.
-                    start_new_session=True, close_fds=True,
-                )
+                base_env["DSTACK_GPU_METRICS_FILE"] = os.environ["DSTACK_GPU_METRICS_FILE"]
+            env = {**base_env, "DSTACK_AGENT_SECRETS_FILE": str(workdir / "secrets.json")}
+            argv = ["--storage", self.storage.url, "--job", job.job_prefix, "--workdir", str(workdir)]
+            pid, create_time = self._start_agent(argv, env=env, base_env=base_env, log=workdir / "agent.log")
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             capacity.release(self.workdirs, job.job_id)
             raise LaunchError(f"could not start the agent: {exc}") from exc
+        capacity.record(self.workdirs, job.job_id, pid=pid, create_time=create_time)
+        return self._instance(job.job_id, job.job_prefix, pid, create_time)
+
+    def _start_agent(self, argv: list[str], *, env: dict[str, str], base_env: dict[str, str],
+                     log: Path) -> tuple[int, float]:
+        """(pid, start time) of the job's agent: forked by the fork server, or, if that fails, a new
+        interpreter (the agent's own log says which)."""
+        try:
+            return FORK_SERVER.spawn(argv, env=env, base_env=base_env, log=log, server_dir=self.ctx.server_dir,
+                                     server_log=self.ctx.server_dir / "forkserver.log")
+        except ForkServerError as exc:
+            with open(log, "ab") as out:
+                out.write(f"dstack: {exc}; starting the agent as a new process\n".encode())
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dstack.agent", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=env,
+                # A session of its own: the agent outlives a server that is killed or restarted.
+                start_new_session=True, close_fds=True,
+            )
         # Read before anything may reap it: an unreaped child stays readable even once it has exited.
         create_time = psutil.Process(proc.pid).create_time()
-        capacity.record(self.workdirs, job.job_id, pid=proc.pid, create_time=create_time)
         # Reap it when it exits, so finished agents don't linger as zombies of the server.
         threading.Thread(target=proc.wait, daemon=True).start()
-        return self._instance(job.job_id, job.job_prefix, proc.pid, create_time)
+        return proc.pid, create_time
 
     def _instance(self, job_id: str, job_prefix: str, pid: int, create_time: float) -> LaunchedInstance:
         return LaunchedInstance(
