@@ -79,7 +79,19 @@ def test_invalid_request_bodies_name_the_field(server: Server) -> None:
 
 def test_openapi_page(server: Server) -> None:
     assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()
-    assert "/api/projects/{project_name}/runs" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/api/projects/{project_name}/runs" in spec["paths"]
+    # Every API operation documents its error statuses in the one error shape, which the document holds.
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/api/") and path != "/api/health":
+                for status in ("401", "403", "404", "422"):
+                    assert operation["responses"][status]["content"]["application/json"]["schema"] == error_ref, \
+                        (method, path, status)
+    schemas = spec["components"]["schemas"]
+    assert schemas["ErrorResponse"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(schemas["ErrorBody"]["required"]) == {"code", "message"}
 
 
 def test_web_login_and_pages(env: Env, server: Server) -> None:

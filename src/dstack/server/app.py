@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,7 @@ from dstack.server.db import Database
 from dstack.server.http_guard import BodyTooLarge, HTTPGuard, body_limit, docs_csp, error_body
 from dstack.server.memory import trim_after_bursts
 from dstack.server.routers import agent_storage, fleets, projects, proxy, runs, users, volumes
+from dstack.server.schemas import error_schemas
 from dstack.server.settings import Settings
 from dstack.server.web import pages
 from dstack.server.web import settings as settings_pages
@@ -61,6 +63,15 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="dstack", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="The dstack server API. Authenticate with `Authorization: Bearer TOKEN`. "
                               "Every error answers `{\"error\": {\"code\", \"message\", \"field\"}}`.")
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the error shape every route refers to (see ERROR_RESPONSES)."""
+        if app.openapi_schema is None:
+            default_openapi()["components"]["schemas"].update(error_schemas())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     docs_html = get_swagger_ui_html(openapi_url="/openapi.json", title="dstack API").body.decode()
     docs_policy = docs_csp(docs_html)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -26,16 +27,14 @@ def code_spans(text: object) -> Markup:
     return Markup(_CODE.sub(r"<code>\1</code>", str(escape(text))))
 
 
-def _templates():  # noqa: ANN202 - created once, lazily
+@functools.cache
+def _templates():  # noqa: ANN202 - created once, at the first page (Jinja2: not needed to start)
     from fastapi.templating import Jinja2Templates
 
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["version"] = __version__
     templates.env.filters["code"] = code_spans
     return templates
-
-
-TEMPLATES = _templates()
 
 
 async def page_user(request: Request, session: Session) -> UserModel | None:
@@ -50,7 +49,7 @@ def to_login(request: Request) -> RedirectResponse:
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code)
+    return _templates().TemplateResponse(request, name, context, status_code=status_code)
 
 
 class PageExit(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import yaml
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -108,6 +107,8 @@ async def run_page(project_name: str, run_name: str, request: Request, session: 
     except DstackError as exc:
         return render(request, "error.html", status_code=exc.http_status, user=user, message=str(exc))
     run = request.app.state.ctx.proxy.annotate(run)
+    import yaml  # noqa: PLC0415 - here: not needed to start the server
+
     return render(request, "run.html", user=user, project=project, role=role, run=run,
                    base_url=str(request.base_url).rstrip("/"),
                    started_at=run.job.started_at.isoformat() if run.job and run.job.started_at else "",
