@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from dstack.backends.base import InstanceCheck, LaunchedInstance, LaunchIntent
 from dstack.core.fleets import InstanceStatus
@@ -210,18 +210,32 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         except Exception:  # tried again on the next pass (the job stays not-terminated)
             logger.warning("terminating the instance of job %s failed; trying again", job_id, exc_info=True)
             terminated = False
-        async with ctx.db.session() as session:
-            job = await load_job(session, job_id)
-            job.instance_terminated = terminated
-            if not _maybe_retry(session, job, job.run):
-                reschedule(session, job, job.run)
-            if terminated:  # its capacity is free: jobs waiting for some are tried now, by priority
-                await session.execute(
-                    update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
-                                           JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
-                    .values(lock_until=None, lock_owner=None).execution_options(synchronize_session=False))
-            await session.commit()
+        if (job.status == JobStatus.FAILED.value and run_conf.retry is not None) or \
+                getattr(run_conf, "schedule", None) is not None:
+            # A retry or the schedule's next job may follow: decided on the job and run as they are now.
+            async with ctx.db.session() as session:
+                job = await load_job(session, job_id)
+                job.instance_terminated = terminated
+                if not _maybe_retry(session, job, job.run):
+                    reschedule(session, job, job.run)
+                if terminated:
+                    await session.execute(_WAKE_WAITING.execution_options(synchronize_session=False))
+                await session.commit()
+        else:  # nothing follows (most jobs): plain statements, not a reload of the job and its run
+            async with ctx.db.transaction() as conn:
+                await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": terminated})
+                if terminated:
+                    await conn.execute(_WAKE_WAITING)
         ctx.scheduler_wake.set()
+
+
+# Built once: they run for every job that ends. A job that ended and whose instance is gone frees
+# capacity: the jobs waiting for some are tried now (by priority).
+_MARK_TERMINATED = (update(JobModel).where(JobModel.id == bindparam("row_id"))
+                    .values(instance_terminated=bindparam("terminated")))
+_WAKE_WAITING = (update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
+                                        JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
+                 .values(lock_until=None, lock_owner=None))
 
 
 async def _resolve_interrupted(ctx: ServerContext, job_id: str) -> None:
