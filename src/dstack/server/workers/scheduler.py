@@ -245,7 +245,15 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         if _warnings_change(project.backends, attempts, broken_backends):
             await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
                                            broken=broken_backends)
-        job = await load_job(session, job_id)
+            job = await load_job(session, job_id)
+        elif instance is not None and run_spec.configuration.type != "service":
+            # The job as loaded above, attached again instead of loaded again: under this replica's
+            # claim nothing else writes it, and the run's status follows this one job (a service's
+            # replicas are aggregated from all of them as they are now). The flush writes only what
+            # changes here (another request may have asked the run to stop meanwhile: that stays).
+            session.add(job)
+        else:
+            job = await load_job(session, job_id)
         job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
         if instance is None:
             await session.commit()
