@@ -4,6 +4,7 @@ machine has (`--probe`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         return runner.run()
     finally:
         sys.stdout.flush()
+        # When it ended: what a local job held counts until the server has seen the end (see
+        # dstack/backends/local/capacity.py).
+        with contextlib.suppress(OSError):
+            (Path(args.workdir) / "exited").touch()
 
 
 if __name__ == "__main__":

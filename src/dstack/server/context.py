@@ -28,6 +28,9 @@ class ServerContext:
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     last_reap: float = 0.0
+    # Bumped when a job's instance is released and the jobs waiting for capacity are woken: a scheduler
+    # pass that sees it change stops before its lower priorities (see scheduler.schedule_once).
+    capacity_freed: int = 0
     proxy: ServiceProxy = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""What the local machine's jobs hold: a hold counts while its agent lives; a job that holds nothing
+"""What the local machine's jobs hold: a hold counts while its agent lives (and a while after, until
+the job is terminated); a job that holds nothing
 leaves no file to read (hundreds of such jobs must not slow down listing the offers)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -39,6 +41,15 @@ def test_holds_count_while_their_agent_lives_and_empty_ones_leave_no_file(tmp_pa
     (tmp_path / "ended").mkdir()
     (tmp_path / "ended" / "held.json").write_text(json.dumps({"cpus": 4, "gpus": [1], "pid": ended.pid}))
     assert capacity.held(tmp_path) == capacity.Hold(cpus=2, gpus=[0])  # its agent is gone
+
+    # An agent that ended just now (its marker): its hold counts until the job is terminated (the
+    # directory removed), or for EXITED_GRACE at most.
+    (tmp_path / "ended" / capacity.EXITED_MARKER).touch()
+    held = capacity.held(tmp_path)
+    assert (held.cpus, sorted(held.gpus)) == (6, [0, 1])
+    stale = time.time() - capacity.EXITED_GRACE - 1
+    os.utime(tmp_path / "ended" / capacity.EXITED_MARKER, (stale, stale))
+    assert capacity.held(tmp_path) == capacity.Hold(cpus=2, gpus=[0])
 
     assert _launch(tmp_path, "second-gpu", me, gpus=1) == capacity.Hold(gpus=[1])
     assert capacity.reserve(tmp_path, "third", cpus=0, memory_gb=0, gpu_count=1, machine_gpus=2, machine_cpus=8,

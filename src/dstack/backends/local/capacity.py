@@ -3,7 +3,10 @@ asked for explicitly. The local backend offers the rest, so a job that needs mor
 `retry` on no-capacity) instead of sharing a GPU, and `priority` decides who gets it next.
 
 A job's hold is `held.json` in its working directory, with its agent's pid: it counts while that
-agent lives (the directory is removed when the job's instance is terminated). A job that holds
+agent lives, and after the agent ended (its `exited` marker) until the server has seen the job end and
+terminated its instance (which removes the directory), for at most EXITED_GRACE: else the scheduler,
+still trying the higher priorities that were refused while it ran, would see the capacity free
+before the job's end woke them and hand it to a lower one. A job that holds
 nothing has no such file: the offers of a machine with hundreds of jobs cost no more to list.
 Between choosing a job's GPUs and its agent starting, the choice is kept in memory, so two jobs
 launched at once never get the same GPU.
@@ -20,6 +23,8 @@ from pathlib import Path
 import psutil
 
 RESERVATION_TTL = 120.0  # a choice whose launch never happened stops counting after this
+EXITED_GRACE = 60.0  # an ended agent's hold counts this long at most if its job is never terminated
+EXITED_MARKER = "exited"  # written by the agent as it ends (dstack/agent/main.py)
 _LOCK = threading.Lock()
 _RESERVED: dict[str, dict[str, tuple[float, Hold]]] = {}  # workdirs -> job id -> (when, hold)
 
@@ -42,6 +47,13 @@ def _alive(pid: int, create_time: float | None) -> bool:
         return False
 
 
+def _recently_exited(workdir: Path) -> bool:
+    try:
+        return time.time() - (workdir / EXITED_MARKER).stat().st_mtime < EXITED_GRACE
+    except OSError:
+        return False  # still running, or killed before it could write the marker
+
+
 def _file_holds(workdirs: Path) -> list[Hold]:
     holds = []
     if workdirs.exists():
@@ -50,7 +62,7 @@ def _file_holds(workdirs: Path) -> list[Hold]:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if _alive(int(data.get("pid", 0)), data.get("create_time")):
+            if _alive(int(data.get("pid", 0)), data.get("create_time")) or _recently_exited(path.parent):
                 holds.append(Hold(cpus=int(data.get("cpus", 0)), memory_gb=float(data.get("memory_gb", 0)),
                                   gpus=[int(g) for g in data.get("gpus", [])]))
     return holds

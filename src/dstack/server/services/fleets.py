@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -372,15 +372,19 @@ def fleet_backend_types(backend_types: list[str], wanted: list[str] | None) -> l
     return [*backend_types, "ssh"] if not wanted or {"ssh", "remote"} & set(wanted) else backend_types
 
 
-def takeable_instances(project_id: str) -> Any:
-    """The query of a project's instances a job may take: idle ones, and SSH fleet hosts busy with
-    other jobs (shared while resources allow); cheapest first, busy hosts before idle ones (small
-    jobs pack onto shared hosts, leaving whole hosts free for the jobs that need them)."""
-    return (select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
-            .where(InstanceModel.project_id == project_id, FleetModel.deleted.is_(False),
-                   (InstanceModel.status == InstanceStatus.IDLE.value)
-                   | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
-            .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num))
+def takeable_instances(project_id: str) -> tuple[Any, dict[str, str]]:
+    """The query of a project's instances a job may take, with its parameters: idle ones, and SSH fleet
+    hosts busy with other jobs (shared while resources allow); cheapest first, busy hosts before idle
+    ones (small jobs pack onto shared hosts, leaving whole hosts free for the jobs that need them)."""
+    return _TAKEABLE, {"project_id": project_id}
+
+
+# Built once (every submit plans, every job is scheduled: building it cost more than running it empty).
+_TAKEABLE = (select(InstanceModel).join(FleetModel, FleetModel.id == InstanceModel.fleet_id)
+             .where(InstanceModel.project_id == bindparam("project_id"), FleetModel.deleted.is_(False),
+                    (InstanceModel.status == InstanceStatus.IDLE.value)
+                    | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
+             .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num))
 
 
 def multinode_host(instance: InstanceModel, fleet: FleetModel) -> bool:
@@ -394,7 +398,7 @@ async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements
     """The idle instances a run could take now, as offers (availability "idle"), cheapest first
     (`multinode`: those a multi-node task's nodes may take)."""
     async with ctx.db.session() as session:
-        instances = list(await session.scalars(takeable_instances(project.id)))
+        instances = list(await session.scalars(*takeable_instances(project.id)))
         await session.commit()
     offers = []
     for i in instances:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,10 +68,13 @@ async def code_exists(*, session: AsyncSession, project: ProjectModel, code_hash
     return found is not None
 
 
+# Built once: read for every job the scheduler launches.
+_CODE_DATA = select(CodeModel.data).where(CodeModel.project_id == bindparam("project_id"),
+                                          CodeModel.code_hash == bindparam("code_hash"))
+
+
 async def get_code(*, session: AsyncSession, project_id: str, code_hash: str) -> bytes:
-    data = await session.scalar(
-        select(CodeModel.data).where(CodeModel.project_id == project_id, CodeModel.code_hash == code_hash)
-    )
+    data = await session.scalar(_CODE_DATA, {"project_id": project_id, "code_hash": code_hash})
     if data is None:
         raise ResourceNotFoundError(f"code archive {code_hash} is missing", field="code_hash")
     return data

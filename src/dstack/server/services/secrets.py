@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.errors import ConfigurationError, ResourceNotFoundError
@@ -63,6 +63,10 @@ async def delete_secret(*, session: AsyncSession, project: ProjectModel, name: s
                            name, project.name, backend.type, exc)
 
 
+# Built once: read for every job the scheduler launches.
+_PROJECT_SECRETS = select(SecretModel).where(SecretModel.project_id == bindparam("project_id"))
+
+
 async def secret_values(*, session: AsyncSession, encryptor: Encryptor, project_id: str) -> dict[str, str]:
-    rows = await session.scalars(select(SecretModel).where(SecretModel.project_id == project_id))
+    rows = await session.scalars(_PROJECT_SECRETS, {"project_id": project_id})
     return {s.name: encryptor.decrypt(s.value) for s in rows}

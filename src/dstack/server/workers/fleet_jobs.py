@@ -34,7 +34,7 @@ async def take_fleet_instance(ctx: ServerContext, *, job_id: str, project: Proje
     """The cheapest instance of the project's fleets that fits, now holding this job: an idle one, or
     a host of an SSH fleet whose free CPUs, memory and GPUs still fit it (GPUs are not shared)."""
     async with ctx.db.session() as session:
-        candidates = list(await session.scalars(takeable_instances(project.id)))
+        candidates = list(await session.scalars(*takeable_instances(project.id)))
         await session.commit()
     for instance in candidates:
         if not instance_fits(instance, instance.fleet, requirements=requirements, backend_types=backend_types,

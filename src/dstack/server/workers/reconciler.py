@@ -221,11 +221,15 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 if terminated:
                     await session.execute(_WAKE_WAITING.execution_options(synchronize_session=False))
                 await session.commit()
+            if terminated:
+                ctx.capacity_freed += 1
         else:  # nothing follows (most jobs): plain statements, not a reload of the job and its run
             async with ctx.db.transaction() as conn:
                 await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": terminated})
                 if terminated:
                     await conn.execute(_WAKE_WAITING)
+            if terminated:
+                ctx.capacity_freed += 1
         ctx.scheduler_wake.set()
 
 

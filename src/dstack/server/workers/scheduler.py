@@ -51,6 +51,7 @@ VOLUME_WAIT_DELAY = timedelta(seconds=3)
 
 async def schedule_once(ctx: ServerContext) -> None:
     now = utcnow()
+    freed = ctx.capacity_freed  # before reading the queue (see below)
     async with ctx.db.session() as session:
         # Higher `priority` first, then in submission order; a scheduled job once its time has come
         # (or at once when its run is being stopped).
@@ -64,7 +65,12 @@ async def schedule_once(ctx: ServerContext) -> None:
             .order_by(JobModel.priority.desc(), JobModel.submitted_at).limit(50)
         ))
     # One priority level at a time (its jobs at once): a higher one takes the capacity there is first.
+    # Capacity freed during the pass (a job ended) goes to the queue read again, not to the levels left:
+    # else a lower priority could take what a higher one was just refused for.
     for level in sorted({priority for _, priority in rows}, reverse=True):
+        if ctx.capacity_freed != freed:
+            ctx.scheduler_wake.set()
+            return
         await for_each([job_id for job_id, priority in rows if priority == level], lambda j: _schedule(ctx, j))
 
 
@@ -126,6 +132,7 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
 
 
 async def _provision(ctx: ServerContext, job_id: str) -> None:
+    freed = ctx.capacity_freed  # before looking for capacity (see _no_capacity)
     async with ctx.db.session() as session:
         job = await load_job(session, job_id)
         run = job.run
@@ -189,7 +196,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                                     run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
                                     archives=archives, backend_types=backend_types)
         if why:
-            await _no_capacity(ctx, job_id, why, run_spec)
+            await _no_capacity(ctx, job_id, freed, why, run_spec)
         return
     # An idle fleet instance that fits comes first: no launch, no boot.
     reused = None if volumes else await take_fleet_instance(
@@ -202,13 +209,13 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         return
     if run_spec.configuration.creation_policy == "reuse" or run_spec.configuration.fleets:
         named = ", ".join(run_spec.configuration.fleets or []) or "the project's fleets"
-        await _no_capacity(ctx, job_id, f"no idle instance of {named} fits the run (it may not create one: "
+        await _no_capacity(ctx, job_id, freed, f"no idle instance of {named} fits the run (it may not create one: "
                                         f"{'fleets' if run_spec.configuration.fleets else 'creation_policy: reuse'})",
                            run_spec)
         return
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
     if not search.offers:
-        await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
+        await _no_capacity(ctx, job_id, freed, str(search.no_offers_error(requirements)), run_spec)
         return
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
@@ -258,7 +265,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         if instance is None:
             await session.commit()
             reasons = "; ".join(f"{a.backend}/{a.region}/{a.instance_type}: {a.reason}" for a in attempts)
-            await _no_capacity(ctx, job_id, f"every offer failed to launch: {reasons}", run_spec)
+            await _no_capacity(ctx, job_id, freed, f"every offer failed to launch: {reasons}", run_spec)
             return
         offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
             attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
@@ -307,7 +314,10 @@ async def _wait(ctx: ServerContext, job_id: str, reason: str) -> None:
         await session.commit()
 
 
-async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: RunSpec) -> None:
+async def _no_capacity(ctx: ServerContext, job_id: str, freed: int, reason: str, run_spec: RunSpec) -> None:
+    """No capacity for the job: it waits (under `retry: on_events: [no-capacity]`) or fails. `freed`:
+    `ctx.capacity_freed` when its offers were searched; if capacity was freed since, it may be tried
+    again at once (the wake that freed it came before it waited, and must not pass it over)."""
     await release_unlaunched(ctx=ctx, job_id=job_id)
     retry = run_spec.configuration.retry
     async with ctx.db.session() as session:
@@ -318,7 +328,8 @@ async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: R
         if retry and "no-capacity" in retry.on_events and (retry.duration is None or elapsed < retry.duration):
             set_job_status(job, run, JobStatus.SUBMITTED, reason=f"{WAITING_FOR_CAPACITY}: {reason}")
             # Keep it unclaimable until the next try.
-            job.lock_owner, job.lock_until = None, utcnow() + CAPACITY_RETRY_DELAY
+            job.lock_owner = None
+            job.lock_until = utcnow() + CAPACITY_RETRY_DELAY if ctx.capacity_freed == freed else None
             await session.commit()
             return
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
