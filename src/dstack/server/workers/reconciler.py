@@ -106,10 +106,11 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
         if status in FINISHED_STATUSES:
             await session.commit()
             await _terminate(ctx, job)
-            async with ctx.db.session() as s2:
-                await s2.execute(update(JobModel).where(JobModel.id == job_id).values(instance_terminated=True)
-                                 .execution_options(synchronize_session=False))
-                await s2.commit()
+            async with ctx.db.transaction() as conn:
+                await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": True})
+                await conn.execute(_WAKE_WAITING)
+            ctx.capacity_freed += 1
+            ctx.scheduler_wake.set()
             return
         if job.instance is None:
             # Claimed, and the claim ran out: the replica that claimed it died before recording a launch.
@@ -221,15 +222,13 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 if terminated:
                     await session.execute(_WAKE_WAITING.execution_options(synchronize_session=False))
                 await session.commit()
-            if terminated:
-                ctx.capacity_freed += 1
         else:  # nothing follows (most jobs): plain statements, not a reload of the job and its run
             async with ctx.db.transaction() as conn:
                 await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": terminated})
                 if terminated:
                     await conn.execute(_WAKE_WAITING)
-            if terminated:
-                ctx.capacity_freed += 1
+        if terminated:
+            ctx.capacity_freed += 1
         ctx.scheduler_wake.set()
 
 

@@ -209,9 +209,9 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         return
     if run_spec.configuration.creation_policy == "reuse" or run_spec.configuration.fleets:
         named = ", ".join(run_spec.configuration.fleets or []) or "the project's fleets"
-        await _no_capacity(ctx, job_id, freed, f"no idle instance of {named} fits the run (it may not create one: "
-                                        f"{'fleets' if run_spec.configuration.fleets else 'creation_policy: reuse'})",
-                           run_spec)
+        why = (f"no idle instance of {named} fits the run (it may not create one: "
+               f"{'fleets' if run_spec.configuration.fleets else 'creation_policy: reuse'})")
+        await _no_capacity(ctx, job_id, freed, why, run_spec)
         return
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
     if not search.offers:
@@ -249,11 +249,11 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         break
 
     async with ctx.db.session() as session:
-        if _warnings_change(project.backends, attempts, broken_backends):
+        warnings_change = _warnings_change(project.backends, attempts, broken_backends)
+        if warnings_change:
             await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
                                            broken=broken_backends)
-            job = await load_job(session, job_id)
-        elif instance is not None and run_spec.configuration.type != "service":
+        if instance is not None and not warnings_change and run_spec.configuration.type != "service":
             # The job as loaded above, attached again instead of loaded again: under this replica's
             # claim nothing else writes it, and the run's status follows this one job (a service's
             # replicas are aggregated from all of them as they are now). The flush writes only what
