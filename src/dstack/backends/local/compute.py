@@ -193,10 +193,11 @@ class LocalCompute(Compute):
             return FORK_SERVER.spawn(argv, env=env, base_env=base_env, log=log, server_dir=self.ctx.server_dir,
                                      server_log=self.ctx.server_dir / "forkserver.log")
         except ForkServerError as exc:
-            with open(log, "ab") as out:
-                out.write(f"dstack: {exc}; starting the agent as a new process\n".encode())
+            why = f"dstack: {exc}; starting the agent as a new process\n".encode()
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
+            out.write(why)
+            out.flush()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "dstack.agent", *argv], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, env=env,
