@@ -206,13 +206,15 @@ def test_repos_local_url_branch_hash_and_private(env: Env, server: Server, repo:
 
 def test_priority_orders_the_queue_and_tags_stay_on_the_run(env: Env, server: Server, repo: Path) -> None:
     """Three runs wait for capacity behind a blocker (the machine's only slot: `cpu` asks for all cores
-    and the local backend counts what its jobs hold); the highest priority starts first."""
+    and the local backend counts what its jobs hold); the highest priority starts first. The blocker
+    runs until it is stopped, once all three wait: a blocker that ended by itself could end, under
+    load, before the last of them was submitted, and the test would check the submission order."""
     with server.api() as api:
         cores = api.post("/api/projects/main/runs/plan", json={
             "configuration": {"type": "task", "commands": [":"]}, "repo_id": "x"}).json()["offers"][0][
             "resources"]["cpus"]
     blocker = repo / "blocker.yml"
-    blocker.write_text(f"type: task\nname: blocker\nresources: {{cpu: {cores}}}\ncommands: [sleep 8]\n")
+    blocker.write_text(f"type: task\nname: blocker\nresources: {{cpu: {cores}}}\ncommands: [sleep 600]\n")
     assert env.cli("apply", "-y", "-d", "-f", "blocker.yml", cwd=repo).returncode == 0
     with server.api() as api:
         wait_for(lambda: api.get("/api/projects/main/runs/blocker").json()["status"] == "running", 60,
@@ -223,6 +225,13 @@ def test_priority_orders_the_queue_and_tags_stay_on_the_run(env: Env, server: Se
             "retry: {on_events: [no-capacity], duration: 10m}\ntags: {team: ml, tier: " + name + "}\n"
             "commands: [date +%s.%N]\n")
         assert env.cli("apply", "-y", "-d", "-f", f"{name}.yml", cwd=repo).returncode == 0
+    with server.api() as api:
+        def all_wait() -> bool:
+            runs = [api.get(f"/api/projects/main/runs/{name}").json() for name in ("low", "high", "mid")]
+            return all(r["status"] == "submitted" and (r.get("reason") or "").startswith("waiting for capacity")
+                       for r in runs)
+        wait_for(all_wait, 60, message="the three runs to wait for capacity")
+    assert env.cli("stop", "blocker", cwd=repo).returncode == 0
     started = {}
     for name in ("low", "high", "mid"):
         run = _finished(server, name, timeout=180)

@@ -28,9 +28,11 @@ class ServerContext:
     # Identifies this process when claiming jobs in a DB shared by replicas.
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     last_reap: float = 0.0
-    # Bumped when a job's instance is released and the jobs waiting for capacity are woken: a scheduler
-    # pass that sees it change stops before its lower priorities (see scheduler.schedule_once).
+    # Bumped as a job's instance is released, once before and once after (see reconciler._terminate),
+    # so that whatever saw the capacity free also sees the count changed; `capacity_seen` is the count
+    # the scheduler last woke the jobs waiting for capacity at (see scheduler.schedule_once).
     capacity_freed: int = 0
+    capacity_seen: int = 0
     proxy: ServiceProxy = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

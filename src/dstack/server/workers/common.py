@@ -11,8 +11,10 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
+from dstack.core.runs import JobStatus
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.services.runs import WAITING_FOR_CAPACITY
 
 LEASE = timedelta(seconds=15)
 CONCURRENCY = 8
@@ -82,6 +84,11 @@ async def record_intent(ctx: ServerContext, job_id: str, intent: Any) -> None:
         await conn.execute(_RECORD_INTENT, {"row_id": job_id, "intent": intent.model_dump_json()})
 
 
+# Every job waiting for capacity may be tried again at once (it was kept unclaimable until its next
+# try): run when capacity was freed. Built once, as the lease statements.
+WAKE_WAITING = (update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
+                                       JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
+                .values(lock_until=None, lock_owner=None))
 _RECORD_INTENT = update(JobModel).where(JobModel.id == bindparam("row_id")).values(launch_intent=bindparam("intent"))
 
 

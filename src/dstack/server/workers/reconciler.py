@@ -25,13 +25,12 @@ from dstack.server.services.job_specs import stop_grace
 from dstack.server.services.multinode import settle_multinode_runs
 from dstack.server.services.run_status import is_service, set_job_status
 from dstack.server.services.runs import (
-    WAITING_FOR_CAPACITY,
     add_agent_events,
     new_job,
     reschedule,
 )
 from dstack.server.services.service_runs import settle_service_runs
-from dstack.server.workers.common import for_each_leased, load_job
+from dstack.server.workers.common import WAKE_WAITING, for_each_leased, load_job
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
@@ -108,8 +107,7 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             await _terminate(ctx, job)
             async with ctx.db.transaction() as conn:
                 await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": True})
-                await conn.execute(_WAKE_WAITING)
-            ctx.capacity_freed += 1
+                await conn.execute(WAKE_WAITING)
             ctx.scheduler_wake.set()
             return
         if job.instance is None:
@@ -220,25 +218,21 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
                 if not _maybe_retry(session, job, job.run):
                     reschedule(session, job, job.run)
                 if terminated:
-                    await session.execute(_WAKE_WAITING.execution_options(synchronize_session=False))
+                    await session.execute(WAKE_WAITING.execution_options(synchronize_session=False))
                 await session.commit()
         else:  # nothing follows (most jobs): plain statements, not a reload of the job and its run
             async with ctx.db.transaction() as conn:
                 await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": terminated})
                 if terminated:
-                    await conn.execute(_WAKE_WAITING)
-        if terminated:
-            ctx.capacity_freed += 1
+                    await conn.execute(WAKE_WAITING)
         ctx.scheduler_wake.set()
 
 
-# Built once: they run for every job that ends. A job that ended and whose instance is gone frees
-# capacity: the jobs waiting for some are tried now (by priority).
+# Built once: it runs for every job that ends. A job that ended and whose instance is gone frees
+# capacity: the jobs waiting for some are tried now, by priority (WAKE_WAITING: for other replicas'
+# schedulers too; this one's wakes them itself, see scheduler.schedule_once).
 _MARK_TERMINATED = (update(JobModel).where(JobModel.id == bindparam("row_id"))
                     .values(instance_terminated=bindparam("terminated")))
-_WAKE_WAITING = (update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
-                                        JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
-                 .values(lock_until=None, lock_owner=None))
 
 
 async def _resolve_interrupted(ctx: ServerContext, job_id: str) -> None:
@@ -408,13 +402,20 @@ def _finish_stopped(job: JobModel, run: RunModel) -> None:
 async def _terminate(ctx: ServerContext, job: JobModel) -> None:
     if job.instance is None or job.instance_terminated or job.backend is None:
         return
-    if job.fleet_instance_id is not None:  # not the job's to end: its fleet keeps it
-        await release_fleet_instance(ctx, instance_id=job.fleet_instance_id, job_id=job.id, reason=job.reason)
-        return
-    compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=job.run.project,
-                          backend_type=job.backend)
-    instance = LaunchedInstance.model_validate_json(job.instance)
-    await asyncio.to_thread(compute.terminate, instance=instance)
+    # Counted before (a scheduler may see the capacity free while the call is still on its way back)
+    # and after (for one that looked in between): see scheduler._outranked.
+    ctx.capacity_freed += 1
+    try:
+        if job.fleet_instance_id is not None:  # not the job's to end: its fleet keeps it
+            await release_fleet_instance(ctx, instance_id=job.fleet_instance_id, job_id=job.id,
+                                         reason=job.reason)
+            return
+        compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=job.run.project,
+                              backend_type=job.backend)
+        instance = LaunchedInstance.model_validate_json(job.instance)
+        await asyncio.to_thread(compute.terminate, instance=instance)
+    finally:
+        ctx.capacity_freed += 1
 
 
 def _maybe_retry(session: Any, job: JobModel, run: RunModel) -> bool:

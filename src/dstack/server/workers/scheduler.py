@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
@@ -39,7 +40,14 @@ from dstack.server.services.runs import (
 )
 from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
-from dstack.server.workers.common import for_each, lease_is_free, load_job, record_intent, release_lease
+from dstack.server.workers.common import (
+    WAKE_WAITING,
+    for_each,
+    lease_is_free,
+    load_job,
+    record_intent,
+    release_lease,
+)
 from dstack.server.workers.fleet_jobs import run_on_fleet_instance, take_fleet_instance
 from dstack.server.workers.nodes import end_waiting_nodes, provision_nodes
 
@@ -52,6 +60,13 @@ VOLUME_WAIT_DELAY = timedelta(seconds=3)
 async def schedule_once(ctx: ServerContext) -> None:
     now = utcnow()
     freed = ctx.capacity_freed  # before reading the queue (see below)
+    if freed != ctx.capacity_seen:
+        # Capacity was freed since the last pass began: the jobs waiting for some are tried in this
+        # one, by priority. (Here, not only where it was freed: a job refused after that was woken
+        # there would wait its whole delay. The previous pass's refusals are all committed by now.)
+        async with ctx.db.transaction() as conn:
+            await conn.execute(WAKE_WAITING)
+        ctx.capacity_seen = freed
     async with ctx.db.session() as session:
         # Higher `priority` first, then in submission order; a scheduled job once its time has come
         # (or at once when its run is being stopped).
@@ -71,7 +86,38 @@ async def schedule_once(ctx: ServerContext) -> None:
         if ctx.capacity_freed != freed:
             ctx.scheduler_wake.set()
             return
-        await for_each([job_id for job_id, priority in rows if priority == level], lambda j: _schedule(ctx, j))
+        outranked = _Outranked(priority=level)
+        await for_each([job_id for job_id, priority in rows if priority == level],
+                       lambda j, o=outranked: _schedule(ctx, j, freed=freed, outranked=o))
+
+
+@dataclass
+class _Outranked:
+    """Whether a job of a higher priority than this pass's level waits for capacity: asked once per
+    level, and only if capacity was freed during the pass (see `_outranked`)."""
+    priority: int
+    answer: bool | None = None
+
+
+async def _outranked(ctx: ServerContext, *, freed: int, outranked: _Outranked) -> bool:
+    """Whether a job that found capacity should leave it to a higher priority: capacity was freed
+    after this pass read the queue (so what the job found may be what just came free), and a job of
+    a higher priority waits for capacity (it was refused before, still unclaimable until the next
+    pass wakes it). The next pass, which reads the queue again, gives it to that job first."""
+    if ctx.capacity_freed == freed:
+        return False
+    if outranked.answer is None:
+        async with ctx.db.transaction() as conn:
+            outranked.answer = (await conn.execute(_WAITING_ABOVE, {"priority": outranked.priority})).first() \
+                is not None
+    return outranked.answer
+
+
+_WAITING_ABOVE = (select(JobModel.id)
+                  .where(JobModel.status == JobStatus.SUBMITTED.value, JobModel.priority > bindparam("priority"),
+                         JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%")).limit(1))
+_REQUEUE = (update(JobModel).where(JobModel.id == bindparam("row_id"), JobModel.status == JobStatus.PROVISIONING.value)
+            .values(status=JobStatus.SUBMITTED.value, lock_owner=None, lock_until=None))
 
 
 # Built once (see the lease statements in common.py): every job is claimed.
@@ -90,13 +136,13 @@ async def _claim(ctx: ServerContext, job_id: str) -> bool:
         return result.rowcount == 1
 
 
-async def _schedule(ctx: ServerContext, job_id: str) -> None:
+async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
     if not await _claim(ctx, job_id):
         return
     failpoint("after-claim")
     renewal = asyncio.create_task(_renew_claim(ctx, job_id))
     try:
-        await _provision(ctx, job_id)
+        await _provision(ctx, job_id, freed=freed, outranked=outranked)
     except Exception as exc:
         logger.exception("provisioning job %s failed", job_id)
         async with ctx.db.session() as session:
@@ -131,8 +177,7 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
             logger.exception("renewing the claim on job %s failed", job_id)
 
 
-async def _provision(ctx: ServerContext, job_id: str) -> None:
-    freed = ctx.capacity_freed  # before looking for capacity (see _no_capacity)
+async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
     async with ctx.db.session() as session:
         job = await load_job(session, job_id)
         run = job.run
@@ -196,7 +241,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
                                     run_id=run.id, requirements=requirements, secrets=secrets, launch=launch,
                                     archives=archives, backend_types=backend_types)
         if why:
-            await _no_capacity(ctx, job_id, freed, why, run_spec)
+            await _no_capacity(ctx, job_id, why, run_spec)
         return
     # An idle fleet instance that fits comes first: no launch, no boot.
     reused = None if volumes else await take_fleet_instance(
@@ -211,11 +256,17 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         named = ", ".join(run_spec.configuration.fleets or []) or "the project's fleets"
         why = (f"no idle instance of {named} fits the run (it may not create one: "
                f"{'fleets' if run_spec.configuration.fleets else 'creation_policy: reuse'})")
-        await _no_capacity(ctx, job_id, freed, why, run_spec)
+        await _no_capacity(ctx, job_id, why, run_spec)
         return
     search = await find_offers(ctx=ctx, project=project, backend_types=backend_types, requirements=requirements)
     if not search.offers:
-        await _no_capacity(ctx, job_id, freed, str(search.no_offers_error(requirements)), run_spec)
+        await _no_capacity(ctx, job_id, str(search.no_offers_error(requirements)), run_spec)
+        return
+    if await _outranked(ctx, freed=freed, outranked=outranked):
+        await release_unlaunched(ctx=ctx, job_id=job_id)
+        async with ctx.db.transaction() as conn:  # as it was before its claim, for the next pass
+            await conn.execute(_REQUEUE, {"row_id": job_id})
+        ctx.scheduler_wake.set()
         return
     attempts: list[ProvisioningAttempt] = []
     instance: LaunchedInstance | None = None
@@ -265,7 +316,7 @@ async def _provision(ctx: ServerContext, job_id: str) -> None:
         if instance is None:
             await session.commit()
             reasons = "; ".join(f"{a.backend}/{a.region}/{a.instance_type}: {a.reason}" for a in attempts)
-            await _no_capacity(ctx, job_id, freed, f"every offer failed to launch: {reasons}", run_spec)
+            await _no_capacity(ctx, job_id, f"every offer failed to launch: {reasons}", run_spec)
             return
         offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
             attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
@@ -314,10 +365,9 @@ async def _wait(ctx: ServerContext, job_id: str, reason: str) -> None:
         await session.commit()
 
 
-async def _no_capacity(ctx: ServerContext, job_id: str, freed: int, reason: str, run_spec: RunSpec) -> None:
-    """No capacity for the job: it waits (under `retry: on_events: [no-capacity]`) or fails. `freed`:
-    `ctx.capacity_freed` when its offers were searched; if capacity was freed since, it may be tried
-    again at once (the wake that freed it came before it waited, and must not pass it over)."""
+async def _no_capacity(ctx: ServerContext, job_id: str, reason: str, run_spec: RunSpec) -> None:
+    """No capacity for the job: it waits (under `retry: on_events: [no-capacity]`) or fails. Waiting,
+    it is unclaimable for CAPACITY_RETRY_DELAY, or until capacity is freed (see schedule_once)."""
     await release_unlaunched(ctx=ctx, job_id=job_id)
     retry = run_spec.configuration.retry
     async with ctx.db.session() as session:
@@ -329,7 +379,7 @@ async def _no_capacity(ctx: ServerContext, job_id: str, freed: int, reason: str,
             set_job_status(job, run, JobStatus.SUBMITTED, reason=f"{WAITING_FOR_CAPACITY}: {reason}")
             # Keep it unclaimable until the next try.
             job.lock_owner = None
-            job.lock_until = utcnow() + CAPACITY_RETRY_DELAY if ctx.capacity_freed == freed else None
+            job.lock_until = utcnow() + CAPACITY_RETRY_DELAY
             await session.commit()
             return
         set_job_status(job, run, JobStatus.FAILED, reason=reason)
