@@ -31,6 +31,13 @@ def check_listing(env: Env, server: Server, repo: Path) -> None:
         result = env.cli("apply", "-y", "-d", cwd=repo)
         assert result.returncode == 0, result.stderr
     with server.api() as api:
+        # A service among them: listed with its live state (written by the models, not by SQL).
+        assert api.post("/api/projects/main/repos", json={"repo_id": "listing-service"}).status_code == 200
+        service = {"repo_id": "listing-service", "run_name": "svc", "configuration": {
+            "type": "service", "port": 8000, "commands": ["python3 -m http.server 8000"],
+            "resources": {"cpu": "1..", "memory": "0.1GB.."}}}
+        assert api.post("/api/projects/main/runs", json={"run_spec": service}).status_code == 201
+
         def settled() -> bool:
             runs = {r["name"]: r for r in api.get("/api/projects/main/runs", params={"all": True}).json()}
             return (runs["ok"]["status"] == "done" and runs["fails"]["status"] == "failed"
@@ -39,15 +46,18 @@ def check_listing(env: Env, server: Server, repo: Path) -> None:
         wait_for(settled, 120, message="the runs done, failed and running", diagnostics=lambda: [
             (r["name"], r["status"], r["reason"]) for r in api.get("/api/projects/main/runs", params={"all": True}).json()])
         listed = api.get("/api/projects/main/runs", params={"all": True}).json()
-        assert [r["name"] for r in listed] == ["long", "unicode", "fails", "ok"]
+        assert [r["name"] for r in listed] == ["svc", "long", "unicode", "fails", "ok"]
+        assert listed[0]["service"] is not None and listed[1]["service"] is None, listed[0]
+        listed = listed[1:]
         for run in listed:
             assert run == api.get(f"/api/projects/main/runs/{run['name']}").json(), run["name"]
         assert listed[0]["jobs"][0]["offer"]["backend"] == "local"
         assert listed[1]["spec"]["configuration"]["env"]["GREETING"] == 'héllo "x"'
         assert [e["status"] for e in listed[2]["jobs"][0]["history"]][-1] == "failed"
         # Active runs only (and the latest): what `dstack ps` asks first.
-        assert [r["name"] for r in api.get("/api/projects/main/runs").json()] == ["long"]
+        assert [r["name"] for r in api.get("/api/projects/main/runs").json()] == ["svc", "long"]
         api.post("/api/projects/main/runs/long/stop", json={})
+        api.post("/api/projects/main/runs/svc/stop", json={"abort": True})
 
 
 def test_submit_answers_the_run_as_get_reads_it(server: Server) -> None:

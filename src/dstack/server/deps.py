@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dstack.core.errors import ForbiddenError
 from dstack.server.context import ServerContext
 from dstack.server.models import ProjectModel, UserModel
-from dstack.server.services.projects import get_project_for
+from dstack.server.services.projects import ProjectRef, get_project_for, get_project_ref
 from dstack.server.services.users import authenticate
 
 TOKEN_COOKIE = "dstack_token"
@@ -68,5 +68,14 @@ def project_access(min_role: str):  # noqa: ANN201 - returns a FastAPI dependenc
 
 
 ProjectReader = Annotated[ProjectModel, Depends(project_access("read-only"))]
+
+
+async def _project_ref(project_name: Annotated[str, Path(max_length=100)], user: CurrentUser,
+                       session: Session) -> ProjectRef:
+    return await get_project_ref(session=session, name=project_name, user=user)
+
+
+# The read-only access of a route that needs only the project's id and name (a page of runs).
+ProjectRefReader = Annotated[ProjectRef, Depends(_project_ref)]
 ProjectUser = Annotated[ProjectModel, Depends(project_access("user"))]
 ProjectAdmin = Annotated[ProjectModel, Depends(project_access("admin"))]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dstack.core.runs import Artifact, LogPage, Run, RunMetrics, RunPlan, RunSpec
-from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectUser, Session
+from dstack.server.deps import Ctx, CurrentUser, ProjectReader, ProjectRefReader, ProjectUser, Session
 from dstack.server.schemas import ERROR_RESPONSES, StopRunRequest, SubmitRunRequest
 from dstack.server.services import logs as logs_svc
 from dstack.server.services import repos as repos_svc
@@ -42,7 +42,7 @@ async def submit(body: SubmitRunRequest, project: ProjectUser, user: CurrentUser
 
 
 @router.get("/runs", response_model=list[Run])
-async def list_runs(project: ProjectReader, session: Session, ctx: Ctx, all: bool = False,
+async def list_runs(project: ProjectRefReader, session: Session, ctx: Ctx, all: bool = False,
                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
                     before: Annotated[str | None, Query(
                         max_length=64, description="runs submitted before this RFC 3339 time (the last "
