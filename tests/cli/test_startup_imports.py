@@ -109,3 +109,23 @@ def test_server_options_it_does_not_know_go_to_typer(tmp_path: Path) -> None:
     for argv in (("--help",), ("--port", "x"), ("--bogus",)):
         imported, _ = _quick_server(tmp_path, *argv)
         assert "typer" in imported and "dstack.cli.commands" in imported, argv
+
+
+SERVER_APP = """
+import json, sys
+from dstack.server.app import create_app
+from dstack.server.crypto import load_encryptor
+app = create_app({settings})
+load_encryptor(__import__("pathlib").Path("."))
+assert app.openapi()["paths"]  # every route built
+print(json.dumps(sorted(m for m in ("pydantic.v1", "cryptography") if m in sys.modules)))
+"""
+
+
+def test_the_server_app_builds_without_pydantic_v1_or_cryptography(tmp_path: Path) -> None:
+    """FastAPI's probe for pydantic.v1 models imports pydantic.v1 unless skipped (routers/__init__.py);
+    the encryption key is checked at start without `cryptography`, imported at the first secret."""
+    settings = f"__import__('dstack.server.settings').server.settings.Settings(server_dir={str(tmp_path)!r})"
+    result = subprocess.run([sys.executable, "-c", SERVER_APP.format(settings=settings)],
+                            capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert json.loads(result.stdout.splitlines()[-1]) == [], result.stderr

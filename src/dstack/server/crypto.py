@@ -6,17 +6,36 @@ The key comes from DSTACK_SERVER_ENCRYPTION_KEY, or is generated once into
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 _PREFIX = "enc:v1:"
 
 
 class Encryptor:
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        # Checked here as Fernet checks it (a bad key stops the server at start), but `cryptography`
+        # is imported at the first secret (~40 ms of a server's start, before it answers).
+        try:
+            valid = len(base64.urlsafe_b64decode(key)) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError("Fernet key must be 32 url-safe base64-encoded bytes.")
+        self._key = key
+
+    @functools.cached_property
+    def _fernet(self) -> Fernet:
+        from cryptography.fernet import Fernet
+
+        return Fernet(self._key)
 
     def encrypt(self, text: str) -> str:
         return _PREFIX + self._fernet.encrypt(text.encode()).decode()
@@ -26,7 +45,7 @@ class Encryptor:
             raise ValueError("value is not encrypted")
         try:
             return self._fernet.decrypt(value[len(_PREFIX):].encode()).decode()
-        except InvalidToken:
+        except _invalid_token():
             raise ValueError(
                 "cannot decrypt a stored secret: the server's encryption key changed "
                 "(set DSTACK_SERVER_ENCRYPTION_KEY to the key the data was written with)"
@@ -42,5 +61,11 @@ def load_encryptor(server_dir: Path) -> Encryptor:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(Fernet.generate_key())
+            f.write(base64.urlsafe_b64encode(os.urandom(32)))  # as Fernet.generate_key()
     return Encryptor(path.read_bytes().strip())
+
+
+def _invalid_token() -> type[Exception]:
+    from cryptography.fernet import InvalidToken
+
+    return InvalidToken
