@@ -33,9 +33,7 @@ async def init_repo(*, session: AsyncSession, project: ProjectModel, repo_id: st
 
 
 async def check_repo(*, session: AsyncSession, project: ProjectModel, repo_id: str) -> None:
-    repo = await session.scalar(
-        select(RepoModel.id).where(RepoModel.project_id == project.id, RepoModel.repo_id == repo_id)
-    )
+    repo = await session.scalar(_REPO, {"project_id": project.id, "repo_id": repo_id})
     if repo is None:
         raise ResourceNotFoundError(
             f"repo {repo_id!r} is not initialized in project {project.name!r}",
@@ -62,10 +60,15 @@ async def upload_code(*, session: AsyncSession, project: ProjectModel, code_hash
 
 
 async def code_exists(*, session: AsyncSession, project: ProjectModel, code_hash: str) -> bool:
-    found = await session.scalar(
-        select(CodeModel.id).where(CodeModel.project_id == project.id, CodeModel.code_hash == code_hash)
-    )
+    found = await session.scalar(_CODE_ID, {"project_id": project.id, "code_hash": code_hash})
     return found is not None
+
+
+# Built once, as _CODE_DATA below: asked for every submitted run.
+_REPO = select(RepoModel.id).where(RepoModel.project_id == bindparam("project_id"),
+                                   RepoModel.repo_id == bindparam("repo_id"))
+_CODE_ID = select(CodeModel.id).where(CodeModel.project_id == bindparam("project_id"),
+                                      CodeModel.code_hash == bindparam("code_hash"))
 
 
 # Built once: read for every job the scheduler launches.

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -164,10 +164,13 @@ async def submit_run(
         await session.commit()  # nothing written yet: get_plan's own sessions must not wait on ours (see deps)
         await get_plan(ctx=ctx, project=project, user=user, run_spec=run_spec)
     name = run_spec.run_name or conf.name or await _unique_name(session, project)
-    active = await session.scalar(
-        select(RunModel).where(RunModel.project_id == project.id, RunModel.name == name,
-                               RunModel.status.in_(ACTIVE_STATUSES))
-    )
+    # Mostly there is none: asked as a plain, prebuilt statement first (the model only if there is).
+    active = None
+    if (await session.execute(_ACTIVE_RUN, {"project_id": project.id, "name": name})).first() is not None:
+        active = await session.scalar(
+            select(RunModel).where(RunModel.project_id == project.id, RunModel.name == name,
+                                   RunModel.status.in_(ACTIVE_STATUSES))
+        )
     if active is not None and conf.type == "service" and is_service(active) and not active.stop_requested:
         return await _redeploy(session=session, ctx=ctx, run=active, run_spec=run_spec, name=name)
     if active is not None:
@@ -183,8 +186,8 @@ async def submit_run(
         run.reason = scheduled_reason(not_before)
     # One job per node (multi-node tasks), or per replica (a service starts with its minimum).
     count = conf.replicas.min if conf.type == "service" else getattr(conf, "nodes", 1)
-    jobs = [new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before, job_num=job_num)
-            for job_num in range(count or 0)]
+    jobs = [new_job(run=run, project=project.name, submission=0, now=now, not_before=not_before, job_num=job_num,
+                    priority=conf.priority) for job_num in range(count or 0)]
     session.add_all(jobs)
     try:
         await session.commit()
@@ -198,6 +201,10 @@ async def submit_run(
     return Run(id=run.id, name=name, project=project.name, user=user.name, status=JobStatus.SUBMITTED,
                reason=run.reason, exit_code=None, submitted_at=now, finished_at=None, spec=run_spec,
                stop_requested=False, jobs=[job_to_model(j) for j in jobs], deployment=0)
+
+
+_ACTIVE_RUN = select(RunModel.id).where(RunModel.project_id == bindparam("project_id"),
+                                        RunModel.name == bindparam("name"), RunModel.status.in_(ACTIVE_STATUSES))
 
 
 async def _redeploy(*, session: AsyncSession, ctx: ServerContext, run: RunModel, run_spec: RunSpec,
@@ -224,15 +231,18 @@ async def _redeploy(*, session: AsyncSession, ctx: ServerContext, run: RunModel,
 
 
 def new_job(*, run: RunModel, project: str, submission: int, now: datetime,
-            not_before: datetime | None = None, job_num: int = 0, deployment: int = 0) -> JobModel:
+            not_before: datetime | None = None, job_num: int = 0, deployment: int = 0,
+            priority: int | None = None) -> JobModel:
+    """`priority`: the run's, if the caller has its spec parsed (else read from the stored spec)."""
     job_id = new_id()
-    conf = RunSpec.model_validate_json(run.spec).configuration
+    if priority is None:
+        priority = RunSpec.model_validate_json(run.spec).configuration.priority
     reason = scheduled_reason(not_before) if not_before else None
     return JobModel(
         id=job_id, run_id=run.id, name=f"{run.name}-{job_num}-{submission}", submission=submission, job_num=job_num,
         deployment=deployment,
         status=JobStatus.SUBMITTED.value, submitted_at=now, instance_terminated=True,
-        storage_prefix=job_prefix(project, run.id, job_id), priority=conf.priority, not_before=not_before,
+        storage_prefix=job_prefix(project, run.id, job_id), priority=priority, not_before=not_before,
         reason=reason,
         history=json.dumps([StatusEvent(at=now, status=JobStatus.SUBMITTED, reason=reason).model_dump(mode="json")]),
     )
