@@ -26,11 +26,14 @@ LEASE_BATCH = CONCURRENCY * 4
 async def load_job(session: AsyncSession, job_id: str) -> JobModel:
     """The job, its run with the run's project, user and the project's backends joined in the same
     statement, then the run's jobs (a run's status is made from all of them): two statements."""
-    run = joinedload(JobModel.run)
-    return (await session.scalars(
-        select(JobModel).where(JobModel.id == job_id)
-        .options(run.joinedload(RunModel.project).joinedload(ProjectModel.backends), run.selectinload(RunModel.jobs))
-    )).unique().one()
+    return (await session.scalars(_LOAD_JOB, {"job_id": job_id})).unique().one()
+
+
+# Built once (a job is loaded several times on its way): a statement keeps its cache key, which for
+# one with loader options cost as much to build as the rest of the call.
+_LOAD_JOB = (select(JobModel).where(JobModel.id == bindparam("job_id"))
+             .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
+                      joinedload(JobModel.run).selectinload(RunModel.jobs)))
 
 
 # The lease statements, built once per table with bind parameters: each is run for every job at
