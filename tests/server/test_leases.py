@@ -9,7 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import InvalidRequestError
 
 from dstack.server import migrate
 from dstack.server.db import Database
@@ -63,3 +65,41 @@ def test_batch_leases_take_free_rows_only_and_give_back_their_own(tmp_path: Path
 
 async def _record(seen: list[str], job_id: str) -> None:
     seen.append(job_id)
+
+
+def test_a_job_loads_its_runs_jobs_only_where_the_run_status_is_made_from_several(tmp_path: Path) -> None:
+    """`load_job(run_jobs=False)` (each reconciler pass, each launch): a run of one job is followed by
+    that job alone, so its jobs are not read (and raise if asked); a multi-node task's and a service's
+    are, in order."""
+    settings = Settings(server_dir=tmp_path)
+    migrate.upgrade(settings)
+
+    async def scenario() -> None:
+        db = Database(settings)
+        async with db.session() as session:
+            user = UserModel(id=str(uuid.uuid4()), name="u", global_role="admin", token_hash="h")
+            project = ProjectModel(id=str(uuid.uuid4()), name="p", owner_id=user.id)
+            specs = {"task": '{"configuration":{"type":"task"}}',
+                     "nodes": '{"configuration":{"type":"task","nodes":2}}',
+                     "service": '{"configuration":{"type":"service"}}'}
+            runs = [RunModel(id=name, project_id=project.id, user_id=user.id, name=name, status="running", spec=spec)
+                    for name, spec in specs.items()]
+            jobs = [JobModel(id=f"{run.id}-{num}", run_id=run.id, name=f"{run.id}-{num}", status="running",
+                             storage_prefix=f"x/{run.id}/{num}", job_num=num) for run in runs for num in (1, 0)]
+            for rows in ([user], [project], runs, jobs):
+                session.add_all(rows)
+                await session.flush()
+            await session.commit()
+        async with db.session() as session:
+            task = await common.load_job(session, "task-0", run_jobs=False)
+            assert task.run.project.name == "p"
+            with pytest.raises(InvalidRequestError):
+                _ = task.run.jobs
+            for name in ("nodes", "service"):
+                job = await common.load_job(session, f"{name}-0", run_jobs=False)
+                assert [j.id for j in job.run.jobs] == [f"{name}-0", f"{name}-1"]
+                assert job.run.jobs[0] is job
+            assert [j.id for j in (await common.load_job(session, "task-1")).run.jobs] == ["task-0", "task-1"]
+        await db.close()
+
+    asyncio.run(scenario())

@@ -28,7 +28,7 @@ def set_job_status(
     if (last.get("status"), last.get("reason")) != (status.value, reason):
         history.append(StatusEvent(at=now, status=status, reason=reason).model_dump(mode="json"))
         job.history = json.dumps(history)
-    if _nodes(run) > 1:
+    if node_count(run) > 1:
         aggregate_nodes(job, run, now)
         return
     if is_service(run):
@@ -87,7 +87,7 @@ def aggregate_replicas(run: RunModel, now: datetime, *, changed: JobModel | None
 CRASH_LOOP = "replica "
 
 
-def _nodes(run: RunModel) -> int:
+def node_count(run: RunModel) -> int:
     try:
         return int(json.loads(run.spec).get("configuration", {}).get("nodes") or 1)
     except (ValueError, TypeError):

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from dstack.core.runs import JobStatus
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
+from dstack.server.services.run_status import is_service, node_count
 from dstack.server.services.runs import WAITING_FOR_CAPACITY
 
 LEASE = timedelta(seconds=15)
@@ -23,10 +25,19 @@ CONCURRENCY = 8
 LEASE_BATCH = CONCURRENCY * 4
 
 
-async def load_job(session: AsyncSession, job_id: str) -> JobModel:
+async def load_job(session: AsyncSession, job_id: str, *, run_jobs: bool = True) -> JobModel:
     """The job, its run with the run's project, user and the project's backends joined in the same
-    statement, then the run's jobs (a run's status is made from all of them): two statements."""
-    return (await session.scalars(_LOAD_JOB, {"job_id": job_id})).unique().one()
+    statement, then the run's jobs (a run's status is made from all of them): two statements.
+    `run_jobs=False`: the run's jobs only where its status is made from several (a multi-node task,
+    a service); a run of one job follows that job alone (`set_job_status`), so one statement, and
+    the run's `jobs` raise if asked."""
+    if run_jobs:
+        return (await session.scalars(_LOAD_JOB, {"job_id": job_id})).unique().one()
+    job = (await session.scalars(_LOAD_JOB_ALONE, {"job_id": job_id})).unique().one()
+    run = job.run
+    if node_count(run) > 1 or is_service(run):
+        set_committed_value(run, "jobs", list(await session.scalars(_RUN_JOBS, {"run_id": run.id})))
+    return job
 
 
 # Built once (a job is loaded several times on its way): a statement keeps its cache key, which for
@@ -34,6 +45,11 @@ async def load_job(session: AsyncSession, job_id: str) -> JobModel:
 _LOAD_JOB = (select(JobModel).where(JobModel.id == bindparam("job_id"))
              .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
                       joinedload(JobModel.run).selectinload(RunModel.jobs)))
+_LOAD_JOB_ALONE = (select(JobModel).where(JobModel.id == bindparam("job_id"))
+                   .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
+                            joinedload(JobModel.run).raiseload(RunModel.jobs)))
+_RUN_JOBS = (select(JobModel).where(JobModel.run_id == bindparam("run_id"))
+             .order_by(JobModel.submission, JobModel.job_num))
 
 
 # The lease statements, built once per table with bind parameters: each is run for every job at

@@ -99,7 +99,7 @@ async def _reconcile(ctx: ServerContext, job_id: str) -> None:
 async def _step(ctx: ServerContext, job_id: str) -> None:
     settings = ctx.settings
     async with ctx.db.session() as session:
-        job = await load_job(session, job_id)
+        job = await load_job(session, job_id, run_jobs=False)  # every job, every pass: one statement
         run = job.run
         status = JobStatus(job.status)
         if status in FINISHED_STATUSES:

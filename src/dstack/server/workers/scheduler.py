@@ -179,7 +179,7 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
 
 async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
     async with ctx.db.session() as session:
-        job = await load_job(session, job_id)
+        job = await load_job(session, job_id, run_jobs=False)
         run = job.run
         project = run.project
         if run.stop_requested or job.stop_reason:
