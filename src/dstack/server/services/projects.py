@@ -62,14 +62,18 @@ async def get_project_for(
 ) -> tuple[ProjectModel, str]:
     """The project if `user` holds at least `min_role` in it; non-members see 'does not exist'.
     One query (every API call of a project asks it)."""
-    found = (await session.execute(
-        select(ProjectModel, MemberModel.role).outerjoin(
-            MemberModel, (MemberModel.project_id == ProjectModel.id) & (MemberModel.user_id == user.id))
-        .where(ProjectModel.name == name))).first()
+    found = (await session.execute(_PROJECT_AND_ROLE, {"name": name, "user_id": user.id})).first()
     project, role = found if found else (None, None)
     _check_role(name, role, user, min_role, exists=project is not None)
     assert project is not None
     return project, "admin" if user.global_role == "admin" else role
+
+
+# Built once, as _PROJECT_REF below (every API call of a project asks it).
+_PROJECT_AND_ROLE = (select(ProjectModel, MemberModel.role)
+                     .outerjoin(MemberModel, (MemberModel.project_id == ProjectModel.id)
+                                & (MemberModel.user_id == bindparam("user_id")))
+                     .where(ProjectModel.name == bindparam("name")))
 
 
 @dataclass(frozen=True)

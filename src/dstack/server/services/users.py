@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.core.errors import AuthenticationError, ResourceExistsError, ResourceNotFoundError
@@ -38,11 +38,15 @@ async def authenticate(*, session: AsyncSession, token: str | None) -> UserModel
             "no token given", fix="Pass `Authorization: Bearer TOKEN` (the CLI reads it from ~/.dstack/config.yml)"
         )
     digest = hash_token(token)
-    user = await session.scalar(select(UserModel).where(UserModel.token_hash == digest))
+    user = await session.scalar(_BY_TOKEN, {"digest": digest})
     # The lookup is by hash; compare again in constant time for good measure.
     if user is None or not hmac.compare_digest(user.token_hash, digest):
         raise AuthenticationError("invalid token", fix="Check the token, or ask an admin for a new one")
     return user
+
+
+# Built once (asked by every API call): a statement keeps its cache key.
+_BY_TOKEN = select(UserModel).where(UserModel.token_hash == bindparam("digest"))
 
 
 async def get_user(*, session: AsyncSession, name: str) -> UserModel:
