@@ -258,7 +258,9 @@ def test_aws_job_survives_a_server_crash(stack: Stack, step: str) -> None:
     with stack.server.api() as api:
         status = wait_for(lambda: (r := api.get("/api/projects/cloud/runs/crashy").json())["status"]
                           in ("done", "failed", "stopped") and r["status"], timeout=180, message="the run to finish")
-        assert status == "done", api.get("/api/projects/cloud/runs/crashy").json()
+        run = api.get("/api/projects/cloud/runs/crashy").json()
+        assert status == "done", (run["reason"], [j["history"] for j in run["jobs"]],
+                                  stack.server.output()[-3000:])
         job_id = api.get("/api/projects/cloud/runs/crashy").json()["jobs"][-1]["id"]
     launched = [i for i in stack.instances() if stack.instance_tags(i["InstanceId"]).get("dstack_job_id") == job_id]
     assert len(launched) == 1, launched  # exactly one instance, whatever the crash point

@@ -290,8 +290,10 @@ class Compute(abc.ABC):
         """Asked every few seconds while the job runs: detect preemption before heartbeats stop."""
         return InstanceCheck()
 
-    def reap(self, *, live_instance_ids: set[str]) -> list[str]:
-        """Terminate this backend's instances that no live job owns; returns their ids."""
+    def reap(self, *, live_instance_ids: set[str], launching_job_ids: frozenset[str] = frozenset()) -> list[str]:
+        """Terminate this backend's instances that no live job owns; returns their ids. An instance
+        tagged with a job of `launching_job_ids` (a launch under way: not recorded yet) is not an
+        orphan, however long the launch takes."""
         return []
 
     def ssh_jump(self, *, instance: LaunchedInstance) -> SSHJump | None:

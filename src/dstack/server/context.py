@@ -33,6 +33,9 @@ class ServerContext:
     # the scheduler last woke the jobs waiting for capacity at (see scheduler.schedule_once).
     capacity_freed: int = 0
     capacity_seen: int = 0
+    # The jobs this process's scheduler is provisioning now: their claim is alive even when its
+    # renewal came late (a loaded machine), so this process's reconciler leaves them alone.
+    provisioning: set[str] = field(default_factory=set)
     proxy: ServiceProxy = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -468,7 +468,7 @@ class AWSCompute(Compute):
                 raise LaunchError(f"EC2 does not know instance {instance.instance_id} yet; "
                                   "terminating it again shortly") from exc
 
-    def reap(self, *, live_instance_ids: set[str]) -> list[str]:
+    def reap(self, *, live_instance_ids: set[str], launching_job_ids: frozenset[str] = frozenset()) -> list[str]:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.reaper_grace)
         orphans = []
         paginator = self.clients.ec2.get_paginator("describe_instances")
@@ -478,7 +478,9 @@ class AWSCompute(Compute):
                 {"Name": "instance-state-name", "Values": _LIVE_STATES}]):
             for reservation in page["Reservations"]:
                 for inst in reservation["Instances"]:
-                    if inst["InstanceId"] not in live_instance_ids and inst["LaunchTime"] < cutoff:
+                    job_id = next((t["Value"] for t in inst.get("Tags") or [] if t["Key"] == "dstack_job_id"), None)
+                    if inst["InstanceId"] not in live_instance_ids and inst["LaunchTime"] < cutoff \
+                            and job_id not in launching_job_ids:
                         orphans.append(inst["InstanceId"])
         if orphans:
             self.clients.ec2.terminate_instances(InstanceIds=orphans)

@@ -326,14 +326,15 @@ class LambdaCompute(Compute):
             if exc.code != "global/object-does-not-exist":
                 raise BackendError(f"Lambda Cloud did not terminate {instance.instance_id}: {exc}") from exc
 
-    def reap(self, *, live_instance_ids: set[str]) -> list[str]:
+    def reap(self, *, live_instance_ids: set[str], launching_job_ids: frozenset[str] = frozenset()) -> list[str]:
         now = time.monotonic()
         orphans = []
         for inst in self.api.instances():
             tags = {t["key"]: t["value"] for t in inst.get("tags") or []}
             if tags.get("dstack-project") != self.ctx.project or "dstack-job" not in tags:
                 continue
-            if inst["status"] in ("terminated", "terminating") or inst["id"] in live_instance_ids:
+            if inst["status"] in ("terminated", "terminating") or inst["id"] in live_instance_ids \
+                    or tags["dstack-job"] in launching_job_ids:
                 self._first_seen.pop(inst["id"], None)
                 continue
             # Lambda reports no launch time: count from when this server first saw it orphaned.

@@ -70,6 +70,11 @@ async def _reap(ctx: ServerContext) -> None:
         live |= set(await session.scalars(  # fleet instances, idle ones included
             select(InstanceModel.instance_id).where(InstanceModel.status != InstanceStatus.TERMINATED.value,
                                                     InstanceModel.instance_id.is_not(None))))
+        # Claimed jobs whose launch is not recorded yet (the launch call may be under way; a claim
+        # that ran out is resolved by `_resolve_interrupted`, which adopts what the launch made).
+        launching = frozenset(await session.scalars(
+            select(JobModel.id).where(JobModel.status == JobStatus.PROVISIONING.value,
+                                      JobModel.instance_id.is_(None))))
         projects = list(await session.scalars(select(ProjectModel)))
         await session.commit()
     for project in projects:
@@ -79,7 +84,7 @@ async def _reap(ctx: ServerContext) -> None:
             try:
                 compute = compute_for(settings=ctx.settings, encryptor=ctx.encryptor, project=project,
                                       backend_type=backend.type)
-                reaped = await asyncio.to_thread(compute.reap, live_instance_ids=live)
+                reaped = await asyncio.to_thread(compute.reap, live_instance_ids=live, launching_job_ids=launching)
             except Exception:
                 logger.exception("reaping %s instances of project %s failed", backend.type, project.name)
                 continue
@@ -111,8 +116,10 @@ async def _step(ctx: ServerContext, job_id: str) -> None:
             ctx.scheduler_wake.set()
             return
         if job.instance is None:
-            # Claimed, and the claim ran out: the replica that claimed it died before recording a launch.
             await session.commit()
+            if job_id in ctx.provisioning:
+                return  # this process is launching it: its claim's renewal was late, not lost
+            # Claimed, and the claim ran out: the replica that claimed it died before recording a launch.
             await _resolve_interrupted(ctx, job_id)
             return
         await session.commit()  # no transaction stays open across bucket reads

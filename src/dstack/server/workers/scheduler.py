@@ -141,6 +141,7 @@ async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _
         return
     failpoint("after-claim")
     renewal = asyncio.create_task(_renew_claim(ctx, job_id))
+    ctx.provisioning.add(job_id)
     try:
         await _provision(ctx, job_id, freed=freed, outranked=outranked)
     except Exception as exc:
@@ -151,6 +152,7 @@ async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _
             await session.commit()
     finally:
         renewal.cancel()
+        ctx.provisioning.discard(job_id)
         await release_lease(ctx, job_id)
         await end_waiting_nodes(ctx, job_id)
 
