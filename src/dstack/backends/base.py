@@ -290,6 +290,11 @@ class Compute(abc.ABC):
         """Asked every few seconds while the job runs: detect preemption before heartbeats stop."""
         return InstanceCheck()
 
+    @property
+    def checks_instances(self) -> bool:
+        """Whether `check_instance` asks anything (the reconciler calls it on a worker thread only then)."""
+        return type(self).check_instance is not Compute.check_instance
+
     def reap(self, *, live_instance_ids: set[str], launching_job_ids: frozenset[str] = frozenset()) -> list[str]:
         """Terminate this backend's instances that no live job owns; returns their ids. An instance
         tagged with a job of `launching_job_ids` (a launch under way: not recorded yet) is not an

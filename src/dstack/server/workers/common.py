@@ -5,10 +5,10 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -18,6 +18,7 @@ from dstack.server.models import JobModel, ProjectModel, RunModel, utcnow
 from dstack.server.services.run_status import is_service, node_count
 from dstack.server.services.runs import WAITING_FOR_CAPACITY
 
+T = TypeVar("T")
 LEASE = timedelta(seconds=15)
 CONCURRENCY = 8
 # Leases taken (and given back) in one statement each, this many rows at a time: few enough that a
@@ -40,6 +41,22 @@ async def load_job(session: AsyncSession, job_id: str, *, run_jobs: bool = True)
     return job
 
 
+async def load_jobs(session: AsyncSession, job_ids: list[str]) -> list[JobModel]:
+    """`load_job(run_jobs=False)` of many jobs: one statement for them all, and one for the jobs of
+    the runs whose status is made from several (the session's identity map shares the objects)."""
+    if not job_ids:
+        return []
+    jobs = list((await session.scalars(_LOAD_JOBS_ALONE, {"job_ids": job_ids})).unique())
+    runs = {job.run.id: job.run for job in jobs if node_count(job.run) > 1 or is_service(job.run)}
+    if runs:
+        by_run: dict[str, list[JobModel]] = {run_id: [] for run_id in runs}
+        for job in await session.scalars(_RUNS_JOBS, {"run_ids": list(runs)}):
+            by_run[job.run_id].append(job)
+        for run_id, run in runs.items():
+            set_committed_value(run, "jobs", by_run[run_id])
+    return jobs
+
+
 # Built once (a job is loaded several times on its way): a statement keeps its cache key, which for
 # one with loader options cost as much to build as the rest of the call.
 _LOAD_JOB = (select(JobModel).where(JobModel.id == bindparam("job_id"))
@@ -48,6 +65,11 @@ _LOAD_JOB = (select(JobModel).where(JobModel.id == bindparam("job_id"))
 _LOAD_JOB_ALONE = (select(JobModel).where(JobModel.id == bindparam("job_id"))
                    .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
                             joinedload(JobModel.run).raiseload(RunModel.jobs)))
+_LOAD_JOBS_ALONE = (select(JobModel).where(JobModel.id.in_(bindparam("job_ids", expanding=True)))
+                    .options(joinedload(JobModel.run).joinedload(RunModel.project)
+                             .joinedload(ProjectModel.backends), joinedload(JobModel.run).raiseload(RunModel.jobs)))
+_RUNS_JOBS = (select(JobModel).where(JobModel.run_id.in_(bindparam("run_ids", expanding=True)))
+              .order_by(JobModel.submission, JobModel.job_num))
 _RUN_JOBS = (select(JobModel).where(JobModel.run_id == bindparam("run_id"))
              .order_by(JobModel.submission, JobModel.job_num))
 
@@ -108,6 +130,17 @@ async def record_intent(ctx: ServerContext, job_id: str, intent: Any) -> None:
 WAKE_WAITING = (update(JobModel).where(JobModel.status == JobStatus.SUBMITTED.value,
                                        JobModel.reason.like(f"{WAITING_FOR_CAPACITY}%"))
                 .values(lock_until=None, lock_owner=None))
+
+
+async def wake_waiting_elsewhere(ctx: ServerContext, conn: AsyncConnection | AsyncSession) -> None:
+    """Capacity was freed here: the jobs waiting for some are tried at once by every replica's
+    scheduler. This process's own scheduler wakes them itself at its next pass (it counts the frees:
+    `ctx.capacity_freed`, see scheduler.schedule_once), so with SQLite, where it is the only
+    scheduler, there is nothing to write (a statement less for every job that ends)."""
+    if not ctx.settings.is_sqlite:
+        await conn.execute(WAKE_WAITING.execution_options(synchronize_session=False))
+
+
 _RECORD_INTENT = update(JobModel).where(JobModel.id == bindparam("row_id")).values(launch_intent=bindparam("intent"))
 
 
@@ -137,14 +170,27 @@ async def for_each_leased(ctx: ServerContext, ids: list[str], handle: Callable[[
             await release_many(ctx, taken, model=model)
 
 
-async def for_each(ids: Iterable[str], handle: Callable[[str], Awaitable[None]]) -> None:
+async def for_each_leased_batch(ctx: ServerContext, ids: list[str],
+                                handle: Callable[[list[str]], Awaitable[None]]) -> None:
+    """`handle(batch)` for each batch of the rows of `ids` this replica can lease (jobs)."""
+    for start in range(0, len(ids), LEASE_BATCH):
+        taken = await lease_many(ctx, ids[start:start + LEASE_BATCH])
+        try:
+            if taken:
+                await handle(taken)
+        finally:
+            await release_many(ctx, taken)
+
+
+async def for_each(items: Iterable[T], handle: Callable[[T], Awaitable[None]]) -> None:
+    """`handle(item)` for every item, CONCURRENCY of them at a time."""
     semaphore = asyncio.Semaphore(CONCURRENCY)
 
-    async def _one(job_id: str) -> None:
+    async def _one(item: T) -> None:
         async with semaphore:
-            await handle(job_id)
+            await handle(item)
 
-    await asyncio.gather(*(_one(i) for i in ids))
+    await asyncio.gather(*(_one(i) for i in items))
 
 
 async def under_lease(ctx: ServerContext, row_id: str, *, model: Any, step: Callable[[str], Awaitable[None]],

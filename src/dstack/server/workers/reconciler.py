@@ -30,10 +30,17 @@ from dstack.server.services.runs import (
     reschedule,
 )
 from dstack.server.services.service_runs import settle_service_runs
-from dstack.server.workers.common import WAKE_WAITING, for_each_leased, load_job
+from dstack.server.workers.common import (
+    for_each,
+    for_each_leased_batch,
+    load_job,
+    load_jobs,
+    wake_waiting_elsewhere,
+)
 from dstack.server.workers.fleet_jobs import release_fleet_instance
 
 logger = logging.getLogger("dstack.server.reconciler")
+_AGENT_FINAL = ("done", "failed", "stopped")
 _FOLLOWED = [JobStatus.PROVISIONING.value, JobStatus.RUNNING.value, JobStatus.TERMINATING.value]
 # After a stop request, how long past the grace period we wait for the agent before tearing down.
 STOP_TIMEOUT_MARGIN = 15.0
@@ -53,7 +60,7 @@ async def reconcile_once(ctx: ServerContext) -> None:
         ids = list(await session.scalars(
             select(JobModel.id).where(or_(JobModel.status.in_(_FOLLOWED), JobModel.instance_terminated.is_(False)))
         ))
-    await for_each_leased(ctx, ids, lambda job_id: _reconcile(ctx, job_id))
+    await for_each_leased_batch(ctx, ids, lambda batch: _reconcile_batch(ctx, batch))
     await settle_multinode_runs(ctx)
     await settle_service_runs(ctx)
     if time.monotonic() - ctx.last_reap >= ctx.settings.reaper_interval:
@@ -93,151 +100,192 @@ async def _reap(ctx: ServerContext) -> None:
                                project.name)
 
 
-async def _reconcile(ctx: ServerContext, job_id: str) -> None:
-    """One job's step, under the lease `reconcile_once` took for it."""
-    try:
-        await _step(ctx, job_id)
-    except Exception:
-        logger.exception("reconciling job %s failed", job_id)
-
-
-async def _step(ctx: ServerContext, job_id: str) -> None:
-    settings = ctx.settings
+async def _reconcile_batch(ctx: ServerContext, job_ids: list[str]) -> None:
+    """A step for each job of a batch, under the leases `reconcile_once` took for them: the jobs are
+    read in one statement, their agents and instances asked concurrently, and every change written in
+    one commit (one UPDATE per table and set of columns) instead of a session for each job."""
     async with ctx.db.session() as session:
-        job = await load_job(session, job_id, run_jobs=False)  # every job, every pass: one statement
-        run = job.run
-        status = JobStatus(job.status)
-        if status in FINISHED_STATUSES:
-            await session.commit()
-            await _terminate(ctx, job)
-            async with ctx.db.transaction() as conn:
-                await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": True})
-                await conn.execute(WAKE_WAITING)
-            ctx.scheduler_wake.set()
-            return
-        if job.instance is None:
-            await session.commit()
-            if job_id in ctx.provisioning:
-                return  # this process is launching it: its claim's renewal was late, not lost
-            # Claimed, and the claim ran out: the replica that claimed it died before recording a launch.
-            await _resolve_interrupted(ctx, job_id)
-            return
+        jobs = await load_jobs(session, job_ids)
         await session.commit()  # no transaction stays open across bucket reads
+        observed: list[_Observed] = []
 
-        compute = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
-                              backend_type=job.backend)
-        storage = compute.storage
-        run_conf = RunSpec.model_validate_json(run.spec).configuration
-        policy = run_conf.utilization_policy
-        inactivity = getattr(run_conf, "inactivity_duration", None)
-        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix,
-                                        policy is not None or inactivity is not None)
-        instance = LaunchedInstance.model_validate_json(job.instance)
+        async def observe(job: JobModel) -> None:
+            try:
+                if JobStatus(job.status) in FINISHED_STATUSES:
+                    await _terminate_finished(ctx, job)
+                elif job.instance is None:
+                    if job.id in ctx.provisioning:
+                        return  # this process is launching it: its claim's renewal was late, not lost
+                    # Claimed, and the claim ran out: the replica that claimed it died before recording
+                    # a launch.
+                    await _resolve_interrupted(ctx, job.id)
+                else:
+                    observed.append(await _observe(ctx, job))
+            except Exception:
+                logger.exception("reconciling job %s failed", job.id)
+                session.expunge(job)  # what this step changed of it is not written
+
+        await for_each(jobs, observe)
+        await session.commit()
+    finished: list[_Observed] = []
+    for step in observed:
+        if step.agent_status == "running" and step.was == JobStatus.PROVISIONING:
+            failpoint("after-running")
+        if JobStatus(step.job.status) in FINISHED_STATUSES:
+            finished.append(step)
+    if finished:
+        failpoint("after-finish")
+        await _after_finish(ctx, finished)
+
+
+async def _terminate_finished(ctx: ServerContext, job: JobModel) -> None:
+    """A job that ended and whose instance is not terminated yet (the last try failed; or it was
+    stopped before its launch was recorded)."""
+    await _terminate(ctx, job)
+    async with ctx.db.transaction() as conn:
+        await conn.execute(_MARK_TERMINATED, [{"row_id": job.id, "terminated": True}])
+        await wake_waiting_elsewhere(ctx, conn)
+    ctx.scheduler_wake.set()
+
+
+@dataclass
+class _Observed:
+    job: JobModel
+    was: JobStatus  # the job's status before this step
+    agent_status: str | None
+    run_conf: Any
+
+
+async def _observe(ctx: ServerContext, job: JobModel) -> _Observed:
+    """What the job's agent and instance say, applied to the job and its run (in memory: the batch
+    commits them); a stop request sent to the agent."""
+    settings = ctx.settings
+    run = job.run
+    status = JobStatus(job.status)
+    compute = compute_for(settings=settings, encryptor=ctx.encryptor, project=run.project,
+                          backend_type=job.backend)
+    storage = compute.storage
+    run_conf = RunSpec.model_validate_json(run.spec).configuration
+    policy = run_conf.utilization_policy
+    inactivity = getattr(run_conf, "inactivity_duration", None)
+    state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix,
+                                    policy is not None or inactivity is not None)
+    instance = LaunchedInstance.model_validate_json(job.instance)
+    agent_status = (state.status or {}).get("status")
+    if agent_status in _AGENT_FINAL or not compute.checks_instances:
+        check = InstanceCheck()  # the agent's own final word comes first (below); no cloud call
+    else:
         try:
             check = await asyncio.to_thread(compute.check_instance, instance=instance)
         except Exception:
             logger.exception("checking instance %s failed", instance.instance_id)
             check = InstanceCheck()
-        if check.failure:
-            # The agent may have finished and terminated its instance between the two reads: its
-            # final status wins over "the instance is gone".
-            state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
-        if check.data is not None:
-            job.instance = instance.model_copy(update={"data": check.data}).model_dump_json()
-        now = utcnow()
-        if state.heartbeat and int(state.heartbeat.get("seq", 0)) != job.heartbeat_seq:
-            job.heartbeat_seq = int(state.heartbeat["seq"])
-            job.heartbeat_at = now
-        agent_status = (state.status or {}).get("status")
-        add_agent_events(job, (state.status or {}).get("events") or [])
+    if check.failure:
+        # The agent may have finished and terminated its instance between the two reads: its
+        # final status wins over "the instance is gone".
+        state = await asyncio.to_thread(_read_agent_state, storage, job.storage_prefix)
+    if check.data is not None:
+        job.instance = instance.model_copy(update={"data": check.data}).model_dump_json()
+    now = utcnow()
+    if state.heartbeat and int(state.heartbeat.get("seq", 0)) != job.heartbeat_seq:
+        job.heartbeat_seq = int(state.heartbeat["seq"])
+        job.heartbeat_at = now
+    agent_status = (state.status or {}).get("status")
+    add_agent_events(job, (state.status or {}).get("events") or [])
 
-        if agent_status in ("done", "failed", "stopped"):
-            _finish_from_agent(job, run, state.status or {})
+    if agent_status in _AGENT_FINAL:
+        _finish_from_agent(job, run, state.status or {})
 
-        elif check.failure:
-            set_job_status(job, run, JobStatus.FAILED, reason=check.failure)
-        else:
-            if agent_status == "running" and status == JobStatus.PROVISIONING:
-                _started_from_agent(job, state.status or {})
-                set_job_status(job, run, JobStatus.RUNNING)
-            spec = RunSpec.model_validate_json(run.spec)
-            max_duration = spec.configuration.max_duration
-            if (max_duration and job.started_at and not run.stop_requested
-                    and (now - job.started_at).total_seconds() > max_duration):
-                run.stop_requested = True
-                run.stop_reason = "max duration exceeded"
-            low_usage = utilization_stop_reason(policy, state.metrics) if agent_status == "running" else None
-            idle = inactivity_stop_reason(inactivity, state.metrics) if agent_status == "running" else None
-            if (low_usage or idle) and not run.stop_requested:
-                run.stop_requested = True
-                run.stop_reason = low_usage or idle
-            stopping = _service_drained(ctx, job, run, now) if run.stop_requested else _replica_stop_due(ctx, job, now)
-            if stopping and not job.stop_sent:
-                reason = run.stop_reason if run.stop_requested else job.stop_reason
-                await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
-                                        {"abort": run.stop_abort, "reason": reason, "t": now.timestamp()})
-                job.stop_sent = True
-                set_job_status(job, run, JobStatus.TERMINATING, reason=reason)
-                if run.stop_abort:
-                    _finish_stopped(job, run)
-            elif job.stop_sent and \
-                    _seconds_since_stop(job, now) > stop_grace(spec.configuration) + STOP_TIMEOUT_MARGIN:
+    elif check.failure:
+        set_job_status(job, run, JobStatus.FAILED, reason=check.failure)
+    else:
+        if agent_status == "running" and status == JobStatus.PROVISIONING:
+            _started_from_agent(job, state.status or {})
+            set_job_status(job, run, JobStatus.RUNNING)
+        spec = RunSpec.model_validate_json(run.spec)
+        max_duration = spec.configuration.max_duration
+        if (max_duration and job.started_at and not run.stop_requested
+                and (now - job.started_at).total_seconds() > max_duration):
+            run.stop_requested = True
+            run.stop_reason = "max duration exceeded"
+        low_usage = utilization_stop_reason(policy, state.metrics) if agent_status == "running" else None
+        idle = inactivity_stop_reason(inactivity, state.metrics) if agent_status == "running" else None
+        if (low_usage or idle) and not run.stop_requested:
+            run.stop_requested = True
+            run.stop_reason = low_usage or idle
+        stopping = _service_drained(ctx, job, run, now) if run.stop_requested else _replica_stop_due(ctx, job, now)
+        if stopping and not job.stop_sent:
+            reason = run.stop_reason if run.stop_requested else job.stop_reason
+            await asyncio.to_thread(storage.put_json, f"{job.storage_prefix}/stop.json",
+                                    {"abort": run.stop_abort, "reason": reason, "t": now.timestamp()})
+            job.stop_sent = True
+            set_job_status(job, run, JobStatus.TERMINATING, reason=reason)
+            if run.stop_abort:
                 _finish_stopped(job, run)
-            elif check.booting and not job.heartbeat_seq:
-                booting_for = (now - _launched_at(job, now)).total_seconds()
-                if booting_for > compute.BOOT_TIMEOUT:
-                    set_job_status(job, run, JobStatus.FAILED, reason=(
-                        f"the instance did not boot in {compute.BOOT_TIMEOUT / 60:.0f} minutes "
-                        f"({job.backend} still reports it booting)"))
-                else:
-                    job.heartbeat_at = now  # the provisioning timeout counts from when it is up
+        elif job.stop_sent and \
+                _seconds_since_stop(job, now) > stop_grace(spec.configuration) + STOP_TIMEOUT_MARGIN:
+            _finish_stopped(job, run)
+        elif check.booting and not job.heartbeat_seq:
+            booting_for = (now - _launched_at(job, now)).total_seconds()
+            if booting_for > compute.BOOT_TIMEOUT:
+                set_job_status(job, run, JobStatus.FAILED, reason=(
+                    f"the instance did not boot in {compute.BOOT_TIMEOUT / 60:.0f} minutes "
+                    f"({job.backend} still reports it booting)"))
             else:
-                silent = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
-                timeout = settings.heartbeat_timeout if job.heartbeat_seq else settings.provisioning_timeout
-                if silent > timeout:
-                    reason = "instance lost" if job.heartbeat_seq else "the instance did not start in time"
-                    hint = None if job.heartbeat_seq else compute.start_timeout_hint(instance=instance)
-                    set_job_status(job, run, JobStatus.FAILED, reason=f"{reason}: {hint}" if hint else reason)
+                job.heartbeat_at = now  # the provisioning timeout counts from when it is up
+        else:
+            silent = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0.0
+            timeout = settings.heartbeat_timeout if job.heartbeat_seq else settings.provisioning_timeout
+            if silent > timeout:
+                reason = "instance lost" if job.heartbeat_seq else "the instance did not start in time"
+                hint = None if job.heartbeat_seq else compute.start_timeout_hint(instance=instance)
+                set_job_status(job, run, JobStatus.FAILED, reason=f"{reason}: {hint}" if hint else reason)
 
-        finished = JobStatus(job.status) in FINISHED_STATUSES
-        if finished:
-            _stop_other_nodes(job, run)
-        session.add(job)
-        session.add(run)
-        await session.commit()
+    if JobStatus(job.status) in FINISHED_STATUSES:
+        _stop_other_nodes(job, run)
+    return _Observed(job=job, was=status, agent_status=agent_status, run_conf=run_conf)
 
-    if agent_status == "running" and status == JobStatus.PROVISIONING:
-        failpoint("after-running")
-    if finished:
-        failpoint("after-finish")
+
+async def _after_finish(ctx: ServerContext, steps: list[_Observed]) -> None:
+    """The jobs that ended in this batch: their instances terminated, then a retry or the schedule's
+    next job where one may follow, and the rest marked terminated in one statement."""
+    terminated: dict[str, bool] = {}
+
+    async def terminate(step: _Observed) -> None:
         try:
-            await _terminate(ctx, job)
-            terminated = True
+            await _terminate(ctx, step.job)
+            terminated[step.job.id] = True
         except Exception:  # tried again on the next pass (the job stays not-terminated)
-            logger.warning("terminating the instance of job %s failed; trying again", job_id, exc_info=True)
-            terminated = False
-        if (job.status == JobStatus.FAILED.value and run_conf.retry is not None) or \
+            logger.warning("terminating the instance of job %s failed; trying again", step.job.id, exc_info=True)
+            terminated[step.job.id] = False
+
+    await for_each(steps, terminate)
+    plain = []
+    for step in steps:
+        job_id, run_conf = step.job.id, step.run_conf
+        if (step.job.status == JobStatus.FAILED.value and run_conf.retry is not None) or \
                 getattr(run_conf, "schedule", None) is not None:
             # A retry or the schedule's next job may follow: decided on the job and run as they are now.
             async with ctx.db.session() as session:
                 job = await load_job(session, job_id)
-                job.instance_terminated = terminated
+                job.instance_terminated = terminated[job_id]
                 if not _maybe_retry(session, job, job.run):
                     reschedule(session, job, job.run)
-                if terminated:
-                    await session.execute(WAKE_WAITING.execution_options(synchronize_session=False))
+                if terminated[job_id]:
+                    await wake_waiting_elsewhere(ctx, session)
                 await session.commit()
         else:  # nothing follows (most jobs): plain statements, not a reload of the job and its run
-            async with ctx.db.transaction() as conn:
-                await conn.execute(_MARK_TERMINATED, {"row_id": job_id, "terminated": terminated})
-                if terminated:
-                    await conn.execute(WAKE_WAITING)
-        ctx.scheduler_wake.set()
+            plain.append({"row_id": job_id, "terminated": terminated[job_id]})
+    if plain:
+        async with ctx.db.transaction() as conn:
+            await conn.execute(_MARK_TERMINATED, plain)
+            if any(p["terminated"] for p in plain):
+                await wake_waiting_elsewhere(ctx, conn)
+    ctx.scheduler_wake.set()
 
 
 # Built once: it runs for every job that ends. A job that ended and whose instance is gone frees
-# capacity: the jobs waiting for some are tried now, by priority (WAKE_WAITING: for other replicas'
-# schedulers too; this one's wakes them itself, see scheduler.schedule_once).
+# capacity: the jobs waiting for some are tried now, by priority (see `wake_waiting_elsewhere`).
 _MARK_TERMINATED = (update(JobModel).where(JobModel.id == bindparam("row_id"))
                     .values(instance_terminated=bindparam("terminated")))
 

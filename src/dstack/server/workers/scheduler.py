@@ -136,16 +136,25 @@ async def _claim(ctx: ServerContext, job_id: str) -> bool:
         return result.rowcount == 1
 
 
+@dataclass
+class _Claimed:
+    """What `_provision` tells `_schedule` about the job it claimed."""
+    multinode: bool = True  # until its spec says otherwise: nodes may wait on this master
+    released: bool = False  # the launch's record gave the claim back in the same statement
+
+
 async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
     if not await _claim(ctx, job_id):
         return
     failpoint("after-claim")
     renewal = asyncio.create_task(_renew_claim(ctx, job_id))
     ctx.provisioning.add(job_id)
+    claimed = _Claimed()
     try:
-        await _provision(ctx, job_id, freed=freed, outranked=outranked)
+        await _provision(ctx, job_id, freed=freed, outranked=outranked, claimed=claimed)
     except Exception as exc:
         logger.exception("provisioning job %s failed", job_id)
+        claimed.released = False
         async with ctx.db.session() as session:
             job = await load_job(session, job_id)
             set_job_status(job, job.run, JobStatus.FAILED, reason=f"provisioning error: {exc}")
@@ -153,8 +162,10 @@ async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _
     finally:
         renewal.cancel()
         ctx.provisioning.discard(job_id)
-        await release_lease(ctx, job_id)
-        await end_waiting_nodes(ctx, job_id)
+        if not claimed.released:
+            await release_lease(ctx, job_id)
+        if claimed.multinode:
+            await end_waiting_nodes(ctx, job_id)
 
 
 def _proxy_key(ctx: ServerContext, run_spec: RunSpec) -> str | None:
@@ -179,7 +190,8 @@ async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
             logger.exception("renewing the claim on job %s failed", job_id)
 
 
-async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
+async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked,
+                     claimed: _Claimed) -> None:
     async with ctx.db.session() as session:
         job = await load_job(session, job_id, run_jobs=False)
         run = job.run
@@ -190,6 +202,7 @@ async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: 
             await session.commit()
             return
         run_spec = RunSpec.model_validate_json(run.spec)
+        claimed.multinode = getattr(run_spec.configuration, "nodes", 1) > 1
         backend_types = backend_types_for(project, run_spec)
         archives = {h: await get_code(session=session, project_id=project.id, code_hash=h)
                     for h in (run_spec.code_hash, run_spec.files_hash) if h}
@@ -323,7 +336,11 @@ async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: 
         offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
             attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
         record_job_instance(job, offer, instance)
+        # The claim is given back with the record (one statement less per job): from here the
+        # reconciler follows the job.
+        job.lock_owner = job.lock_until = None
         await session.commit()
+        claimed.released = True
     failpoint("after-record")
     ctx.reconciler_wake.set()
 
