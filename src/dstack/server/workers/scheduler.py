@@ -29,8 +29,7 @@ from dstack.server.services.backends import compute_for
 from dstack.server.services.fleets import fleet_backend_types
 from dstack.server.services.job_specs import build_job_spec, stage_job
 from dstack.server.services.offers import find_offers
-from dstack.server.services.repo_credentials import credentials_for, secret_name
-from dstack.server.services.repos import get_code
+from dstack.server.services.repo_credentials import secret_name
 from dstack.server.services.run_status import SERVICE_SPEC_LIKE, set_job_status
 from dstack.server.services.runs import (
     WAITING_FOR_CAPACITY,
@@ -38,12 +37,11 @@ from dstack.server.services.runs import (
     record_job_instance,
     reschedule,
 )
-from dstack.server.services.secrets import secret_values
 from dstack.server.services.volumes import claim_volumes, network_volume_mounts, release_unlaunched, resolve_run_volumes
+from dstack.server.workers.claims import ClaimedJob, claim_jobs, read_claimed, renew_claims
 from dstack.server.workers.common import (
     WAKE_WAITING,
     for_each,
-    lease_is_free,
     load_job,
     record_intent,
     release_lease,
@@ -86,9 +84,31 @@ async def schedule_once(ctx: ServerContext) -> None:
         if ctx.capacity_freed != freed:
             ctx.scheduler_wake.set()
             return
-        outranked = _Outranked(priority=level)
-        await for_each([job_id for job_id, priority in rows if priority == level],
-                       lambda j, o=outranked: _schedule(ctx, j, freed=freed, outranked=o))
+        await _schedule_level(ctx, [job_id for job_id, priority in rows if priority == level], freed=freed,
+                              outranked=_Outranked(priority=level))
+
+
+async def _schedule_level(ctx: ServerContext, job_ids: list[str], *, freed: int, outranked: _Outranked) -> None:
+    """One priority level: its jobs claimed in one statement, read in one session, their claims
+    renewed by one task; then each provisioned on its own (CONCURRENCY at a time)."""
+    claimed = await claim_jobs(ctx, job_ids)
+    if not claimed:
+        return
+    failpoint("after-claim")
+    ctx.provisioning.update(claimed)
+    held = set(claimed)
+    renewal = asyncio.create_task(renew_claims(ctx, held))
+    try:
+        try:
+            loaded = await read_claimed(ctx, claimed)
+        except Exception:  # each job is read again on its own, and fails on its own if it must
+            logger.exception("reading the claimed jobs %s failed", ", ".join(claimed))
+            loaded = {}
+        await for_each(claimed, lambda j: _schedule(ctx, j, loaded.get(j), held=held, freed=freed,
+                                                    outranked=outranked))
+    finally:
+        renewal.cancel()
+        ctx.provisioning.difference_update(claimed)
 
 
 @dataclass
@@ -120,22 +140,6 @@ _REQUEUE = (update(JobModel).where(JobModel.id == bindparam("row_id"), JobModel.
             .values(status=JobStatus.SUBMITTED.value, lock_owner=None, lock_until=None))
 
 
-# Built once (see the lease statements in common.py): every job is claimed.
-_CLAIM = (update(JobModel)
-          .where(JobModel.id == bindparam("row_id"), JobModel.status == JobStatus.SUBMITTED.value,
-                 lease_is_free(JobModel))
-          .values(status=JobStatus.PROVISIONING.value, lock_owner=bindparam("owner"), lock_until=bindparam("until")))
-
-
-async def _claim(ctx: ServerContext, job_id: str) -> bool:
-    """submitted -> provisioning as one compare-and-set: exactly one replica wins a job."""
-    now = utcnow()
-    async with ctx.db.transaction() as conn:
-        result = await conn.execute(_CLAIM, {"row_id": job_id, "now": now, "owner": ctx.replica_id,
-                                             "until": now + timedelta(seconds=ctx.settings.claim_lease)})
-        return result.rowcount == 1
-
-
 @dataclass
 class _Claimed:
     """What `_provision` tells `_schedule` about the job it claimed."""
@@ -143,15 +147,11 @@ class _Claimed:
     released: bool = False  # the launch's record gave the claim back in the same statement
 
 
-async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked) -> None:
-    if not await _claim(ctx, job_id):
-        return
-    failpoint("after-claim")
-    renewal = asyncio.create_task(_renew_claim(ctx, job_id))
-    ctx.provisioning.add(job_id)
+async def _schedule(ctx: ServerContext, job_id: str, loaded: ClaimedJob | None, *, held: set[str], freed: int,
+                    outranked: _Outranked) -> None:
     claimed = _Claimed()
     try:
-        await _provision(ctx, job_id, freed=freed, outranked=outranked, claimed=claimed)
+        await _provision(ctx, job_id, loaded, freed=freed, outranked=outranked, claimed=claimed)
     except Exception as exc:
         logger.exception("provisioning job %s failed", job_id)
         claimed.released = False
@@ -160,7 +160,7 @@ async def _schedule(ctx: ServerContext, job_id: str, *, freed: int, outranked: _
             set_job_status(job, job.run, JobStatus.FAILED, reason=f"provisioning error: {exc}")
             await session.commit()
     finally:
-        renewal.cancel()
+        held.discard(job_id)
         ctx.provisioning.discard(job_id)
         if not claimed.released:
             await release_lease(ctx, job_id)
@@ -173,44 +173,20 @@ def _proxy_key(ctx: ServerContext, run_spec: RunSpec) -> str | None:
     return ctx.proxy.public_key() if run_spec.configuration.type == "service" else None
 
 
-async def _renew_claim(ctx: ServerContext, job_id: str) -> None:
-    """Keep the claim short but alive while this replica provisions: if it dies, the claim runs out
-    within `claim_lease` and the reconciler of any replica resolves the job."""
-    lease = ctx.settings.claim_lease
-    while True:
-        await asyncio.sleep(lease / 3)
-        try:
-            async with ctx.db.session() as session:
-                await session.execute(
-                    update(JobModel).where(JobModel.id == job_id, JobModel.lock_owner == ctx.replica_id)
-                    .values(lock_until=utcnow() + timedelta(seconds=lease))
-                    .execution_options(synchronize_session=False))
-                await session.commit()
-        except Exception:
-            logger.exception("renewing the claim on job %s failed", job_id)
-
-
-async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: _Outranked,
-                     claimed: _Claimed) -> None:
-    async with ctx.db.session() as session:
-        job = await load_job(session, job_id, run_jobs=False)
-        run = job.run
-        project = run.project
-        if run.stop_requested or job.stop_reason:
-            set_job_status(job, run, JobStatus.STOPPED, reason=run.stop_reason if run.stop_requested
-                           else job.stop_reason)
-            await session.commit()
-            return
-        run_spec = RunSpec.model_validate_json(run.spec)
-        claimed.multinode = getattr(run_spec.configuration, "nodes", 1) > 1
-        backend_types = backend_types_for(project, run_spec)
-        archives = {h: await get_code(session=session, project_id=project.id, code_hash=h)
-                    for h in (run_spec.code_hash, run_spec.files_hash) if h}
-        secrets = await secret_values(session=session, encryptor=ctx.encryptor, project_id=project.id)
-        repo = run_spec.configuration.repos[0] if run_spec.configuration.repos else None
-        credentials = await credentials_for(session=session, encryptor=ctx.encryptor, project=project,
-                                            url=repo.url) if repo and repo.url else None
-        await session.commit()  # no transaction stays open across cloud calls
+async def _provision(ctx: ServerContext, job_id: str, loaded: ClaimedJob | None, *, freed: int,
+                     outranked: _Outranked, claimed: _Claimed) -> None:
+    if loaded is None:
+        loaded = (await read_claimed(ctx, [job_id]))[job_id]
+    job, run_spec, archives, secrets, credentials = (loaded.job, loaded.run_spec, loaded.archives, loaded.secrets,
+                                                     loaded.credentials)
+    run = job.run
+    project = run.project
+    claimed.multinode = getattr(run_spec.configuration, "nodes", 1) > 1
+    if run.stop_requested or job.stop_reason:
+        await _end(ctx, job_id, JobStatus.STOPPED)
+        return
+    backend_types = backend_types_for(project, run_spec)
+    repo = run_spec.configuration.repos[0] if run_spec.configuration.repos else None
 
     requirements = requirements_for(run_spec.configuration, admin=run.user.global_role == "admin")
     try:
@@ -314,35 +290,63 @@ async def _provision(ctx: ServerContext, job_id: str, *, freed: int, outranked: 
         attempts.append(_attempt(offer, ok=True))
         break
 
+    warnings_change = _warnings_change(project.backends, attempts, broken_backends)
+    if instance is not None and not warnings_change and run_spec.configuration.type != "service" \
+            and not claimed.multinode:
+        # Most launches: the job and its run as read above, written by two plain statements: under
+        # this replica's claim nothing else writes the job, and the run's status follows this one job.
+        # Only what changes here is written (another request may have asked the run to stop meanwhile:
+        # that stays). The claim is given back with the record: from here the reconciler follows it.
+        offer = _launched_offer(search.offers, attempts)
+        record_job_instance(job, offer, instance)  # on the objects read above, in memory only
+        async with ctx.db.transaction() as conn:
+            await conn.execute(_RECORD_JOB, {
+                "row_id": job_id, "new_attempts": _with_attempts(job.attempts, attempts),
+                **{f"new_{column}": getattr(job, column) for column in _RECORDED_JOB_COLUMNS}})
+            await conn.execute(_RECORD_RUN, {
+                "row_id": run.id, **{f"new_{column}": getattr(run, column) for column in _RECORDED_RUN_COLUMNS}})
+        claimed.released = True
+        failpoint("after-record")
+        ctx.reconciler_wake.set()
+        return
     async with ctx.db.session() as session:
-        warnings_change = _warnings_change(project.backends, attempts, broken_backends)
         if warnings_change:
             await _record_backend_warnings(session, project_id=project.id, attempts=attempts,
                                            broken=broken_backends)
-        if instance is not None and not warnings_change and run_spec.configuration.type != "service":
-            # The job as loaded above, attached again instead of loaded again: under this replica's
-            # claim nothing else writes it, and the run's status follows this one job (a service's
-            # replicas are aggregated from all of them as they are now). The flush writes only what
-            # changes here (another request may have asked the run to stop meanwhile: that stays).
-            session.add(job)
-        else:
-            job = await load_job(session, job_id)
-        job.attempts = json.dumps(json.loads(job.attempts) + [a.model_dump(mode="json") for a in attempts])
+        job = await load_job(session, job_id)  # a service's replicas are aggregated from all of them as they are
+        job.attempts = _with_attempts(job.attempts, attempts)
         if instance is None:
             await session.commit()
             reasons = "; ".join(f"{a.backend}/{a.region}/{a.instance_type}: {a.reason}" for a in attempts)
             await _no_capacity(ctx, job_id, f"every offer failed to launch: {reasons}", run_spec)
             return
-        offer = next(o for o in search.offers if (o.backend, o.region, o.instance_type, o.spot) == (
-            attempts[-1].backend, attempts[-1].region, attempts[-1].instance_type, attempts[-1].spot))
-        record_job_instance(job, offer, instance)
-        # The claim is given back with the record (one statement less per job): from here the
-        # reconciler follows the job.
-        job.lock_owner = job.lock_until = None
+        record_job_instance(job, _launched_offer(search.offers, attempts), instance)
+        job.lock_owner = job.lock_until = None  # the claim given back with the record
         await session.commit()
         claimed.released = True
     failpoint("after-record")
     ctx.reconciler_wake.set()
+
+
+# The record of a launch (see `_provision`): what `record_job_instance` sets, built once.
+_RECORDED_JOB_COLUMNS = ("backend", "offer", "price", "instance_id", "instance", "instance_terminated",
+                         "fleet_instance_id", "heartbeat_at", "status", "reason", "history")
+_RECORDED_RUN_COLUMNS = ("status", "reason", "exit_code", "finished_at")
+_RECORD_JOB = (update(JobModel).where(JobModel.id == bindparam("row_id"))
+               .values(attempts=bindparam("new_attempts"), lock_owner=None, lock_until=None,
+                       **{column: bindparam(f"new_{column}") for column in _RECORDED_JOB_COLUMNS}))
+_RECORD_RUN = (update(RunModel).where(RunModel.id == bindparam("row_id"))
+               .values(**{column: bindparam(f"new_{column}") for column in _RECORDED_RUN_COLUMNS}))
+
+
+def _launched_offer(offers: list[Offer], attempts: list[ProvisioningAttempt]) -> Offer:
+    last = attempts[-1]
+    return next(o for o in offers if (o.backend, o.region, o.instance_type, o.spot) == (
+        last.backend, last.region, last.instance_type, last.spot))
+
+
+def _with_attempts(recorded: str, attempts: list[ProvisioningAttempt]) -> str:
+    return json.dumps(json.loads(recorded) + [a.model_dump(mode="json") for a in attempts])
 
 
 def _warnings_change(backends: list[BackendModel], attempts: list[ProvisioningAttempt], broken: set[str]) -> bool:
@@ -369,9 +373,17 @@ async def _record_backend_warnings(session: AsyncSession, *, project_id: str, at
 
 
 async def _fail(ctx: ServerContext, job_id: str, reason: str) -> None:
+    await _end(ctx, job_id, JobStatus.FAILED, reason=reason)
+
+
+async def _end(ctx: ServerContext, job_id: str, status: JobStatus, *, reason: str | None = None) -> None:
+    """The job ends before any launch: failed, or stopped (for the reason its run or it was stopped)."""
     async with ctx.db.session() as session:
         job = await load_job(session, job_id)
-        set_job_status(job, job.run, JobStatus.FAILED, reason=reason)
+        run = job.run
+        if status == JobStatus.STOPPED:
+            reason = run.stop_reason if run.stop_requested else job.stop_reason
+        set_job_status(job, run, status, reason=reason)
         await session.commit()
 
 
