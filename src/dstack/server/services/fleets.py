@@ -385,6 +385,8 @@ _TAKEABLE = (select(InstanceModel).join(FleetModel, FleetModel.id == InstanceMod
                     (InstanceModel.status == InstanceStatus.IDLE.value)
                     | ((InstanceModel.status == InstanceStatus.BUSY.value) & (InstanceModel.backend == "ssh")))
              .order_by(InstanceModel.price, InstanceModel.status, InstanceModel.num))
+# Whether the project has any instance a job may take (most projects, most of the time: none).
+ANY_TAKEABLE = _TAKEABLE.with_only_columns(InstanceModel.id).order_by(None).limit(1)
 
 
 def multinode_host(instance: InstanceModel, fleet: FleetModel) -> bool:
@@ -397,6 +399,9 @@ async def idle_offers(*, ctx: ServerContext, project: ProjectModel, requirements
                       backend_types: list[str], fleets: list[str] | None, multinode: bool = False) -> list[Offer]:
     """The idle instances a run could take now, as offers (availability "idle"), cheapest first
     (`multinode`: those a multi-node task's nodes may take)."""
+    async with ctx.db.transaction() as conn:  # mostly none: a plain statement says so, no session
+        if (await conn.execute(ANY_TAKEABLE, {"project_id": project.id})).first() is None:
+            return []
     async with ctx.db.session() as session:
         instances = list(await session.scalars(*takeable_instances(project.id)))
         await session.commit()

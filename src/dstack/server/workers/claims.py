@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, update
 from dstack.core.runs import JobStatus, RunSpec
 from dstack.server.context import ServerContext
 from dstack.server.models import JobModel, utcnow
+from dstack.server.services.fleets import ANY_TAKEABLE
 from dstack.server.services.repo_credentials import credentials_for
 from dstack.server.services.repos import get_code
 from dstack.server.services.secrets import secret_values
@@ -71,6 +72,7 @@ class ClaimedJob:
     archives: dict[str, bytes]
     secrets: dict[str, str]
     credentials: dict[str, str] | None
+    fleet_instances: bool  # whether the project had an instance a job may take (when the level was read)
 
 
 async def read_claimed(ctx: ServerContext, job_ids: list[str]) -> dict[str, ClaimedJob]:
@@ -80,6 +82,7 @@ async def read_claimed(ctx: ServerContext, job_ids: list[str]) -> dict[str, Clai
     codes: dict[tuple[str, str], bytes] = {}
     secrets: dict[str, dict[str, str]] = {}
     credentials: dict[tuple[str, str], dict[str, str] | None] = {}
+    fleet_instances: dict[str, bool] = {}
     async with ctx.db.session() as session:
         for job in await load_jobs(session, job_ids):
             project = job.run.project
@@ -91,6 +94,8 @@ async def read_claimed(ctx: ServerContext, job_ids: list[str]) -> dict[str, Clai
             if project.id not in secrets:
                 secrets[project.id] = await secret_values(session=session, encryptor=ctx.encryptor,
                                                           project_id=project.id)
+                fleet_instances[project.id] = (await session.execute(
+                    ANY_TAKEABLE, {"project_id": project.id})).first() is not None
             repo = run_spec.configuration.repos[0] if run_spec.configuration.repos else None
             if repo and repo.url and (project.id, repo.url) not in credentials:
                 credentials[project.id, repo.url] = await credentials_for(
@@ -99,6 +104,7 @@ async def read_claimed(ctx: ServerContext, job_ids: list[str]) -> dict[str, Clai
                 job=job, run_spec=run_spec,
                 archives={h: codes[project.id, h] for h in (run_spec.code_hash, run_spec.files_hash) if h},
                 secrets=secrets[project.id],
-                credentials=credentials.get((project.id, repo.url)) if repo and repo.url else None)
+                credentials=credentials.get((project.id, repo.url)) if repo and repo.url else None,
+                fleet_instances=fleet_instances[project.id])
         await session.commit()
     return loaded

@@ -234,8 +234,9 @@ async def _provision(ctx: ServerContext, job_id: str, loaded: ClaimedJob | None,
         if why:
             await _no_capacity(ctx, job_id, why, run_spec)
         return
-    # An idle fleet instance that fits comes first: no launch, no boot.
-    reused = None if volumes else await take_fleet_instance(
+    # An idle fleet instance that fits comes first: no launch, no boot (looked for only where the
+    # project had any when the level was read: most have none).
+    reused = None if volumes or not loaded.fleet_instances else await take_fleet_instance(
         ctx, job_id=job_id, project=project, requirements=requirements,
         backend_types=fleet_backend_types(backend_types, run_spec.configuration.backends),
         fleets=run_spec.configuration.fleets)
