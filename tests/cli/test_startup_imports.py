@@ -129,3 +129,12 @@ def test_the_server_app_builds_without_pydantic_v1_or_cryptography(tmp_path: Pat
     result = subprocess.run([sys.executable, "-c", SERVER_APP.format(settings=settings)],
                             capture_output=True, text=True, check=True, cwd=tmp_path)
     assert json.loads(result.stdout.splitlines()[-1]) == [], result.stderr
+
+
+def test_typer_commands_run_with_the_cyclic_collector_on() -> None:
+    """`main` turns the collector off while a command's modules load (cli/main.py); whatever runs
+    longer than a quick `ps` gets it back, or a long `apply` or `attach` would keep every cycle."""
+    code = ("import gc, sys\nsys.argv = ['dstack', 'fleet', '--help']\nfrom dstack.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(gc.isenabled())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "True"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -106,6 +107,9 @@ def serve(channel: socket.socket) -> int:
 
 
 def main() -> int:
+    # What every agent inherits (the modules above) is frozen out of the cyclic collector: a forked
+    # agent's collections do not walk it, nor touch (and so copy) its pages.
+    gc.freeze()
     return serve(socket.socket(fileno=0))
 
 

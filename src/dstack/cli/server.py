@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import socket
@@ -136,6 +137,10 @@ def run_server(*, host: str, port: int, log_level: str) -> None:
     # One line per proxied request or probe would drown the server's own log.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     app = create_app(settings)
+    # Everything loaded so far lives as long as the server: kept out of the cyclic collector's passes
+    # from now on (each would walk it all again), which is turned back on here (see cli/main.py).
+    gc.freeze()
+    gc.enable()
     console.print(f"The dstack server is running at [bold]{url}[/] (API docs at {url}/docs). "
                   f"Press Ctrl+C to stop.", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
