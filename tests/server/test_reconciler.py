@@ -8,9 +8,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,22 +17,12 @@ from sqlalchemy import event, select
 from dstack.backends.base import LaunchedInstance
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.runs import RunSpec
-from dstack.server import migrate
 from dstack.server.context import ServerContext
-from dstack.server.db import Database
 from dstack.server.models import BackendModel, JobModel, ProjectModel, RunModel, UserModel, utcnow
 from dstack.server.services.backends import compute_for
-from dstack.server.settings import Settings
 from dstack.server.workers import reconciler
 
 SPEC = RunSpec(configuration=TaskConfiguration(type="task", commands=["true"]), repo_id="r").model_dump_json()
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[ServerContext]:
-    settings = Settings(server_dir=tmp_path)
-    migrate.upgrade(settings)
-    yield ServerContext(settings=settings, db=Database(settings))
 
 
 async def _project(ctx: ServerContext) -> ProjectModel:

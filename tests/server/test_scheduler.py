@@ -7,32 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import event, select
 
 from dstack.core.configurations import TaskConfiguration
 from dstack.core.runs import RunSpec
-from dstack.server import migrate
 from dstack.server.context import ServerContext
-from dstack.server.db import Database
 from dstack.server.models import BackendModel, JobModel, ProjectModel, RunModel, UserModel, utcnow
 from dstack.server.services.runs import WAITING_FOR_CAPACITY
-from dstack.server.settings import Settings
 from dstack.server.workers import scheduler
 
 SPEC = RunSpec(configuration=TaskConfiguration(type="task", commands=["true"]), repo_id="r").model_dump_json()
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[ServerContext]:
-    settings = Settings(server_dir=tmp_path)
-    migrate.upgrade(settings)
-    yield ServerContext(settings=settings, db=Database(settings))
 
 
 async def _add_runs(ctx: ServerContext, names: list[str], **job: Any) -> None:
