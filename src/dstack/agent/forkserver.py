@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import gzip  # noqa: F401 - imported by `tarfile` when a job's code archive is opened: once, here
 import json
 import os
 import signal

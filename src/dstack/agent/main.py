@@ -14,7 +14,7 @@ from dstack.agent.runner import JobRunner
 from dstack.storage import storage_from_url
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dstack.agent")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--job", help="the job's prefix in the bucket")
@@ -22,6 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--probe", action="store_true", help="print what this machine has (JSON) and exit")
     parser.add_argument("--storage", help="bucket URL, e.g. file:///path or s3://bucket")
     parser.add_argument("--workdir", help="a fresh directory to run the job in")
+    return parser
+
+
+# Built once, at import: the local backend's fork server imports this module, so each agent it forks
+# parses its arguments without building the parser (and compiling argparse's patterns) again.
+PARSER = _parser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = PARSER
     args = parser.parse_args(argv)
     if args.probe:
         from dstack.agent.machine import probe  # noqa: PLC0415

@@ -78,6 +78,16 @@ class Prepared:
             f.close()
 
 
+def _gpu_devices() -> list[str]:
+    """/dev/nvidia* and /dev/dri (read with a listing, not a glob: no pattern compiled per job)."""
+    try:
+        names = os.listdir("/dev")
+    except OSError:
+        return []
+    return [f"/dev/{name}" for name in sorted(names) if name.startswith("nvidia")] + \
+        (["/dev/dri"] if "dri" in names else [])
+
+
 def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdir: Path, cwd: str,
             python: PythonInstall | None, mounts: list[tuple[str, str]], keep_owner: frozenset[str] = frozenset()
             ) -> Prepared:
@@ -103,7 +113,7 @@ def prepare(sandbox: Sandbox, *, command: list[str], env: dict[str, str], workdi
             args += ["--ro-bind", path, path]
     args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/var/tmp",
              "--dir", "/home"]
-    for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
+    for dev in _gpu_devices():
         args += ["--dev-bind", dev, dev]  # GPUs the machine has
     for path in sorted(sandbox.hide, key=lambda p: (p.count("/"), p)):
         if os.path.isdir(path) and _under_any(path, [f"/{d}" for d in SYSTEM_DIRS]):
