@@ -138,3 +138,24 @@ def test_typer_commands_run_with_the_cyclic_collector_on() -> None:
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint(gc.isenabled())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.splitlines()[-1] == "True"
+
+
+SERVER_COLLECTOR = """
+import gc, sys, uvicorn
+# Everything of `dstack server` but serving: what the collector is when uvicorn would start.
+uvicorn.run = lambda *args, **kwargs: print(gc.isenabled(), gc.get_freeze_count() > 0)
+sys.argv = ["dstack", "server", "--port", "{port}"]
+from dstack.cli.main import main
+main()
+"""
+
+
+def test_the_server_serves_with_the_collector_on_and_its_start_up_objects_frozen(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_")}
+    result = subprocess.run([sys.executable, "-c", SERVER_COLLECTOR.format(port=port)], capture_output=True,
+                            text=True, cwd=tmp_path, env={**env, "HOME": str(tmp_path)}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "True True", result.stdout

@@ -53,7 +53,7 @@ def test_batch_leases_take_free_rows_only_and_give_back_their_own(tmp_path: Path
         async with db.session() as session:  # a lease that ran out is free again
             (await session.get(JobModel, "job-0")).lock_until = utcnow() - timedelta(seconds=1)
             await session.commit()
-        await common.for_each_leased(ours, ids, lambda job_id: _record(seen, job_id))
+        await common.for_each_leased_batch(ours, ids, lambda batch: _record(seen, batch))
         assert sorted(seen) == ["job-0", "job-2", "job-3", "job-4"]
         async with db.session() as session:
             held = dict((await session.execute(select(JobModel.id, JobModel.lock_owner))).all())
@@ -63,8 +63,8 @@ def test_batch_leases_take_free_rows_only_and_give_back_their_own(tmp_path: Path
     asyncio.run(scenario())
 
 
-async def _record(seen: list[str], job_id: str) -> None:
-    seen.append(job_id)
+async def _record(seen: list[str], batch: list[str]) -> None:
+    seen.extend(batch)
 
 
 def test_a_job_loads_its_runs_jobs_only_where_the_run_status_is_made_from_several(tmp_path: Path) -> None:

@@ -29,21 +29,18 @@ LEASE_BATCH = CONCURRENCY * 4
 async def load_job(session: AsyncSession, job_id: str, *, run_jobs: bool = True) -> JobModel:
     """The job, its run with the run's project, user and the project's backends joined in the same
     statement, then the run's jobs (a run's status is made from all of them): two statements.
-    `run_jobs=False`: the run's jobs only where its status is made from several (a multi-node task,
-    a service); a run of one job follows that job alone (`set_job_status`), so one statement, and
-    the run's `jobs` raise if asked."""
+    `run_jobs=False`: as `load_jobs`, the run's jobs only where its status is made from several."""
     if run_jobs:
         return (await session.scalars(_LOAD_JOB, {"job_id": job_id})).unique().one()
-    job = (await session.scalars(_LOAD_JOB_ALONE, {"job_id": job_id})).unique().one()
-    run = job.run
-    if node_count(run) > 1 or is_service(run):
-        set_committed_value(run, "jobs", list(await session.scalars(_RUN_JOBS, {"run_id": run.id})))
+    [job] = await load_jobs(session, [job_id])
     return job
 
 
 async def load_jobs(session: AsyncSession, job_ids: list[str]) -> list[JobModel]:
-    """`load_job(run_jobs=False)` of many jobs: one statement for them all, and one for the jobs of
-    the runs whose status is made from several (the session's identity map shares the objects)."""
+    """The jobs with their runs, projects and backends in one statement, and the jobs of the runs
+    whose status is made from several (a multi-node task, a service) in one more; a run of one job
+    is followed by that job alone (`set_job_status`), so its `jobs` are not read and raise if asked.
+    The session's identity map shares the objects."""
     if not job_ids:
         return []
     jobs = list((await session.scalars(_LOAD_JOBS_ALONE, {"job_ids": job_ids})).unique())
@@ -62,16 +59,11 @@ async def load_jobs(session: AsyncSession, job_ids: list[str]) -> list[JobModel]
 _LOAD_JOB = (select(JobModel).where(JobModel.id == bindparam("job_id"))
              .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
                       joinedload(JobModel.run).selectinload(RunModel.jobs)))
-_LOAD_JOB_ALONE = (select(JobModel).where(JobModel.id == bindparam("job_id"))
-                   .options(joinedload(JobModel.run).joinedload(RunModel.project).joinedload(ProjectModel.backends),
-                            joinedload(JobModel.run).raiseload(RunModel.jobs)))
 _LOAD_JOBS_ALONE = (select(JobModel).where(JobModel.id.in_(bindparam("job_ids", expanding=True)))
                     .options(joinedload(JobModel.run).joinedload(RunModel.project)
                              .joinedload(ProjectModel.backends), joinedload(JobModel.run).raiseload(RunModel.jobs)))
 _RUNS_JOBS = (select(JobModel).where(JobModel.run_id.in_(bindparam("run_ids", expanding=True)))
               .order_by(JobModel.submission, JobModel.job_num))
-_RUN_JOBS = (select(JobModel).where(JobModel.run_id == bindparam("run_id"))
-             .order_by(JobModel.submission, JobModel.job_num))
 
 
 # The lease statements, built once per table with bind parameters: each is run for every job at
@@ -158,28 +150,17 @@ async def release_many(ctx: ServerContext, ids: list[str], *, model: Any = JobMo
             await conn.execute(_lease_statements(model)[3], {"row_ids": ids, "owner": ctx.replica_id})
 
 
-async def for_each_leased(ctx: ServerContext, ids: list[str], handle: Callable[[str], Awaitable[None]], *,
-                          model: Any = JobModel) -> None:
-    """`handle(id)` for each row of `ids` this replica can lease, a batch at a time: one statement takes
+async def for_each_leased_batch(ctx: ServerContext, ids: list[str],
+                                handle: Callable[[list[str]], Awaitable[None]], *, model: Any = JobModel) -> None:
+    """`handle(batch)` for each batch of the rows of `ids` this replica can lease: one statement takes
     a batch's leases and one gives them back, instead of two for every row."""
     for start in range(0, len(ids), LEASE_BATCH):
         taken = await lease_many(ctx, ids[start:start + LEASE_BATCH], model=model)
         try:
-            await for_each(taken, handle)
-        finally:
-            await release_many(ctx, taken, model=model)
-
-
-async def for_each_leased_batch(ctx: ServerContext, ids: list[str],
-                                handle: Callable[[list[str]], Awaitable[None]]) -> None:
-    """`handle(batch)` for each batch of the rows of `ids` this replica can lease (jobs)."""
-    for start in range(0, len(ids), LEASE_BATCH):
-        taken = await lease_many(ctx, ids[start:start + LEASE_BATCH])
-        try:
             if taken:
                 await handle(taken)
         finally:
-            await release_many(ctx, taken)
+            await release_many(ctx, taken, model=model)
 
 
 async def for_each(items: Iterable[T], handle: Callable[[T], Awaitable[None]]) -> None:

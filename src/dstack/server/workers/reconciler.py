@@ -202,8 +202,7 @@ async def _observe(ctx: ServerContext, job: JobModel) -> _Observed:
         if agent_status == "running" and status == JobStatus.PROVISIONING:
             _started_from_agent(job, state.status or {})
             set_job_status(job, run, JobStatus.RUNNING)
-        spec = RunSpec.model_validate_json(run.spec)
-        max_duration = spec.configuration.max_duration
+        max_duration = run_conf.max_duration
         if (max_duration and job.started_at and not run.stop_requested
                 and (now - job.started_at).total_seconds() > max_duration):
             run.stop_requested = True
@@ -223,7 +222,7 @@ async def _observe(ctx: ServerContext, job: JobModel) -> _Observed:
             if run.stop_abort:
                 _finish_stopped(job, run)
         elif job.stop_sent and \
-                _seconds_since_stop(job, now) > stop_grace(spec.configuration) + STOP_TIMEOUT_MARGIN:
+                _seconds_since_stop(job, now) > stop_grace(run_conf) + STOP_TIMEOUT_MARGIN:
             _finish_stopped(job, run)
         elif check.booting and not job.heartbeat_seq:
             booting_for = (now - _launched_at(job, now)).total_seconds()

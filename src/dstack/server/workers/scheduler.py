@@ -292,8 +292,7 @@ async def _provision(ctx: ServerContext, job_id: str, loaded: ClaimedJob | None,
         break
 
     warnings_change = _warnings_change(project.backends, attempts, broken_backends)
-    if instance is not None and not warnings_change and run_spec.configuration.type != "service" \
-            and not claimed.multinode:
+    if instance is not None and not warnings_change and run_spec.configuration.type != "service":
         # Most launches: the job and its run as read above, written by two plain statements: under
         # this replica's claim nothing else writes the job, and the run's status follows this one job.
         # Only what changes here is written (another request may have asked the run to stop meanwhile:
