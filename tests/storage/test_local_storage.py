@@ -36,6 +36,19 @@ def test_keys_cannot_escape_the_bucket(tmp_path: Path) -> None:
     storage = DirectoryStorage(tmp_path / "bucket")
     with pytest.raises(ValueError, match="escapes the bucket"):
         storage.put("../outside", b"x")
+    with pytest.raises(ValueError, match="escapes the bucket"):  # a sibling whose name starts like the bucket's
+        storage.put("../bucket-other/x", b"x")
+    assert not (tmp_path / "bucket-other").exists()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="escapes the bucket"):
+        storage.put("link/x", b"x")
+    with pytest.raises(ValueError, match="escapes the bucket"):
+        storage.get("link/x")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    storage.put("a/../b", b"inside")  # `..` that stays inside is the key it names
+    assert storage.get("b") == b"inside"
 
 
 def test_storage_from_url(tmp_path: Path) -> None:

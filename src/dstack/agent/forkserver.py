@@ -108,6 +108,9 @@ def serve(channel: socket.socket) -> int:
 
 
 def main() -> int:
+    # argparse compiles its patterns at the first parse and keeps them in `re`'s cache: parsed once
+    # here, so that each agent finds them compiled.
+    agent_main.PARSER.parse_args(["--job", "j", "--storage", "file:///", "--workdir", "/"])
     # What every agent inherits (the modules above) is frozen out of the cyclic collector: a forked
     # agent's collections do not walk it, nor touch (and so copy) its pages.
     gc.freeze()

@@ -7,6 +7,7 @@ Usage (main.py): python -m dstack.agent --storage URL --job PREFIX --workdir DIR
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,6 +47,11 @@ from dstack.agent.volumes import unmount_all
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage
 from dstack.storage.layout import artifact_key
+
+# What a job's working directory keeps after its agent cleaned it (clean_workdir): the agent's own log,
+# and what the local backend reads until the job's instance is terminated (the agent's end, the job's
+# sshd's pid file).
+WORKDIR_KEPT = frozenset({"agent.log", "exited", "ssh"})
 
 # How long a node waits for the others' addresses (they are launched one after another).
 NODES_TIMEOUT = 1800.0
@@ -149,6 +155,7 @@ class JobRunner:
                 self.ssh.stop()
             self.event("finished")
             self.finish()
+            self.clean_workdir()
 
     def _run_job(self) -> int:
         image = self.spec.get("image")
@@ -348,6 +355,24 @@ class JobRunner:
         if logs["type"] == "cloudwatch":
             return cloudwatch_sink(logs["group"], logs["stream"], logs["region"])
         return bucket_sink(self.storage, self.prefix)
+
+    def clean_workdir(self) -> None:
+        """What the job left in its working directory (its code, HOME, container env file), removed by
+        the agent as it ends: nobody needs it any more, and on the local backend the server would
+        otherwise remove it in its own process. What the machine's backend reads until the server
+        has seen the end (WORKDIR_KEPT) stays; the server removes the rest with the directory."""
+        try:
+            entries = list(os.scandir(self.workdir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name in WORKDIR_KEPT:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     def finish(self) -> None:
         """Tear down our own instance where the backend asks for it, so a dead server leaks no cost."""

@@ -14,12 +14,17 @@ class DirectoryStorage(Storage):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.url = self.root.as_uri()
+        self._root = str(self.root)
+        self._inside = self._root.rstrip("/") + "/"
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents and path != self.root:
+        # Every key is resolved (`..` and symlinks followed) and must stay inside the bucket. With
+        # strings: the agents and the reconciler call this for every object, and comparing against
+        # each of `Path.parents` cost more than the resolution's own system calls.
+        path = os.path.realpath(os.path.join(self._root, key))
+        if not path.startswith(self._inside) and path != self._root:
             raise ValueError(f"storage key {key!r} escapes the bucket")
-        return path
+        return Path(path)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

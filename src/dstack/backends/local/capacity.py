@@ -2,19 +2,22 @@
 asked for explicitly. The local backend offers the rest, so a job that needs more waits (with
 `retry` on no-capacity) instead of sharing a GPU, and `priority` decides who gets it next.
 
-A job's hold is `held.json` in its working directory, with its agent's pid: it counts while that
-agent lives, and after the agent ended (its `exited` marker) until the server has seen the job end and
-terminated its instance (which removes the directory), for at most EXITED_GRACE: else the scheduler,
-still trying the higher priorities that were refused while it ran, would see the capacity free
-before the job's end woke them and hand it to a lower one. A job that holds
-nothing has no such file: the offers of a machine with hundreds of jobs cost no more to list.
+A job's hold is `.holds/JOB_ID.json` beside the jobs' working directories, with its agent's pid: it
+counts while that agent lives, and after the agent ended (the `exited` marker in its working
+directory) until the server has seen the job end and terminated its instance (which removes both),
+for at most EXITED_GRACE: else the scheduler, still trying the higher priorities that were refused
+while it ran, would see the capacity free before the job's end woke them and hand it to a lower one.
+A job that holds nothing has no such file, and the holds are listed from their own directory: the
+offers of a machine with hundreds of jobs cost no more to list (each plan and launch lists them).
 Between choosing a job's GPUs and its agent starting, the choice is kept in memory, so two jobs
 launched at once never get the same GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,8 +28,11 @@ import psutil
 RESERVATION_TTL = 120.0  # a choice whose launch never happened stops counting after this
 EXITED_GRACE = 60.0  # an ended agent's hold counts this long at most if its job is never terminated
 EXITED_MARKER = "exited"  # written by the agent as it ends (dstack/agent/main.py)
+HOLDS_DIR = ".holds"  # in the jobs' directory: JOB_ID.json for each job that holds something
+LEGACY_HOLD = "held.json"  # where a hold was kept before (in the job's own directory): adopted once
 _LOCK = threading.Lock()
 _RESERVED: dict[str, dict[str, tuple[float, Hold]]] = {}  # workdirs -> job id -> (when, hold)
+_ADOPTED: set[str] = set()  # the jobs' directories whose legacy holds this process has moved
 
 
 @dataclass
@@ -54,17 +60,39 @@ def _recently_exited(workdir: Path) -> bool:
         return False  # still running, or killed before it could write the marker
 
 
+def _adopt_legacy(workdirs: Path) -> None:
+    """Holds an earlier version kept in the jobs' own directories (jobs that were running when the
+    server was upgraded), moved into HOLDS_DIR: looked for once per process. Call with the lock held."""
+    if str(workdirs) in _ADOPTED:
+        return
+    _ADOPTED.add(str(workdirs))
+    for path in workdirs.glob(f"*/{LEGACY_HOLD}"):
+        with contextlib.suppress(OSError):
+            (workdirs / HOLDS_DIR).mkdir(exist_ok=True)
+            os.replace(path, workdirs / HOLDS_DIR / f"{path.parent.name}.json")
+
+
 def _file_holds(workdirs: Path) -> list[Hold]:
+    """Call with the lock held."""
+    _adopt_legacy(workdirs)
     holds = []
-    if workdirs.exists():
-        for path in workdirs.glob("*/held.json"):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if _alive(int(data.get("pid", 0)), data.get("create_time")) or _recently_exited(path.parent):
-                holds.append(Hold(cpus=int(data.get("cpus", 0)), memory_gb=float(data.get("memory_gb", 0)),
-                                  gpus=[int(g) for g in data.get("gpus", [])]))
+    try:
+        entries = list(os.scandir(workdirs / HOLDS_DIR))
+    except OSError:  # no job has held anything yet
+        return []
+    for entry in entries:
+        job_id = entry.name.removesuffix(".json")
+        try:
+            with open(entry.path, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(data.get("pid", 0)), data.get("create_time")) or _recently_exited(workdirs / job_id):
+            holds.append(Hold(cpus=int(data.get("cpus", 0)), memory_gb=float(data.get("memory_gb", 0)),
+                              gpus=[int(g) for g in data.get("gpus", [])]))
+        elif not (workdirs / job_id).exists():  # terminated (its directory removed) without `forget`
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
     return holds
 
 
@@ -113,8 +141,15 @@ def record(workdirs: Path, job_id: str, *, pid: int, create_time: float) -> None
     hold = at_hold[1] if at_hold else Hold()
     if not (hold.cpus or hold.memory_gb or hold.gpus):
         return  # holds nothing (most jobs): no file, so counting holds never reads or checks it
-    (workdirs / job_id / "held.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
-                                                             "create_time": create_time}))
+    (workdirs / HOLDS_DIR).mkdir(exist_ok=True)
+    (workdirs / HOLDS_DIR / f"{job_id}.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
+                                                                     "create_time": create_time}))
+
+
+def forget(workdirs: Path, job_id: str) -> None:
+    """The job's instance is terminated: what it held is free."""
+    with contextlib.suppress(OSError):
+        os.unlink(workdirs / HOLDS_DIR / f"{job_id}.json")
 
 
 def release(workdirs: Path, job_id: str) -> None:

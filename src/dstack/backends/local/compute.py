@@ -240,6 +240,8 @@ class LocalCompute(Compute):
             container.Runtime(runner["container"]["runtime"]).remove(runner["container"]["name"])
         _kill_job_sshd(Path(data["workdir"]))  # its own session: it outlives a killed agent
         shutil.rmtree(data["workdir"], ignore_errors=True)
+        workdir = Path(data["workdir"])
+        capacity.forget(workdir.parent, workdir.name)
 
 
 def _kill_job_sshd(workdir: Path) -> None:
