@@ -36,6 +36,9 @@ def test_keys_cannot_escape_the_bucket(tmp_path: Path) -> None:
     storage = DirectoryStorage(tmp_path / "bucket")
     with pytest.raises(ValueError, match="escapes the bucket"):
         storage.put("../outside", b"x")
+    for key in ("/etc/passwd", "a/../../outside", ".."):
+        with pytest.raises(ValueError, match="escapes the bucket"):
+            storage.get(key)
     with pytest.raises(ValueError, match="escapes the bucket"):  # a sibling whose name starts like the bucket's
         storage.put("../bucket-other/x", b"x")
     assert not (tmp_path / "bucket-other").exists()
@@ -49,6 +52,9 @@ def test_keys_cannot_escape_the_bucket(tmp_path: Path) -> None:
     assert list((tmp_path / "elsewhere").iterdir()) == []
     storage.put("a/../b", b"inside")  # `..` that stays inside is the key it names
     assert storage.get("b") == b"inside"
+    (tmp_path / "bucket" / "inner").symlink_to(tmp_path / "bucket" / "a")  # a link that stays inside
+    storage.put("inner/c", b"through the link")
+    assert (tmp_path / "bucket" / "a" / "c").read_bytes() == b"through the link"
 
 
 def test_storage_from_url(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import posixpath
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +20,28 @@ class DirectoryStorage(Storage):
         self._inside = self._root.rstrip("/") + "/"
 
     def _path(self, key: str) -> Path:
-        # Every key is resolved (`..` and symlinks followed) and must stay inside the bucket. With
-        # strings: the agents and the reconciler call this for every object, and comparing against
-        # each of `Path.parents` cost more than the resolution's own system calls.
-        path = os.path.realpath(os.path.join(self._root, key))
-        if not path.startswith(self._inside) and path != self._root:
+        """Where `key` lies; ValueError if it would lie outside the bucket (`..`, an absolute key, or
+        a symlink below the root that points out). Called for every object the agents and the
+        reconciler touch: the key is normalized as a string, and only what lies below the (already
+        resolved) root is looked at, a component at a time; a symlink there is resolved in full."""
+        norm = posixpath.normpath(key)
+        if norm == ".":
+            return self.root
+        if norm.startswith(("/", "../")) or norm == "..":
             raise ValueError(f"storage key {key!r} escapes the bucket")
+        path = f"{self._inside}{norm}"
+        current = self._root
+        for part in norm.split("/"):
+            current = f"{current.rstrip('/')}/{part}"
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # nothing below exists: no link further down either
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(path)
+                if not real.startswith(self._inside) and real != self._root:
+                    raise ValueError(f"storage key {key!r} escapes the bucket")
+                return Path(real)
         return Path(path)
 
     def put(self, key: str, data: bytes) -> None:
