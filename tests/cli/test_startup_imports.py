@@ -159,3 +159,31 @@ def test_the_server_serves_with_the_collector_on_and_its_start_up_objects_frozen
                             text=True, cwd=tmp_path, env={**env, "HOME": str(tmp_path)}, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "True True", result.stdout
+
+
+SERVER_MODULES = """
+import json, sys, uvicorn
+uvicorn.run = lambda *args, **kwargs: print(json.dumps(sorted(m for m in ("rich", "yaml") if m in sys.modules)))
+sys.argv = ["dstack", "server", "--port", "{port}"]
+from dstack.cli.main import main
+main()
+"""
+
+
+def test_a_warm_server_start_imports_no_console_library_and_no_yaml(tmp_path: Path) -> None:
+    """The server's own lines are plain prints, and the CLI's config (YAML) is written at the first
+    start only: a start that finds the admin in place imports neither (~30 ms here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSTACK_")}
+    outputs = []
+    for _ in ("fresh", "warm"):
+        result = subprocess.run([sys.executable, "-c", SERVER_MODULES.format(port=port)], capture_output=True,
+                                text=True, cwd=tmp_path, env={**env, "HOME": str(tmp_path)}, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+    fresh, warm = outputs
+    assert "The admin token is " in fresh and "The dstack server is running at http://127.0.0.1:" in fresh, fresh
+    assert json.loads(fresh.splitlines()[-1]) == ["yaml"], fresh  # ~/.dstack/config.yml written
+    assert "admin token" not in warm and json.loads(warm.splitlines()[-1]) == [], warm

@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from dstack.api.config import ProjectConfig, load_config, save_config
 from dstack.core.errors import ResourceExistsError
 from dstack.server.context import ServerContext
 from dstack.server.models import UserModel
@@ -31,6 +30,9 @@ async def bootstrap(ctx: ServerContext, *, url: str) -> str | None:
         except (IntegrityError, ResourceExistsError):
             return None  # another replica created it first
         await create_project(session=session, encryptor=ctx.encryptor, owner=admin, name=DEFAULT_PROJECT)
+    # The CLI's config (and YAML) only at the first start: a warm start need not import them.
+    from dstack.api.config import ProjectConfig, load_config, save_config  # noqa: PLC0415
+
     config = load_config()
     config.set_project(ProjectConfig(name=DEFAULT_PROJECT, url=url, token=token, default=True))
     save_config(config)
