@@ -21,12 +21,11 @@ from dstack.server.context import ServerContext
 from dstack.server.db import Database
 from dstack.server.http_guard import BodyTooLarge, HTTPGuard, body_limit, docs_csp, error_body
 from dstack.server.memory import trim_after_bursts
-from dstack.server.routers import agent_storage, fleets, projects, proxy, runs, users, volumes
+from dstack.server.routers import proxy
+from dstack.server.routers.lazy import add_lazy_routers, include_all
 from dstack.server.schemas import error_schemas
 from dstack.server.settings import Settings
-from dstack.server.web import pages
-from dstack.server.web import settings as settings_pages
-from dstack.server.web.common import PageExit
+from dstack.server.web.common import PageExit, mount_static
 from dstack.server.workers import start_workers
 
 logger = logging.getLogger("dstack.server")
@@ -68,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     def openapi() -> dict[str, Any]:
         """FastAPI's document, with the error shape every route refers to (see ERROR_RESPONSES)."""
         if app.openapi_schema is None:
+            include_all(lazy_routers)  # every route, built now if no request has needed it yet
             default_openapi()["components"]["schemas"].update(error_schemas())
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -79,15 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def docs() -> HTMLResponse:
         return HTMLResponse(docs_html)
 
-    app.include_router(users.router)
-    app.include_router(projects.router)
-    app.include_router(runs.router)
-    app.include_router(fleets.router)
-    app.include_router(volumes.router)
-    app.include_router(agent_storage.router)
-    app.include_router(pages.router)
-    app.include_router(settings_pages.router)
-    pages.mount_static(app)
+    # The API's and the web UI's routes are built at the first request that needs them (routers/lazy.py).
+    lazy_routers = add_lazy_routers(app)
+    mount_static(app)
 
     @app.exception_handler(PageExit)
     async def _page_exit(request: Request, exc: PageExit) -> Response:

@@ -6,7 +6,7 @@ import functools
 import re
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
 
@@ -17,6 +17,13 @@ from dstack.server.models import ProjectModel, UserModel
 from dstack.server.services.users import authenticate
 
 HERE = Path(__file__).parent
+
+
+def mount_static(app: FastAPI) -> None:
+    """The pages' CSS and scripts (the pages' own routes are built at their first request)."""
+    from fastapi.staticfiles import StaticFiles  # noqa: PLC0415
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
 
 _CODE = re.compile(r"`([^`\n]+)`")

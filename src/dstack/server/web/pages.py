@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from dstack.core.errors import AuthenticationError, DstackError
 from dstack.server.deps import TOKEN_COOKIE, Ctx, Session
@@ -15,13 +14,9 @@ from dstack.server.services import projects as projects_svc
 from dstack.server.services import runs as runs_svc
 from dstack.server.services import volumes as volumes_svc
 from dstack.server.services.users import authenticate
-from dstack.server.web.common import HERE, render, require_project, require_user
+from dstack.server.web.common import render, require_project, require_user
 
 router = APIRouter(include_in_schema=False)
-
-
-def mount_static(app: FastAPI) -> None:
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
 
 @router.get("/")
