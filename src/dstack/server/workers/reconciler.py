@@ -241,7 +241,7 @@ async def _observe(ctx: ServerContext, job: JobModel) -> _Observed:
                 set_job_status(job, run, JobStatus.FAILED, reason=f"{reason}: {hint}" if hint else reason)
 
     if JobStatus(job.status) in FINISHED_STATUSES:
-        _stop_other_nodes(job, run)
+        _stop_other_nodes(job, run, run_conf)
     return _Observed(job=job, was=status, agent_status=agent_status, run_conf=run_conf)
 
 
@@ -407,10 +407,9 @@ def _started_from_agent(job: JobModel, status: dict[str, Any]) -> None:
         job.started_at = min(started, utcnow())
 
 
-def _stop_other_nodes(job: JobModel, run: RunModel) -> None:
+def _stop_other_nodes(job: JobModel, run: RunModel, conf: Any) -> None:
     """A multi-node task ends together: a failed node stops the others; with `stop_criteria:
-    master-done`, so does the master's success."""
-    conf = RunSpec.model_validate_json(run.spec).configuration
+    master-done`, so does the master's success (`conf`: the run's configuration, as parsed)."""
     if getattr(conf, "nodes", 1) <= 1 or run.stop_requested:
         return
     if job.status == JobStatus.FAILED.value:
