@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dstack.agent.runner import WORKDIR_KEPT, JobRunner
+from dstack.agent.runner import JobRunner
+from dstack.agent.workspace import WORKDIR_KEPT
 from dstack.storage.local import DirectoryStorage
 
 

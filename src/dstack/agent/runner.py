@@ -7,8 +7,6 @@ Usage (main.py): python -m dstack.agent --storage URL --job PREFIX --workdir DIR
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import platform
@@ -17,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -31,27 +28,13 @@ from dstack.agent.logs import LogWriter, bucket_sink, cloudwatch_sink
 from dstack.agent.metadata_guard import GuardError, guard_metadata
 from dstack.agent.metrics import Sampler
 from dstack.agent.process import create_time, kill_tree
-from dstack.agent.sandbox import (
-    JOB_HOME,
-    SHIM_DIR,
-    SYSTEM_DIRS,
-    SYSTEM_PATH,
-    PythonInstall,
-    Sandbox,
-    find_python,
-    make_shims,
-)
+from dstack.agent.sandbox import JOB_HOME, SYSTEM_DIRS, Sandbox, host_job_env, host_python
 from dstack.agent.sandbox import prepare as sandbox_prepare
 from dstack.agent.ssh import SSHServer, instance_host_keys, start_job_sshd
 from dstack.agent.volumes import unmount_all
 from dstack.agent.workspace import REPO_CREDENTIALS, WORKFLOW_DIR, WorkspaceError
 from dstack.storage import Storage
 from dstack.storage.layout import artifact_key
-
-# What a job's working directory keeps after its agent cleaned it (clean_workdir): the agent's own log,
-# and what the local backend reads until the job's instance is terminated (the agent's end, the job's
-# sshd's pid file).
-WORKDIR_KEPT = frozenset({"agent.log", "exited", "ssh"})
 
 # How long a node waits for the others' addresses (they are launched one after another).
 NODES_TIMEOUT = 1800.0
@@ -155,7 +138,7 @@ class JobRunner:
                 self.ssh.stop()
             self.event("finished")
             self.finish()
-            self.clean_workdir()
+            workspace.clean(self.workdir)  # what the job left: its code, HOME, env file
 
     def _run_job(self) -> int:
         image = self.spec.get("image")
@@ -167,7 +150,7 @@ class JobRunner:
             secrets.pop(key)
         sandbox = Sandbox.from_spec(self.spec.get("sandbox"))
         try:
-            python = None if image else self._python(sandbox)
+            python = None if image else host_python(self.spec, self.workdir, sandbox)
         except RuntimeError as exc:
             self.write_status("failed", reason=str(exc))
             return 1
@@ -210,7 +193,7 @@ class JobRunner:
                 self.write_status("failed", reason=str(exc))
                 return 1
         elif sandbox is not None:
-            env = session_env = {**self._job_env(sandboxed=True, cwd=cwd_job), **secrets}
+            env = session_env = {**host_job_env(self.spec, self.workdir, sandboxed=True, cwd=cwd_job), **secrets}
             prepared = sandbox_prepare(sandbox, command=command, env=env, workdir=self.workdir, cwd=cwd_job,
                                        python=python, mounts=ws.sorted_mounts(), keep_owner=frozenset(ws.keep_owner))
             popen_kwargs = prepared.popen_kwargs()
@@ -221,7 +204,7 @@ class JobRunner:
                                                    "sandbox jobs): a bare host job runs under /workflow or ~")
                 return 1
             cwd_host.mkdir(parents=True, exist_ok=True)
-            env = session_env = {**self._job_env(sandboxed=False, cwd=str(cwd_host)), **secrets}
+            env = session_env = {**host_job_env(self.spec, self.workdir, sandboxed=False, cwd=str(cwd_host)), **secrets}
             popen_kwargs = {"args": command, "cwd": cwd_host, "env": env}
         try:
             self.proc = subprocess.Popen(
@@ -331,7 +314,8 @@ class JobRunner:
             self.events.append({"t": time.time(), "message": message})
 
         return workspace.prepare(self.spec, workdir=self.workdir, home=home, home_host=home_host,
-                                 bare_host=not image and sandbox is None, fetch=self.storage.get, unpack=_unpack,
+                                 bare_host=not image and sandbox is None, fetch=self.storage.get,
+                                 unpack=workspace.unpack,
                                  credentials=credentials, event=event,
                                  read_only=tuple(f"/{d}" for d in SYSTEM_DIRS) if sandbox is not None else ())
 
@@ -355,24 +339,6 @@ class JobRunner:
         if logs["type"] == "cloudwatch":
             return cloudwatch_sink(logs["group"], logs["stream"], logs["region"])
         return bucket_sink(self.storage, self.prefix)
-
-    def clean_workdir(self) -> None:
-        """What the job left in its working directory (its code, HOME, container env file), removed by
-        the agent as it ends: nobody needs it any more, and on the local backend the server would
-        otherwise remove it in its own process. What the machine's backend reads until the server
-        has seen the end (WORKDIR_KEPT) stays; the server removes the rest with the directory."""
-        try:
-            entries = list(os.scandir(self.workdir))
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name in WORKDIR_KEPT:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
 
     def finish(self) -> None:
         """Tear down our own instance where the backend asks for it, so a dead server leaks no cost."""
@@ -452,37 +418,6 @@ class JobRunner:
                 return
             time.sleep(0.5)
 
-    def _python(self, sandbox: Sandbox | None) -> PythonInstall | None:
-        """The interpreter the job asked for (which must exist), else this machine's python3 if any."""
-        wanted = self.spec.get("python")
-        resolved = self.spec.get("python_install")
-        try:
-            python = PythonInstall(**resolved) if resolved else \
-                find_python(wanted, sandbox.uid_gid() if sandbox else None)
-        except RuntimeError:
-            if wanted:
-                raise
-            return None
-        make_shims(self.workdir / "bin", python)
-        return python
-
-    def _job_env(self, *, sandboxed: bool, cwd: str) -> dict[str, str]:
-        """Exactly the job's variables (the spec's, DSTACK_* included) plus PATH and HOME: nothing
-        of the agent's or the server's own environment."""
-        home = JOB_HOME if sandboxed else str(self.workdir / "home")
-        bin_dir = SHIM_DIR if sandboxed else str(self.workdir / "bin")
-        (self.workdir / "home").mkdir(exist_ok=True)
-        env = {"PATH": f"{bin_dir}{os.pathsep}{SYSTEM_PATH}", "HOME": home, "LANG": "C.UTF-8",
-               # so print() lines reach the logs as they happen
-               "PYTHONUNBUFFERED": "1"}
-        env.update({k: v for k, v in (self.spec.get("env") or {}).items() if v is not None})
-        if not sandboxed:  # a bare host job: /workflow is its code directory on this machine
-            env["DSTACK_WORKING_DIR"] = cwd
-        gpus = self.spec.get("gpus")
-        if gpus and gpus != ["all"]:  # the GPUs this job was given on a machine it shares
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        return env
-
     def _upload_artifacts(self, cwd: Path) -> None:
         for rel in self.spec.get("artifacts") or []:
             source = cwd / rel
@@ -531,15 +466,3 @@ class JobRunner:
             else:
                 threading.Thread(target=kill_tree, args=(self.proc.pid,), kwargs={"grace": grace}, daemon=True).start()
 
-
-def _unpack(data: bytes, target: Path) -> None:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        try:
-            tar.extractall(target, filter="data")
-        except TypeError:  # Python < 3.9.17 (e.g. Debian bullseye's 3.9.2): no filters; check by hand
-            root = target.resolve()
-            for member in tar.getmembers():
-                dest = (target / member.name).resolve()
-                if not (member.isfile() or member.isdir()) or (dest != root and root not in dest.parents):
-                    raise RuntimeError(f"the code archive holds an unsafe entry: {member.name}") from None
-            tar.extractall(target)

@@ -260,3 +260,36 @@ def available(user: str = DEFAULT_USER) -> str | None:
             detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
             return f"bubblewrap cannot create a sandbox here ({detail}); unprivileged user namespaces may be off"
     return None
+
+
+def host_python(spec: dict[str, Any], workdir: Path, sandbox: Sandbox | None) -> PythonInstall | None:
+    """The interpreter a host job asked for (which must exist), else this machine's python3 if any;
+    its shims (`python`, `python3`, `python3.X`) in the job's `bin`."""
+    wanted = spec.get("python")
+    resolved = spec.get("python_install")
+    try:
+        python = PythonInstall(**resolved) if resolved else find_python(wanted, sandbox.uid_gid() if sandbox else None)
+    except RuntimeError:
+        if wanted:
+            raise
+        return None
+    make_shims(workdir / "bin", python)
+    return python
+
+
+def host_job_env(spec: dict[str, Any], workdir: Path, *, sandboxed: bool, cwd: str) -> dict[str, str]:
+    """Exactly a host job's variables (the spec's, DSTACK_* included) plus PATH and HOME: nothing of
+    the agent's or the server's own environment."""
+    home = JOB_HOME if sandboxed else str(workdir / "home")
+    bin_dir = SHIM_DIR if sandboxed else str(workdir / "bin")
+    (workdir / "home").mkdir(exist_ok=True)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{SYSTEM_PATH}", "HOME": home, "LANG": "C.UTF-8",
+           # so print() lines reach the logs as they happen
+           "PYTHONUNBUFFERED": "1"}
+    env.update({k: v for k, v in (spec.get("env") or {}).items() if v is not None})
+    if not sandboxed:  # a bare host job: /workflow is its code directory on this machine
+        env["DSTACK_WORKING_DIR"] = cwd
+    gpus = spec.get("gpus")
+    if gpus and gpus != ["all"]:  # the GPUs this job was given on a machine it shares
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env

@@ -9,10 +9,13 @@ its HOME, so its `files` must land under one of them.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import posixpath
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -221,3 +224,43 @@ def clone_repo(clone: dict[str, Any], dest: Path, *, credentials: dict[str, str]
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no reason given"
+
+
+def unpack(data: bytes, target: Path) -> None:
+    """A code archive (tar.gz) into `target`; no entry may land outside it or be a link or device."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        try:
+            tar.extractall(target, filter="data")
+        except TypeError:  # Python < 3.9.17 (e.g. Debian bullseye's 3.9.2): no filters; check by hand
+            root = target.resolve()
+            for member in tar.getmembers():
+                dest = (target / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or (dest != root and root not in dest.parents):
+                    raise RuntimeError(f"the code archive holds an unsafe entry: {member.name}") from None
+            tar.extractall(target)
+
+
+# What a job's working directory keeps after its agent cleaned it (`clean`): the agent's own log, and
+# what the local backend reads until the job's instance is terminated (the agent's end, the job's
+# sshd's pid file).
+WORKDIR_KEPT = frozenset({"agent.log", "exited", "ssh"})
+
+
+def clean(workdir: Path) -> None:
+    """What the job left in its working directory (its code, HOME, container env file), removed by
+    the agent as it ends: nobody needs it any more; on a fleet instance nobody else would remove it,
+    and on the local backend the server would, in its own process. What the machine's backend reads
+    until the server has seen the end (WORKDIR_KEPT) stays; the server removes it with the directory.
+    Links are removed, never followed."""
+    try:
+        entries = list(os.scandir(workdir))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name in WORKDIR_KEPT:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
