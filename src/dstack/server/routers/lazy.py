@@ -37,9 +37,10 @@ class LazyRouters(BaseRoute):
         routes = self.app.router.routes
         if self not in routes:
             return
+        routers = [importlib.import_module(module).router for module in self.modules]  # all, or none included
         before = len(routes)
-        for module in self.modules:
-            self.app.include_router(importlib.import_module(module).router)
+        for router in routers:
+            self.app.include_router(router)
         added = routes[before:]
         del routes[before:]
         place = routes.index(self)
