@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from dstack.backends.local import capacity
 
@@ -81,3 +83,27 @@ def test_holds_an_earlier_version_kept_in_the_jobs_directories_are_adopted(tmp_p
     assert not (tmp_path / "running" / capacity.LEGACY_HOLD).exists()
     assert capacity.reserve(tmp_path, "next", cpus=0, memory_gb=0, gpu_count=1, machine_gpus=2, machine_cpus=8,
                             machine_memory_gb=32) == capacity.Hold(gpus=[0])
+
+
+def test_a_hold_counts_while_it_moves_from_memory_to_its_file(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing while the agent's hold is recorded sees it (else two jobs could get one GPU)."""
+    (tmp_path / "job").mkdir()
+    assert capacity.reserve(tmp_path, "job", cpus=0, memory_gb=0, gpu_count=1, machine_gpus=2, machine_cpus=8,
+                            machine_memory_gb=32) == capacity.Hold(gpus=[0])
+    seen: list[list[int]] = []
+    listers: list[threading.Thread] = []
+    write_text = Path.write_text
+
+    def writing(self: Path, *args: object, **kwargs: object) -> int:
+        lister = threading.Thread(target=lambda: seen.append(capacity.held(tmp_path).gpus))
+        listers.append(lister)
+        lister.start()
+        lister.join(0.2)  # a listing in the middle of the write: it waits for the record, if it must
+        return write_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", writing)
+    capacity.record(tmp_path, "job", pid=os.getpid(), create_time=psutil.Process().create_time())
+    for lister in listers:
+        lister.join()
+    assert seen == [[0]]

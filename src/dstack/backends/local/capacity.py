@@ -135,15 +135,16 @@ def reserve(workdirs: Path, job_id: str, *, cpus: int, memory_gb: float, gpu_cou
 
 
 def record(workdirs: Path, job_id: str, *, pid: int, create_time: float) -> None:
-    """The agent runs: its hold moves from memory to its job directory."""
+    """The agent runs: its hold moves from memory to HOLDS_DIR, under the lock, so that no listing
+    sees it in neither place (or half written) and gives its GPUs to another job."""
     with _LOCK:
-        at_hold = _RESERVED.get(str(workdirs), {}).pop(job_id, None)
-    hold = at_hold[1] if at_hold else Hold()
-    if not (hold.cpus or hold.memory_gb or hold.gpus):
-        return  # holds nothing (most jobs): no file, so counting holds never reads or checks it
-    (workdirs / HOLDS_DIR).mkdir(exist_ok=True)
-    (workdirs / HOLDS_DIR / f"{job_id}.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
-                                                                     "create_time": create_time}))
+        at_hold = _RESERVED.get(str(workdirs), {}).get(job_id)
+        hold = at_hold[1] if at_hold else Hold()
+        if hold.cpus or hold.memory_gb or hold.gpus:  # most jobs hold nothing: no file to read or check
+            (workdirs / HOLDS_DIR).mkdir(exist_ok=True)
+            (workdirs / HOLDS_DIR / f"{job_id}.json").write_text(json.dumps({**hold.to_json(), "pid": pid,
+                                                                             "create_time": create_time}))
+        _RESERVED.get(str(workdirs), {}).pop(job_id, None)
 
 
 def forget(workdirs: Path, job_id: str) -> None:
