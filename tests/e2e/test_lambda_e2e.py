@@ -106,7 +106,10 @@ def test_capacity_failover_and_a_429_storm(stack: Stack) -> None:
     attempts = stack.run("failover")["jobs"][0]["attempts"]
     assert [(a["region"], a["ok"]) for a in attempts] == [("us-east-1", False), ("us-west-1", True)]
     assert "insufficient-capacity" in attempts[0]["reason"]
-    assert sum(1 for _, _, status in stack.fake.requests if status == 429) == 6
+    # Every injected 429 was answered and gone through; the fake's own 1 request/s limit (20 ms apart
+    # here, refused under 10) may add one when a loaded machine delays a request until the next is due.
+    assert [fault["times"] for fault in stack.fake.faults if fault["code"] == "429"] == [0]
+    assert sum(1 for _, _, status in stack.fake.requests if status == 429) >= 6
 
 
 def test_preempted_instance_fails_interrupted_and_is_resubmitted(stack: Stack) -> None:
