@@ -30,9 +30,9 @@ class DirectoryStorage(Storage):
         if norm.startswith(("/", "../")) or norm == "..":
             raise ValueError(f"storage key {key!r} escapes the bucket")
         path = f"{self._inside}{norm}"
-        current = self._root
+        current = self._root.rstrip("/")
         for part in norm.split("/"):
-            current = f"{current.rstrip('/')}/{part}"
+            current = f"{current}/{part}"
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):

@@ -238,9 +238,9 @@ class LocalCompute(Compute):
             kill_tree(int(runner["job_pid"]), runner.get("job_create_time"))
         if runner.get("container"):  # the container outlives the killed `run` client: remove it
             container.Runtime(runner["container"]["runtime"]).remove(runner["container"]["name"])
-        _kill_job_sshd(Path(data["workdir"]))  # its own session: it outlives a killed agent
-        shutil.rmtree(data["workdir"], ignore_errors=True)
         workdir = Path(data["workdir"])
+        _kill_job_sshd(workdir)  # its own session: it outlives a killed agent
+        shutil.rmtree(workdir, ignore_errors=True)
         capacity.forget(workdir.parent, workdir.name)
 
 
